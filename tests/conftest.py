@@ -1,0 +1,104 @@
+"""Shared fixtures: a tiny random BERT (built from a config in code, no downloads) and a toy task."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb"]
+NEGATIVE = ["bad", "awful", "poor", "nasty", "dire"]
+NEUTRAL = ["table", "chair", "river", "paper", "green", "house", "seven", "north", "cloud", "stone", "the", "a", "is", "it", "was"]
+WORDS = POSITIVE + NEGATIVE + NEUTRAL
+
+
+def toy_rows(n: int, seed: int = 0) -> list[dict]:
+    """A learnable 3-class task: the label is given by which sentiment word the text contains."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = ["pos", "neg", "neu"][i % 3]
+        words = rng.choices(NEUTRAL, k=rng.randint(3, 12))
+        if label != "neu":
+            words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label == "pos" else NEGATIVE))
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def build_tiny_bert(folder: Path, dropout: float = 0.0) -> Path:
+    """A 2-layer, 32-wide random BERT plus a word-level tokenizer over the toy vocabulary."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    tok.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, initializer_range=0.2, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def toy_csv(tmp_path_factory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("data") / "toy.csv", toy_rows(240))
+
+
+def tiny_config(tmp_path: Path, model: Path, data: Path, **sections) -> dict:
+    """A config dict for a fast run on the tiny model; `sections` update the defaults per section."""
+    cfg = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"path": str(data), "max_length": 32},
+        "model": {"name": str(model)},
+        "strategy": {"name": "full"},
+        "train": {"epochs": 8, "batch_size": 16, "lr": 3e-3, "eval_every": 12, "precision": "fp32", "log_every": 5, "patience": None},
+        "eval": {"baseline": False},
+        "tracking": {"backend": "none"},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:
+            cfg[section] = values
+    return cfg
+
+
+def write_yaml(path: Path, cfg: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
+    )

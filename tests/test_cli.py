@@ -1,0 +1,122 @@
+"""Every user error gets one clear line and exit code 2; the commands work on a real run folder."""
+
+import pytest
+
+from conftest import run_cli, tiny_config, toy_rows, write_csv, write_yaml
+
+
+def _one_line_error(result, *needles):
+    assert result.returncode == 2, result.stdout + result.stderr
+    err_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(err_lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in err_lines[0], err_lines[0]
+    return err_lines[0]
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory, tiny_model, toy_csv):
+    d = tmp_path_factory.mktemp("cli")
+    good = tiny_config(d, tiny_model, toy_csv)
+
+    def cfg(**sections):
+        c = tiny_config(d, tiny_model, toy_csv)
+        for k, v in sections.items():
+            c[k] = {**c.get(k, {}), **v} if isinstance(v, dict) else v
+        return c
+
+    single = write_csv(d / "single.csv", [{"text": f"t {i}", "label": "pos"} for i in range(10)])
+    nonutf = d / "nonutf.csv"
+    nonutf.write_bytes(b"text,label\n" + b"".join(f"{r['text']},{r['label']}\n".encode() for r in toy_rows(20)) + b"caf\xe9,pos\n")
+    empty = d / "empty.csv"
+    empty.write_text("")
+    train = write_csv(d / "train.csv", toy_rows(60))
+    test_unseen = write_csv(d / "test_unseen.csv", toy_rows(9) + [{"text": "odd", "label": "weird"}])
+    bad_yaml = d / "bad.yaml"
+    bad_yaml.write_text("data:\n  path: [oops\n")
+    return {
+        "dir": d,
+        "good": write_yaml(d / "good.yaml", good),
+        "missing-file": write_yaml(d / "c1.yaml", cfg(data={"path": str(d / "nope.csv")})),
+        "missing-column": write_yaml(d / "c2.yaml", cfg(data={"text_column": "body"})),
+        "empty": write_yaml(d / "c3.yaml", cfg(data={"path": str(empty)})),
+        "single-class": write_yaml(d / "c4.yaml", cfg(data={"path": str(single)})),
+        "unseen": write_yaml(d / "c5.yaml", cfg(data={"path": None, "train": str(train), "test": str(test_unseen)})),
+        "non-utf8": write_yaml(d / "c6.yaml", cfg(data={"path": str(nonutf)})),
+        "bad-yaml": bad_yaml,
+        "bad-strategy": write_yaml(d / "c7.yaml", cfg(strategy={"name": "lorra"})),
+        "bad-model": write_yaml(d / "c8.yaml", cfg(model={"name": "./no/such/model"})),
+        "hub-offline": write_yaml(d / "c9.yaml", cfg(model={"name": "some-org/some-model"})),
+    }
+
+
+@pytest.mark.parametrize(
+    "case, needles",
+    [
+        ("missing-file", ["nope.csv", "data file not found"]),
+        ("missing-column", ["no text column 'body'", "data.text_column"]),
+        ("empty", ["empty.csv", "empty"]),
+        ("single-class", ["single.csv", "at least 2 labels"]),
+        ("unseen", ["test_unseen.csv", "['weird']", "do not occur in the training data"]),
+        ("non-utf8", ["nonutf.csv line 22", "not valid utf-8", "encoding_errors"]),
+        ("bad-yaml", ["bad.yaml line", "malformed YAML"]),
+        ("bad-strategy", ["unknown strategy 'lorra'", "did you mean 'lora'"]),
+        ("bad-model", ["./no/such/model", "does not exist"]),
+        ("hub-offline", ["some-org/some-model", "offline", "local"]),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(cases, case, needles):
+    result = run_cli("train", str(cases[case]))
+    _one_line_error(result, *needles)
+    assert not (cases["dir"] / "runs").exists() or not any((cases["dir"] / "runs").iterdir())  # nothing half-written
+
+
+def test_missing_config_and_unknown_override(cases):
+    _one_line_error(run_cli("train", str(cases["dir"] / "nope.yaml")), "config file not found")
+    _one_line_error(run_cli("train", str(cases["good"]), "train.lrr=1"), "unknown key 'lrr'", "did you mean 'lr'")
+
+
+def test_debug_flag_shows_traceback(cases):
+    result = run_cli("--debug", "train", str(cases["missing-file"]))
+    assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+def test_train_predict_eval_runs_end_to_end(cases, tmp_path):
+    d = cases["dir"]
+    result = run_cli("train", str(cases["good"]), "train.epochs=6")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = next((d / "runs").iterdir())
+
+    pred = run_cli("predict", str(run_dir), "--text", "great good fine", "--text", "awful bad dire")
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    labels = [line.split("\t")[0] for line in pred.stdout.strip().splitlines()]
+    assert labels == ["pos", "neg"]
+
+    infile = write_csv(tmp_path / "in.csv", toy_rows(30, seed=7))
+    out = tmp_path / "preds.csv"
+    batch = run_cli("predict", str(run_dir), "--file", str(infile), "--out", str(out))
+    assert batch.returncode == 0, batch.stderr[-2000:]
+    import pandas as pd
+
+    preds = pd.read_csv(out)
+    assert len(preds) == 30 and {"predicted", "score"} <= set(preds.columns)
+    assert (preds["predicted"] == preds["label"]).mean() > 0.6
+
+    ev = run_cli("eval", str(run_dir), "--data", str(infile))
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert "macro_f1" in ev.stdout and any((run_dir / "evals").iterdir())
+
+    listing = run_cli("runs", "--output-dir", str(d / "runs"))
+    assert run_dir.name in listing.stdout and "complete" in listing.stdout
+
+    _one_line_error(run_cli("predict", str(d / "runs" / "nope"), "--text", "x"), "not a tunesmith run folder")
+    _one_line_error(run_cli("eval", str(run_dir), "--data", str(cases["dir"] / "test_unseen.csv")), "['weird']")
+    _one_line_error(run_cli("train", "--resume", str(run_dir)), "already complete")
+
+
+def test_strategies_lists_each_with_a_line():
+    result = run_cli("strategies")
+    assert result.returncode == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert {"full", "freeze", "lora"} <= set(names)

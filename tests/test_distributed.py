@@ -1,0 +1,38 @@
+"""Two real processes (torchrun, gloo on CPU) give the same result as one with the same global batch."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import tunesmith
+from conftest import tiny_config, write_yaml
+from test_train import _final_weights
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, tiny_model, toy_csv):
+    cfg = tiny_config(tmp_path, tiny_model, toy_csv, train={"epochs": 2, "eval_every": 6, "batch_size": 16})
+    one = write_yaml(tmp_path / "one.yaml", {**cfg, "name": "one"})
+    two = write_yaml(tmp_path / "two.yaml", {**cfg, "name": "two", "train": {**cfg["train"], "batch_size": 8}})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(one)], capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "-m", "tunesmith", "train", str(two)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert "processes 2" in double.stdout
+    runs = {r.path.name.split("-")[0]: r for r in tunesmith.list_runs(tmp_path / "runs")}
+    assert set(runs) == {"one", "two"}  # rank 0 alone wrote one run folder
+    a, b = runs["one"], runs["two"]
+    assert b.info["processes"] == 2 and a.info["processes"] == 1
+    assert a.metrics["steps"] == b.metrics["steps"]
+    assert a.metrics["test"]["loss"] == pytest.approx(b.metrics["test"]["loss"], rel=1e-3)
+    assert a.metrics["test"]["accuracy"] == pytest.approx(b.metrics["test"]["accuracy"])
+    wa, wb = _final_weights(a), _final_weights(b)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-4), k

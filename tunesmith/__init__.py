@@ -1,0 +1,26 @@
+"""tunesmith: fine-tune pretrained models from one YAML config, in one readable loop.
+
+    import tunesmith
+    run = tunesmith.finetune("configs/quickstart/sentiment-lora.yaml", ["train.lr=3e-4"])
+    run.predict(["great movie"])
+    tunesmith.load_run(run.path).metrics["test"]["macro_f1"]
+"""
+
+__version__ = "0.1.0"
+
+from .config import Config, load_config  # noqa: E402
+from .errors import ConfigError, DataError, ModelError, RunError, TunesmithError  # noqa: E402
+from .run import Run, list_runs, load_run  # noqa: E402
+
+
+def finetune(config=None, overrides=None, resume=None) -> "Run":
+    """Fine-tune as configured (a YAML path, a dict or a Config) and return the finished Run."""
+    from .pipeline import finetune as _finetune
+
+    return _finetune(config, overrides, resume)
+
+
+__all__ = [
+    "Config", "ConfigError", "DataError", "ModelError", "Run", "RunError", "TunesmithError",
+    "finetune", "list_runs", "load_config", "load_run",
+]

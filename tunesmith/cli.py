@@ -1,0 +1,156 @@
+"""Command line: each subcommand is a thin call of one library function.
+
+User errors print one line and exit 2 (a traceback only with --debug); Ctrl-C during training
+checkpoints and exits 130 with the command that resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import TunesmithError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def cmd_train(args) -> int:
+    from .pipeline import finetune
+    from .train.loop import Interrupted
+
+    try:
+        finetune(args.config, args.overrides, resume=args.resume)
+    except Interrupted as stop:
+        run = args.resume or "<the run folder printed above>"
+        print(f"\ninterrupted after step {stop.step}; checkpoint saved. Resume with:\n  tunesmith train --resume {run}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .run import Run
+
+    metrics = Run(args.run).evaluate(args.data, args.text_column, args.label_column)
+    print(f"{args.data}: {metrics['n']} rows")
+    for key in ("macro_f1", "accuracy", "weighted_f1", "macro_precision", "macro_recall", "loss"):
+        print(f"  {key:18} {metrics[key]:.4f}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import pandas as pd
+
+    from .data.loaders import load_table
+    from .errors import DataError
+    from .run import Run
+    from .utils import atomic_write_text
+
+    run = Run(args.run)
+    if bool(args.text) == bool(args.file):
+        raise DataError("predict: give --text \"...\" (repeatable) or --file in.csv [--out preds.csv]")
+    if args.text:
+        for text, pred in zip(args.text, run.predict(args.text)):
+            print(f"{pred.label}\t{pred.score:.4f}\t{text}")
+        return 0
+    cfg = run.config.data
+    df = load_table(args.file, "auto", cfg.encoding, cfg.encoding_errors)
+    column = args.text_column or cfg.text_column
+    if column not in df.columns:
+        raise DataError(f"{args.file}: no text column '{column}' (columns: {', '.join(map(str, df.columns[:20]))}); pass --text-column")
+    preds = run.predict(df[column].fillna("").astype(str).tolist())
+    df["predicted"] = [p.label for p in preds]
+    df["score"] = [round(p.score, 5) for p in preds]
+    if args.out:
+        atomic_write_text(Path(args.out), df.to_csv(index=False))
+        print(f"wrote {len(df)} predictions to {args.out}")
+    else:
+        print(df[[column, "predicted", "score"]].to_csv(index=False, sep="\t"), end="")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .run import list_runs
+
+    runs = list_runs(args.output_dir)
+    if not runs:
+        print(f"no runs in {args.output_dir}/")
+        return 0
+    print(f"{'run':42} {'status':11} {'strategy':9} {'model':10} {'test F1':>8} {'acc':>7} {'baseline':>9}")
+    for run in runs:
+        m = run.metrics
+        test = m.get("test") or {}
+        base = ((m.get("baseline") or {}).get("test") or {}).get("macro_f1")
+        f1 = f"{test['macro_f1']:.4f}" if "macro_f1" in test else "-"
+        acc = f"{test['accuracy']:.4f}" if "accuracy" in test else "-"
+        print(f"{run.path.name:42} {run.status:11} {run.info.get('strategy', '?'):9} {run.info.get('model', {}).get('name', '?')[:10]:10} "
+              f"{f1:>8} {acc:>7} {base if base is None else f'{base:.4f}':>9}".replace(" None", "    -"))
+    return 0
+
+
+def cmd_strategies(args) -> int:
+    from .strategies import get_strategy_class, strategy_names
+
+    for name in strategy_names():
+        print(f"{name:14} {get_strategy_class(name).summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune pretrained models from a YAML config.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fine-tune, evaluate and record a run")
+    t.add_argument("config", nargs="?", help="YAML config (optional with --resume)")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 strategy.r=16")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a saved run on another labelled file")
+    e.add_argument("run")
+    e.add_argument("--data", required=True)
+    e.add_argument("--text-column")
+    e.add_argument("--label-column")
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="predict labels with a saved run")
+    pr.add_argument("run")
+    pr.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    pr.add_argument("--file", help="CSV/JSONL/Parquet with a text column")
+    pr.add_argument("--out", help="write the file with predictions here (CSV)")
+    pr.add_argument("--text-column")
+    pr.set_defaults(func=cmd_predict)
+
+    r = sub.add_parser("runs", help="list runs with their headline metrics")
+    r.add_argument("--output-dir", default="runs")
+    r.set_defaults(func=cmd_runs)
+
+    s = sub.add_parser("strategies", help="list the fine-tuning strategies")
+    s.set_defaults(func=cmd_strategies)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.command == "train" and args.config and "=" in args.config and not args.resume:
+        args.overrides.insert(0, args.config)  # `train --resume RUN key=value` parses the override as config
+        args.config = None
+    try:
+        return args.func(args)
+    except TunesmithError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

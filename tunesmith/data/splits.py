@@ -1,0 +1,177 @@
+"""Turn the configured data into train/validation/test splits of (text, label id) with label names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from ..config import DataConfig
+from ..errors import DataError
+from ..utils import fingerprint
+from .loaders import load_table
+
+
+@dataclass
+class TextSplit:
+    name: str
+    texts: list[str]
+    labels: list[int]
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.texts, self.labels)
+
+
+@dataclass
+class Splits:
+    train: TextSplit
+    validation: TextSplit
+    test: TextSplit
+    label_names: list[str]
+    notes: list[str] = field(default_factory=list)
+    """What was done to the data on the way (dropped rows, subsampling), for the report."""
+
+    def summary(self) -> dict:
+        return {
+            s.name: {"rows": len(s), "fingerprint": s.fingerprint(), "source": s.source}
+            for s in (self.train, self.validation, self.test)
+        }
+
+
+def load_splits(cfg: DataConfig, seed: int) -> Splits:
+    """Load, check and split the data as configured. Raises DataError on anything unusable."""
+    notes: list[str] = []
+    frames: dict[str, tuple[pd.DataFrame, str]] = {}
+    if cfg.path:
+        loaded = _load(cfg, cfg.path)
+        if isinstance(loaded, dict):  # a DatasetDict with its own splits
+            for name in ("train", "validation", "test"):
+                if name in loaded:
+                    frames[name] = (loaded[name], f"{cfg.path}[{name}]")
+            if "train" not in frames:
+                raise DataError(f"{cfg.path}: the saved DatasetDict has no 'train' split (has {', '.join(loaded)})")
+        else:
+            frames["train"] = (loaded, cfg.path)
+    else:
+        for name in ("train", "validation", "test"):
+            spec = getattr(cfg, name)
+            if spec:
+                loaded = _load(cfg, spec)
+                if isinstance(loaded, dict):
+                    raise DataError(f"{spec}: a DatasetDict folder; give it as data.path instead of data.{name}")
+                frames[name] = (loaded, spec)
+
+    tables = {name: _clean(df, cfg, src, notes) for name, (df, src) in frames.items()}
+    train_df, train_src = tables["train"], frames["train"][1]
+
+    if cfg.max_samples and len(train_df) > cfg.max_samples and "test" not in tables and "validation" not in tables:
+        train_df = _stratified_take(train_df, cfg.max_samples, seed, train_src)
+        notes.append(f"subsampled {train_src} to {cfg.max_samples} rows (stratified, seed {seed})")
+    _require_two_classes(train_df, train_src)
+
+    carved = 0.0  # share of the original rows already split off as test
+    if "test" not in tables:
+        train_df, tables["test"] = _split_off(train_df, cfg.test_size, seed, train_src, "test")
+        frames["test"] = (None, f"{train_src} (split {cfg.test_size:.0%})")
+        carved = cfg.test_size
+    if "validation" not in tables:
+        share = cfg.validation_size / (1 - carved)
+        train_df, tables["validation"] = _split_off(train_df, share, seed + 1, train_src, "validation")
+        frames["validation"] = (None, f"{train_src} (split {cfg.validation_size:.0%})")
+    tables["train"] = train_df
+
+    label_names = _label_names(cfg, train_df, train_src)
+    index = {name: i for i, name in enumerate(label_names)}
+    for name in ("validation", "test"):
+        unseen = sorted(set(tables[name]["__label"]) - set(index))
+        if unseen:
+            raise DataError(
+                f"{frames[name][1]}: labels {unseen} do not occur in the training data ({train_src}); "
+                f"add training examples for them or remove those rows"
+            )
+    splits = {
+        name: TextSplit(name, tables[name]["__text"].tolist(), [index[y] for y in tables[name]["__label"]], frames[name][1])
+        for name in ("train", "validation", "test")
+    }
+    return Splits(splits["train"], splits["validation"], splits["test"], label_names, notes)
+
+
+def _load(cfg: DataConfig, spec: str):
+    return load_table(spec, cfg.format, cfg.encoding, cfg.encoding_errors)
+
+
+def _clean(df: pd.DataFrame, cfg: DataConfig, src: str, notes: list[str]) -> pd.DataFrame:
+    for role, col in (("text", cfg.text_column), ("label", cfg.label_column)):
+        if col not in df.columns:
+            cols = ", ".join(map(str, df.columns[:20]))
+            raise DataError(f"{src}: no {role} column '{col}' (columns: {cols}); set data.{role}_column")
+    text, label = df[cfg.text_column], df[cfg.label_column]
+    non_text = text.map(lambda v: v is not None and not isinstance(v, str) and not pd.isna(v))
+    if non_text.any():
+        rows = (non_text[non_text].index[:5] + 1).tolist()
+        raise DataError(f"{src}: column '{cfg.text_column}' holds non-text values at rows {rows}; it must hold strings")
+    empty = text.isna() | (text.fillna("").str.strip() == "") | label.isna()
+    if empty.all():
+        raise DataError(f"{src}: every row lacks a text or a label; check data.text_column and data.label_column")
+    if empty.any():
+        rows = (empty[empty].index[:5] + 1).tolist()
+        notes.append(f"{src}: dropped {int(empty.sum())} rows with empty text or missing label (first rows: {rows})")
+    kept = df.loc[~empty]
+    labels = kept[cfg.label_column].map(_label_str)
+    return pd.DataFrame({"__text": kept[cfg.text_column].astype(str).to_numpy(), "__label": labels.to_numpy()})
+
+
+def _label_str(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v)
+
+
+def _require_two_classes(df: pd.DataFrame, src: str) -> None:
+    labels = df["__label"].unique()
+    if len(labels) < 2:
+        raise DataError(f"{src}: all rows have the label '{labels[0]}'; classification needs at least 2 labels")
+
+
+def _stratified_take(df: pd.DataFrame, n: int, seed: int, src: str) -> pd.DataFrame:
+    keep, _ = _safe_split(df, n, seed, src, "subsample")
+    return keep
+
+
+def _split_off(df: pd.DataFrame, share: float, seed: int, src: str, what: str):
+    if share <= 0:
+        raise DataError(f"{src}: no {what} set: give data.{what} or a positive data.{what}_size")
+    return _safe_split(df, share, seed, src, what, train_size=False)
+
+
+def _safe_split(df, size, seed, src, what, train_size=True):
+    counts = df["__label"].value_counts()
+    rare = counts[counts < 2]
+    if len(rare):
+        raise DataError(
+            f"{src}: label(s) {rare.index.tolist()} occur only once; a stratified {what} split needs at least 2 "
+            f"rows per label; add examples or remove those rows"
+        )
+    kwargs = {"train_size" if train_size else "test_size": size}
+    try:
+        a, b = train_test_split(df, random_state=seed, stratify=df["__label"], **kwargs)
+    except ValueError as err:
+        raise DataError(f"{src}: cannot make a stratified {what} split ({err}); use more data or a larger data.{what}_size") from None
+    return a.reset_index(drop=True), b.reset_index(drop=True)
+
+
+def _label_names(cfg: DataConfig, train_df: pd.DataFrame, src: str) -> list[str]:
+    present = set(train_df["__label"])
+    if cfg.labels:
+        unknown = sorted(present - set(cfg.labels))
+        if unknown:
+            raise DataError(f"{src}: labels {unknown} are not in data.labels {cfg.labels}; add them there")
+        return list(cfg.labels)
+    if all(s.lstrip("-").isdigit() for s in present):
+        return sorted(present, key=int)
+    return sorted(present)

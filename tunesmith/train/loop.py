@@ -1,0 +1,349 @@
+"""The one training loop. It reads top to bottom; every strategy and task goes through it.
+
+Shape of one optimizer step:
+    plan global micro-batches from (seed, epoch)  ->  each process takes its share
+    forward under autocast  ->  loss summed over examples / examples in the whole step
+    backward (gradients synced only on the last micro-batch)  ->  clip  ->  AdamW  ->  schedule
+    every `eval_every` steps (or each epoch): evaluate, keep the best, checkpoint, early stop
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch import nn
+
+from ..config import TrainConfig
+from ..data.batching import collate, plan_epoch, plan_eval, shard
+from ..evaluate.metrics import classification_metrics, headline, is_better
+from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_weights as load_checkpoint_weights
+from .optim import build_optimizer, build_scheduler
+
+
+class Interrupted(Exception):
+    """Training stopped on request (Ctrl-C / SIGTERM) after writing a checkpoint."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted after step {step}")
+        self.step = step
+
+
+@dataclass
+class Tokenized:
+    ids: list[list[int]]
+    labels: list[int]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+
+@dataclass
+class FitResult:
+    best_step: int
+    best_metrics: dict
+    steps: int
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    samples_per_second: float = 0.0
+    tokens_per_second: float = 0.0
+
+
+@dataclass
+class LoopState:
+    """Everything about the loop's position that a checkpoint must restore (JSON-serialisable)."""
+
+    step: int = 0
+    best: float | None = None
+    best_step: int = 0
+    bad_evals: int = 0
+    samples: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    stopped_early: bool = False
+    history: list = field(default_factory=list)
+
+
+def fit(
+    model: nn.Module,
+    strategy,
+    train: Tokenized,
+    validation: Tokenized,
+    label_names: list[str],
+    cfg: TrainConfig,
+    seed: int,
+    accelerator: Accelerator,
+    pad_id: int,
+    run_dir: Path,
+    eval_batch_size: int,
+    resume: bool = False,
+    log: Callable[[dict, int], None] = lambda metrics, step: None,
+    class_weights: torch.Tensor | None = None,
+) -> FitResult:
+    acc = accelerator
+    world, rank = acc.num_processes, acc.process_index
+    ckpt_dir, best_dir = run_dir / "checkpoints" / "last", run_dir / "checkpoints" / "best"
+
+    # ---- how long: micro-batches are planned globally (batch_size x processes examples each)
+    global_micro = cfg.batch_size * world
+    micro_per_epoch = len(_plan(train, global_micro, seed, 0, cfg.group_by_length, world))
+    steps_per_epoch = max(1, math.ceil(micro_per_epoch / cfg.grad_accum))
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    eval_every = cfg.eval_every or steps_per_epoch
+    higher = cfg.metric != "loss"
+
+    optimizer = build_optimizer(strategy.param_groups(model, cfg.lr, cfg.weight_decay), cfg.lr)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps)
+    model, optimizer = acc.prepare(model, optimizer)  # DDP wrapping when there are several processes
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    state = LoopState()
+    if resume and ckpt_dir.exists():
+        saved, rng = load_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler)
+        state = LoopState(**saved)
+        torch.set_rng_state(rng[rank] if rank < len(rng) else rng[0])
+        acc.print(f"resumed from step {state.step} of {total_steps}")
+    else:
+        torch.manual_seed(seed + rank)
+
+    acc.print(
+        f"training: {len(train.ids)} examples, {steps_per_epoch} steps/epoch, {total_steps} steps, "
+        f"global batch {global_micro * cfg.grad_accum} ({world} process(es) x {cfg.batch_size} x {cfg.grad_accum} accumulation)"
+    )
+    stop = _StopFlag()
+    fault = _fault_injection()
+    progress = _progress(acc, total_steps, state.step)
+    running_loss = torch.zeros((), dtype=torch.float64)
+    running_n, t_window, samples_window = 0, time.perf_counter(), 0
+    t_start = time.perf_counter() - state.train_seconds
+    model.train()
+
+    try:
+        while state.step < total_steps and not state.stopped_early:
+            epoch = state.step // steps_per_epoch
+            plan = _plan(train, global_micro, seed, epoch, cfg.group_by_length, world)
+            steps = [plan[i : i + cfg.grad_accum] for i in range(0, len(plan), cfg.grad_accum)]
+            for micro_batches in steps[state.step - epoch * steps_per_epoch :]:
+                # Normalise by the examples in the whole optimizer step (all micro-batches, all processes),
+                # so accumulation and uneven last batches weigh every example equally.
+                n_step = sum(len(b) for b in micro_batches)
+                for k, global_batch in enumerate(micro_batches):
+                    rows = shard(global_batch, rank, world)
+                    batch = {k: v.to(acc.device) for k, v in collate(train.ids, rows, pad_id, train.labels).items()}
+                    # In DDP only the last micro-step needs to all-reduce gradients.
+                    sync = k == len(micro_batches) - 1
+                    with nullcontext() if sync else acc.no_sync(model), acc.autocast():
+                        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    loss_sum = F.cross_entropy(logits.float(), batch["labels"], weight=class_weights, reduction="sum")
+                    # DDP averages gradients over processes; multiply by `world` to get the global sum.
+                    acc.backward(loss_sum * world / n_step)
+                    running_loss += loss_sum.detach().double()
+                    running_n += len(rows)
+                    state.tokens += sum(len(train.ids[r]) for r in global_batch)  # no device sync
+                if cfg.max_grad_norm:
+                    acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.samples += n_step
+                samples_window += n_step
+
+                if state.step % cfg.log_every == 0 or state.step == total_steps:
+                    # The only host sync of a training step, every `log_every` steps.
+                    loss = float(acc.reduce(running_loss.clone(), "sum")) / max(1, running_n * world)
+                    rate = samples_window / max(1e-9, time.perf_counter() - t_window)
+                    lr = scheduler.get_last_lr()[0]
+                    log({"train_loss": loss, "lr": lr, "samples_per_s": rate}, state.step)
+                    state.history.append({"step": state.step, "train_loss": loss, "lr": lr})
+                    progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
+                    running_loss.zero_()
+                    running_n, t_window, samples_window = 0, time.perf_counter(), 0
+                progress.update(1)
+
+                evaluate_now = state.step % eval_every == 0 or state.step == total_steps
+                if evaluate_now:
+                    state.train_seconds = time.perf_counter() - t_start
+                    metrics = evaluate(model, validation, label_names, acc, pad_id, eval_batch_size)
+                    value = metrics[cfg.metric]
+                    record = {"step": state.step, "epoch": state.step / steps_per_epoch, **{f"val_{k}": v for k, v in headline(metrics).items()}}
+                    state.history.append(record)
+                    log({k: v for k, v in record.items() if k.startswith("val_")}, state.step)
+                    if is_better(cfg.metric, value, state.best):
+                        state.best, state.best_step, state.bad_evals = value, state.step, 0
+                        _save_best(acc, model, best_dir, state, metrics)
+                    else:
+                        state.bad_evals += 1
+                        if cfg.patience and state.bad_evals >= cfg.patience:
+                            state.stopped_early = True
+                            acc.print(f"\nearly stopping at step {state.step}: val {cfg.metric} did not improve for {cfg.patience} evaluations")
+                    if acc.is_main_process:
+                        progress.write(f"step {state.step}: val {cfg.metric} {value:.4f} (best {state.best:.4f} at step {state.best_step})")
+                    model.train()
+                    _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state)
+
+                fault(state.step)
+                if stop.requested(acc, state.step, sync_every=1 if world == 1 else cfg.log_every):
+                    state.train_seconds = time.perf_counter() - t_start
+                    if not evaluate_now:
+                        _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state)
+                    raise Interrupted(state.step)
+                if state.stopped_early or state.step >= total_steps:
+                    break
+    finally:
+        progress.close()
+        stop.restore()
+
+    state.train_seconds = time.perf_counter() - t_start
+    # Continue with the best weights (every process loads them: test evaluation is distributed too).
+    acc.wait_for_everyone()
+    load_checkpoint_weights(best_dir, acc.unwrap_model(model))
+    best_metrics = _read_json(best_dir / "metrics.json")
+    seconds = max(1e-9, state.train_seconds)
+    return FitResult(
+        best_step=state.best_step,
+        best_metrics=best_metrics,
+        steps=state.step,
+        history=state.history,
+        stopped_early=state.stopped_early,
+        train_seconds=state.train_seconds,
+        samples_per_second=state.samples / seconds,
+        tokens_per_second=state.tokens / seconds,
+    )
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, data: Tokenized, pad_id: int, batch_size: int, autocast=nullcontext, rank: int = 0, world: int = 1) -> np.ndarray:
+    """Class probabilities for every example; with several processes each computes a share and all get all."""
+    model.eval()
+    device = next(model.parameters()).device
+    mine: list[tuple[list[int], np.ndarray]] = []
+    for global_batch in plan_eval(data.lengths, batch_size * world):
+        rows = shard(global_batch, rank, world)
+        if not rows:
+            continue
+        batch = {k: v.to(device) for k, v in collate(data.ids, rows, pad_id).items()}
+        with autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        mine.append((rows, torch.softmax(logits.float(), dim=-1).cpu().numpy()))
+    parts = gather_object(mine) if world > 1 else mine
+    n_classes = next((p.shape[1] for _, p in parts), 0)
+    probs = np.zeros((len(data.ids), n_classes), dtype=np.float32)
+    for rows, p in parts:
+        probs[rows] = p
+    return probs
+
+
+def evaluate(model, data: Tokenized, label_names, acc: Accelerator, pad_id, batch_size) -> dict:
+    probs = predict_probs(model, data, pad_id, batch_size, acc.autocast, acc.process_index, acc.num_processes)
+    return classification_metrics(data.labels, probs, label_names)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _plan(data: Tokenized, global_micro: int, seed: int, epoch: int, group: bool, world: int) -> list[list[int]]:
+    batches = plan_epoch(data.lengths, global_micro, seed, epoch, group)
+    # Every process needs at least one example per micro-batch, or DDP would wait forever.
+    return [b for b in batches if len(b) >= world]
+
+
+def _save_best(acc, model, best_dir: Path, state: LoopState, metrics: dict) -> None:
+    from ..strategies.base import trainable_state
+    from ..utils import atomic_dir, atomic_write_json
+
+    if acc.is_main_process:
+        from safetensors.torch import save_file
+
+        with atomic_dir(best_dir) as tmp:
+            save_file(trainable_state(acc.unwrap_model(model)), str(tmp / "trainable.safetensors"))
+            atomic_write_json(tmp / "metrics.json", {"step": state.step, **metrics})
+    acc.wait_for_everyone()
+
+
+def _checkpoint(acc, folder: Path, model, optimizer, scheduler, state: LoopState) -> None:
+    rng = gather_object([torch.get_rng_state()]) if acc.num_processes > 1 else [torch.get_rng_state()]
+    if acc.is_main_process:
+        save_checkpoint(folder, acc.unwrap_model(model), optimizer, scheduler, state.__dict__, rng)
+    acc.wait_for_everyone()
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _progress(acc: Accelerator, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, initial=initial, desc="train", unit="step", disable=not acc.is_main_process,
+        mininterval=1.0 if os.environ.get("CI") is None else 10.0, dynamic_ncols=True,
+    )
+
+
+class _StopFlag:
+    """Ctrl-C / SIGTERM ask the loop to stop after the current optimizer step and checkpoint."""
+
+    def __init__(self):
+        self._requested = False
+        self._old = {}
+        if _is_main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self._requested:  # a second Ctrl-C stops at once
+            self.restore()
+            raise KeyboardInterrupt
+        self._requested = True
+
+    def requested(self, acc: Accelerator, step: int, sync_every: int) -> bool:
+        if acc.num_processes == 1:
+            return self._requested
+        if step % sync_every:
+            return False
+        flag = torch.tensor([1.0 if self._requested else 0.0])
+        return bool(acc.reduce(flag, "sum").item() > 0)  # all processes stop at the same step
+
+    def restore(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _fault_injection() -> Callable[[int], None]:
+    """For tests of resume: TUNESMITH_FAULT_AT_STEP='6:INT' (or ':KILL') signals this process after step 6."""
+    spec = os.environ.get("TUNESMITH_FAULT_AT_STEP")
+    if not spec:
+        return lambda step: None
+    at, _, sig = spec.partition(":")
+    signum = signal.SIGKILL if sig.upper() == "KILL" else signal.SIGINT
+
+    def maybe(step: int) -> None:
+        if step == int(at):
+            os.kill(os.getpid(), signum)
+
+    return maybe
