@@ -92,7 +92,11 @@ def test_gradient_accumulation_matches_a_large_batch(tmp_path, tiny_model, toy_c
     wa, wb = _final_weights(a), _final_weights(b)
     assert wa.keys() == wb.keys()
     for k in wa:
-        assert torch.allclose(wa[k], wb[k], atol=2e-5), k
+        # Attention key biases get a zero gradient in exact arithmetic (softmax ignores a constant shift);
+        # Adam turns their rounding noise into full-size steps, so they are not comparable.
+        if not k.endswith("key.bias"):
+            assert torch.allclose(wa[k], wb[k], atol=5e-5), k
+    assert a.metrics["test"]["loss"] == pytest.approx(b.metrics["test"]["loss"], rel=1e-4)
 
 
 def test_early_stopping_stops(tmp_path, tiny_model, toy_csv):

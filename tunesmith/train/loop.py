@@ -98,10 +98,9 @@ def fit(
     world, rank = acc.num_processes, acc.process_index
     ckpt_dir, best_dir = run_dir / "checkpoints" / "last", run_dir / "checkpoints" / "best"
 
-    # ---- how long: micro-batches are planned globally (batch_size x processes examples each)
+    # ---- how long: optimizer steps are planned globally (batch_size x processes x grad_accum examples)
     global_micro = cfg.batch_size * world
-    micro_per_epoch = len(_plan(train, global_micro, seed, 0, cfg.group_by_length, world))
-    steps_per_epoch = max(1, math.ceil(micro_per_epoch / cfg.grad_accum))
+    steps_per_epoch = max(1, len(_plan(train, global_micro, cfg.grad_accum, seed, 0, cfg.group_by_length, world)))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     eval_every = cfg.eval_every or steps_per_epoch
     higher = cfg.metric != "loss"
@@ -135,8 +134,7 @@ def fit(
     try:
         while state.step < total_steps and not state.stopped_early:
             epoch = state.step // steps_per_epoch
-            plan = _plan(train, global_micro, seed, epoch, cfg.group_by_length, world)
-            steps = [plan[i : i + cfg.grad_accum] for i in range(0, len(plan), cfg.grad_accum)]
+            steps = _plan(train, global_micro, cfg.grad_accum, seed, epoch, cfg.group_by_length, world)
             for micro_batches in steps[state.step - epoch * steps_per_epoch :]:
                 # Normalise by the examples in the whole optimizer step (all micro-batches, all processes),
                 # so accumulation and uneven last batches weigh every example equally.
@@ -257,10 +255,19 @@ def evaluate(model, data: Tokenized, label_names, acc: Accelerator, pad_id, batc
 # helpers
 
 
-def _plan(data: Tokenized, global_micro: int, seed: int, epoch: int, group: bool, world: int) -> list[list[int]]:
-    batches = plan_epoch(data.lengths, global_micro, seed, epoch, group)
-    # Every process needs at least one example per micro-batch, or DDP would wait forever.
-    return [b for b in batches if len(b) >= world]
+def _plan(data: Tokenized, global_micro: int, accum: int, seed: int, epoch: int, group: bool, world: int) -> list[list[list[int]]]:
+    """Optimizer steps of one epoch, each a list of global micro-batches.
+
+    Steps are drawn first (so 16 x 1 and 8 x 2 accumulation see the same examples per step), then cut
+    into micro-batches. Every process needs at least one example per micro-batch, or DDP would wait forever.
+    """
+    steps = []
+    for step in plan_epoch(data.lengths, global_micro * accum, seed, epoch, group):
+        micro = [step[i : i + global_micro] for i in range(0, len(step), global_micro)]
+        micro = [m for m in micro if len(m) >= world]
+        if micro:
+            steps.append(micro)
+    return steps
 
 
 def _save_best(acc, model, best_dir: Path, state: LoopState, metrics: dict) -> None:
