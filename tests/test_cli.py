@@ -84,7 +84,7 @@ def test_debug_flag_shows_traceback(cases):
 
 def test_train_predict_eval_runs_end_to_end(cases, tmp_path):
     d = cases["dir"]
-    result = run_cli("train", str(cases["good"]), "train.epochs=6")
+    result = run_cli("train", str(cases["good"]))
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = next((d / "runs").iterdir())
 

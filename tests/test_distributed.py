@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import tunesmith
 from conftest import tiny_config, write_yaml
-from test_train import _final_weights
+from test_train import _final_weights, assert_same_weights
 
 
 @pytest.mark.slow
@@ -33,6 +32,4 @@ def test_two_processes_match_one(tmp_path, tiny_model, toy_csv):
     assert a.metrics["steps"] == b.metrics["steps"]
     assert a.metrics["test"]["loss"] == pytest.approx(b.metrics["test"]["loss"], rel=1e-3)
     assert a.metrics["test"]["accuracy"] == pytest.approx(b.metrics["test"]["accuracy"])
-    wa, wb = _final_weights(a), _final_weights(b)
-    for k in wa:
-        assert torch.allclose(wa[k], wb[k], atol=1e-4), k
+    assert_same_weights(_final_weights(a), _final_weights(b), atol=1e-4)

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from .errors import TunesmithError
@@ -79,16 +80,20 @@ def cmd_runs(args) -> int:
     if not runs:
         print(f"no runs in {args.output_dir}/")
         return 0
-    print(f"{'run':42} {'status':11} {'strategy':9} {'model':10} {'test F1':>8} {'acc':>7} {'baseline':>9}")
+    print(f"{'run':42} {'status':11} {'strategy':9} {'model':12} {'test F1':>8} {'acc':>7} {'baseline':>9}")
     for run in runs:
         m = run.metrics
         test = m.get("test") or {}
         base = ((m.get("baseline") or {}).get("test") or {}).get("macro_f1")
-        f1 = f"{test['macro_f1']:.4f}" if "macro_f1" in test else "-"
-        acc = f"{test['accuracy']:.4f}" if "accuracy" in test else "-"
-        print(f"{run.path.name:42} {run.status:11} {run.info.get('strategy', '?'):9} {run.info.get('model', {}).get('name', '?')[:10]:10} "
-              f"{f1:>8} {acc:>7} {base if base is None else f'{base:.4f}':>9}".replace(" None", "    -"))
+        print(
+            f"{run.path.name:42} {run.status:11} {run.info.get('strategy', '?'):9} {run.info.get('model', {}).get('name', '?')[-12:]:12} "
+            f"{_fmt(test.get('macro_f1')):>8} {_fmt(test.get('accuracy')):>7} {_fmt(base):>9}"
+        )
     return 0
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def cmd_strategies(args) -> int:
@@ -137,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args.debug:  # deprecation chatter between our dependencies is not the user's business
+        warnings.filterwarnings("ignore", category=FutureWarning)
     if args.command == "train" and args.config and "=" in args.config and not args.resume:
         args.overrides.insert(0, args.config)  # `train --resume RUN key=value` parses the override as config
         args.config = None

@@ -46,7 +46,8 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
     strategy = build_strategy(cfg.strategy.name, cfg.strategy.options)
     precision, why = choose_precision(cfg.train.precision, "cuda" if torch.cuda.is_available() else "cpu")
     AcceleratorState._reset_state(reset_partial_state=False)  # a second finetune() in one process may pick another precision
-    acc = Accelerator(mixed_precision="no" if precision == "fp32" else precision)
+    # cpu=True lets Accelerate see a torchrun launch on a machine without GPUs (gloo backend).
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if precision == "fp32" else precision)
     say = acc.print
 
     # ---- model + strategy

@@ -104,6 +104,7 @@ def load_classifier(source: ModelSource, label_names: list[str], pad_token_id: i
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # "some weights were newly initialised" is expected: it is the head
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             source.location,

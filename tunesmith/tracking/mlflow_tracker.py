@@ -18,9 +18,10 @@ def default_uri(output_dir: str | Path) -> str:
 class MlflowTracker:
     def __init__(self, uri: str, experiment: str, run_name: str, output_dir: Path, run_id: str | None = None):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
         import mlflow
+
+        for name in ("mlflow", "alembic"):  # MLflow configures its loggers on import; quiet them after
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         self._mlflow = mlflow
         mlflow.set_tracking_uri(uri)
