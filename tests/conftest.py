@@ -67,7 +67,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def toy_csv(tmp_path_factory) -> Path:
-    return write_csv(tmp_path_factory.mktemp("data") / "toy.csv", toy_rows(240))
+    return write_csv(tmp_path_factory.mktemp("data") / "toy.csv", toy_rows(360))
 
 
 def tiny_config(tmp_path: Path, model: Path, data: Path, **sections) -> dict:
@@ -78,7 +78,7 @@ def tiny_config(tmp_path: Path, model: Path, data: Path, **sections) -> dict:
         "data": {"path": str(data), "max_length": 32},
         "model": {"name": str(model)},
         "strategy": {"name": "full"},
-        "train": {"epochs": 8, "batch_size": 16, "lr": 3e-3, "eval_every": 12, "precision": "fp32", "log_every": 5, "patience": None},
+        "train": {"epochs": 10, "batch_size": 16, "lr": 3e-3, "eval_every": 12, "precision": "fp32", "log_every": 5, "patience": None},
         "eval": {"baseline": False},
         "tracking": {"backend": "none"},
     }

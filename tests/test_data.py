@@ -122,7 +122,8 @@ def test_shards_partition_a_global_batch_and_collate_pads_to_longest():
     batch = list(range(10))
     assert sorted(shard(batch, 0, 2) + shard(batch, 1, 2)) == batch
     ids = [[5, 6, 7], [5], [5, 6]]
-    out = collate(ids, [0, 1, 2], pad_id=0, labels=[1, 0, 1])
+    out = collate(ids, [0, 1, 2], pad_id=0, labels=[1, 0, 1], multiple=1)
     assert out["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0], [5, 6, 0]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
     assert out["labels"].tolist() == [1, 0, 1]
+    assert collate(ids, [1, 2], pad_id=0)["input_ids"].shape == (2, 8)  # rounded up to a multiple of 8

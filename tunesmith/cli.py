@@ -24,7 +24,8 @@ def cmd_train(args) -> int:
     from .train.loop import Interrupted
 
     try:
-        finetune(args.config, args.overrides, resume=args.resume)
+        overrides = list(args.overrides) + (["audit.block_on_leakage=false"] if args.allow_leakage else [])
+        finetune(args.config, overrides, resume=args.resume)
     except Interrupted as stop:
         run = args.resume or "<the run folder printed above>"
         print(f"\ninterrupted after step {stop.step}; checkpoint saved. Resume with:\n  tunesmith train --resume {run}", file=sys.stderr)
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="YAML config (optional with --resume)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 strategy.r=16")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("--allow-leakage", action="store_true", help="train even if validation/test rows also occur in train")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a saved run on another labelled file")
@@ -136,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("strategies", help="list the fine-tuning strategies")
     s.set_defaults(func=cmd_strategies)
+
+    from .cli_data import add_data_commands
+
+    add_data_commands(sub)
     return p
 
 

@@ -52,6 +52,11 @@ class DataConfig:
     """`strict` stops at the first undecodable byte (with its line); `replace` substitutes U+FFFD."""
     max_length: int = 128
     """Tokens per example after truncation. Batches are padded to their longest member, never to this."""
+    group_near_duplicates: bool = True
+    """When validation/test are split from the data, keep exact and near duplicates (audit.near_threshold) on
+    one side, so the split cannot leak them."""
+    group_column: str | None = None
+    """Column naming the source of each row (user, document, ...): all rows of one group land in one split."""
 
 
 @dataclass
@@ -109,6 +114,8 @@ class TrainConfig:
     """Log training loss and learning rate every N optimizer steps."""
     keep_checkpoints: bool = False
     """Keep `checkpoints/` in the run folder after a successful run (needed only to resume)."""
+    class_weights: Literal["none", "balanced"] = "none"
+    """`balanced`: weight the loss by n_rows / (n_classes x rows_of_class) against class imbalance."""
 
 
 @dataclass
@@ -145,9 +152,15 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    audit: AuditConfig = field(default_factory=lambda: AuditConfig())
+    """Data audit run before training (see `tunesmith data audit`)."""
+    prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig())
+    """Settings of `tunesmith data prepare` (cleaning, balancing, grouped splits, augmentation)."""
 
     def check(self) -> None:
         """Cross-field rules that no single field can check."""
+        self.audit.check()
+        self.prepare.check()
         d, t = self.data, self.train
         if d.path and (d.train or d.validation or d.test):
             raise ConfigError("data: set either `path` (one file, split for you) or `train`/`validation`/`test`, not both")
@@ -370,3 +383,8 @@ def _key_lines(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
 
 def _deep_copy(d: dict) -> dict:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+# Imported last: these modules import DataConfig from this (by then complete) module.
+from .data.audit import AuditConfig  # noqa: E402
+from .data.prepare import PrepareConfig  # noqa: E402

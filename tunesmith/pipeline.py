@@ -28,7 +28,7 @@ from .train.precision import choose_precision
 from .utils import atomic_dir, atomic_write_json, folder_size
 
 # Settings that may change when a run is resumed (everything else must match the saved run).
-RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.patience", "train.keep_checkpoints")
+RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.patience", "train.keep_checkpoints", "audit.block_on_leakage")
 
 
 def finetune(config: Config | str | Path | dict | None = None, overrides: list[str] | None = None, resume: str | Path | None = None) -> Run:
@@ -40,9 +40,11 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
     run_dir = Path(resume) if resume else None
     cfg = _resolve_config(config, overrides, run_dir)
 
-    # ---- cheap checks first: data and model availability
+    # ---- cheap checks first: data, its audit, and model availability
     splits = load_splits(cfg.data, cfg.seed)
     source = resolve_model(cfg.model.name)
+    tokenizer = load_tokenizer(source, cfg.model.revision, cfg.model.trust_remote_code)
+    report = _audit(cfg, splits, tokenizer)
     strategy = build_strategy(cfg.strategy.name, cfg.strategy.options)
     precision, why = choose_precision(cfg.train.precision, "cuda" if torch.cuda.is_available() else "cpu")
     AcceleratorState._reset_state(reset_partial_state=False)  # a second finetune() in one process may pick another precision
@@ -51,7 +53,6 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
     say = acc.print
 
     # ---- model + strategy
-    tokenizer = load_tokenizer(source, cfg.model.revision, cfg.model.trust_remote_code)
     set_seed(cfg.seed)  # the head's initialisation depends on it
     model = strategy.prepare(load_classifier(source, splits.label_names, tokenizer.pad_token_id, cfg.model.revision, cfg.model.trust_remote_code))
     trainable, total = count_parameters(model)
@@ -65,6 +66,8 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
     say(f"data: train {len(splits.train)} / validation {len(splits.validation)} / test {len(splits.test)} rows, labels {splits.label_names}")
     for note in splits.notes:
         say(f"data: {note}")
+    if report is not None:
+        say(f"audit: {_audit_line(report)}" + "".join(f"\naudit: {w}" for w in report.warnings[:5]))
     say(f"model: {cfg.model.name} ({source.kind}: {source.location})")
     say(f"strategy: {strategy.name} | trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     say(f"precision: {precision} ({why}) | device {acc.device} | processes {acc.num_processes}")
@@ -78,11 +81,16 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
             parameters={"trainable": trainable, "total": total}, data=_data_record(splits), mlflow_run_id=tracker.run_id,
             mlflow_uri=_tracking_uri(cfg),
         )
+        if report is not None:
+            report.save(run_dir, "audit")
+            info["audit"] = report.counts()
         save_config(cfg, run_dir / "config.yaml")
         atomic_write_json(run_dir / "labels.json", splits.label_names)
         atomic_write_json(run_dir / "run.json", info)
         if not resume:
             tracker.log_params({**flatten(config_to_dict(cfg)), "trainable_parameters": trainable, "total_parameters": total, "precision": precision})
+            if report is not None:
+                tracker.log_metrics({f"audit.{k}": v for k, v in report.counts().items() if isinstance(v, (int, float))})
 
     # ---- train
     data = {s.name: Tokenized(tokenize(tokenizer, s.texts, cfg.data.max_length), s.labels) for s in (splits.train, splits.validation, splits.test)}
@@ -90,6 +98,7 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
         result = fit(
             model, strategy, data["train"], data["validation"], splits.label_names, cfg.train, cfg.seed, acc,
             tokenizer.pad_token_id, run_dir, cfg.eval.batch_size, resume=resume is not None, log=tracker.log_metrics,
+            class_weights=_class_weights(cfg, splits),
         )
     except Interrupted:
         _finish(acc, run_dir, info, tracker, "interrupted", "KILLED")
@@ -161,6 +170,35 @@ def _resolve_config(config, overrides, run_dir: Path | None) -> Config:
         detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:4])
         raise ConfigError(f"--resume {run_dir}: the config differs from the run's ({detail}); only {', '.join(RESUMABLE_CHANGES)} may change")
     return given
+
+
+def _audit(cfg: Config, splits: Splits, tokenizer):
+    """Audit the splits; leakage between train and validation/test stops the run (unless allowed)."""
+    if not cfg.audit.enabled:
+        return None
+    from .data.audit import audit_splits
+    from .errors import DataError
+
+    report = audit_splits(splits, cfg.audit, tokenizer=tokenizer, max_length=cfg.data.max_length)
+    if report.blocking:
+        raise DataError(f"{report.blocking[0]} (or pass --allow-leakage)")
+    return report
+
+
+def _audit_line(report) -> str:
+    c = report.counts()
+    near = c.get("train.near_duplicate_clusters", 0)
+    return (f"{c.get('train.exact_duplicate_rows', 0)} duplicate rows, {near} near-duplicate clusters, "
+            f"{c.get('label_issues', 0)} likely label errors in train; no leakage between splits (audit.md in the run folder)")
+
+
+def _class_weights(cfg: Config, splits: Splits):
+    if cfg.train.class_weights == "none":
+        return None
+    from .data.balance import class_weights
+
+    names = splits.label_names
+    return torch.tensor(class_weights([names[y] for y in splits.train.labels], names), dtype=torch.float32)
 
 
 def _new_run_dir(cfg: Config) -> str:

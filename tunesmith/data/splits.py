@@ -75,13 +75,17 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     _require_two_classes(train_df, train_src)
 
     carved = 0.0  # share of the original rows already split off as test
+    groups = _groups(train_df, cfg, seed) if ("test" not in tables or "validation" not in tables) else None
+    if groups is not None:
+        kept = [k for k, on in (("near duplicates", cfg.group_near_duplicates), (f"'{cfg.group_column}' groups", cfg.group_column)) if on]
+        notes.append(f"split so that {' and '.join(kept)} stay on one side ({len(set(groups))} groups)")
     if "test" not in tables:
-        train_df, tables["test"] = _split_off(train_df, cfg.test_size, seed, train_src, "test")
+        train_df, tables["test"], groups = _split_off(train_df, cfg.test_size, seed, train_src, "test", groups)
         frames["test"] = (None, f"{train_src} (split {cfg.test_size:.0%})")
         carved = cfg.test_size
     if "validation" not in tables:
         share = cfg.validation_size / (1 - carved)
-        train_df, tables["validation"] = _split_off(train_df, share, seed + 1, train_src, "validation")
+        train_df, tables["validation"], groups = _split_off(train_df, share, seed + 1, train_src, "validation", groups)
         frames["validation"] = (None, f"{train_src} (split {cfg.validation_size:.0%})")
     tables["train"] = train_df
 
@@ -123,7 +127,10 @@ def _clean(df: pd.DataFrame, cfg: DataConfig, src: str, notes: list[str]) -> pd.
         notes.append(f"{src}: dropped {int(empty.sum())} rows with empty text or missing label (first rows: {rows})")
     kept = df.loc[~empty]
     labels = kept[cfg.label_column].map(_label_str)
-    return pd.DataFrame({"__text": kept[cfg.text_column].astype(str).to_numpy(), "__label": labels.to_numpy()})
+    out = pd.DataFrame({"__text": kept[cfg.text_column].astype(str).to_numpy(), "__label": labels.to_numpy()})
+    if cfg.group_column and cfg.group_column in kept.columns:
+        out[cfg.group_column] = kept[cfg.group_column].to_numpy()
+    return out
 
 
 def _label_str(v) -> str:
@@ -143,13 +150,37 @@ def _stratified_take(df: pd.DataFrame, n: int, seed: int, src: str) -> pd.DataFr
     return keep
 
 
-def _split_off(df: pd.DataFrame, share: float, seed: int, src: str, what: str):
+def _split_off(df: pd.DataFrame, share: float, seed: int, src: str, what: str, groups=None):
+    """(rest, split_off, groups of rest): stratified by label; with groups, no group is cut in two."""
     if share <= 0:
         raise DataError(f"{src}: no {what} set: give data.{what} or a positive data.{what}_size")
-    return _safe_split(df, share, seed, src, what, train_size=False)
+    _require_pairs(df, src, what)
+    if groups is None:
+        rest, off = _safe_split(df, share, seed, src, what, train_size=False)
+        return rest, off, None
+    from .splitting import grouped_split
+
+    rest, off, rest_groups = grouped_split(df.rename(columns={"__label": "label"}), share, groups, seed, src, what)
+    return rest.rename(columns={"label": "__label"}), off.rename(columns={"label": "__label"}), rest_groups
 
 
-def _safe_split(df, size, seed, src, what, train_size=True):
+def _groups(df: pd.DataFrame, cfg: DataConfig, seed: int):
+    """Group ids that must not be split: near-duplicate clusters and/or a source column."""
+    if not cfg.group_near_duplicates and not cfg.group_column:
+        return None
+    from .audit import AuditConfig
+    from .splitting import near_duplicate_groups
+
+    table = pd.DataFrame({"text": df["__text"], "label": df["__label"]})
+    if cfg.group_column:
+        if cfg.group_column not in df.columns:
+            raise DataError(f"{cfg.path or cfg.train}: no group column '{cfg.group_column}'; set data.group_column to an existing column")
+        table["group"] = df[cfg.group_column].to_numpy()
+    near = AuditConfig(seed=seed) if cfg.group_near_duplicates else None
+    return near_duplicate_groups(table, cfg.group_column, near)
+
+
+def _require_pairs(df: pd.DataFrame, src: str, what: str) -> None:
     counts = df["__label"].value_counts()
     rare = counts[counts < 2]
     if len(rare):
@@ -157,6 +188,10 @@ def _safe_split(df, size, seed, src, what, train_size=True):
             f"{src}: label(s) {rare.index.tolist()} occur only once; a stratified {what} split needs at least 2 "
             f"rows per label; add examples or remove those rows"
         )
+
+
+def _safe_split(df, size, seed, src, what, train_size=True):
+    _require_pairs(df, src, what)
     kwargs = {"train_size" if train_size else "test_size": size}
     try:
         a, b = train_test_split(df, random_state=seed, stratify=df["__label"], **kwargs)

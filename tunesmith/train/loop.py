@@ -109,6 +109,8 @@ def fit(
     scheduler = build_scheduler(optimizer, cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer = acc.prepare(model, optimizer)  # DDP wrapping when there are several processes
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if class_weights is not None:
+        class_weights = class_weights.to(acc.device)
 
     state = LoopState()
     if resume and ckpt_dir.exists():

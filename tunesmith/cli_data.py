@@ -1,0 +1,150 @@
+"""`tunesmith data audit|prepare`: thin calls of tunesmith.data.audit / tunesmith.data.prepare.
+
+    tunesmith data audit data.csv [--test test.csv] [--out reports/]   # a report, no changes
+    tunesmith data prepare config.yaml [--out datasets/]               # a versioned dataset folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+AUDIT_EXIT_BLOCKING = 1  # `data audit` found a problem that would stop training
+
+
+def add_data_commands(subparsers) -> None:
+    """Register `data audit` and `data prepare` on the top-level subparsers of the tunesmith CLI."""
+    d = subparsers.add_parser("data", help="audit or prepare a dataset")
+    sub = d.add_subparsers(dest="data_command", required=True)
+
+    a = sub.add_parser("audit", help="report duplicates, leakage, label errors, balance and lengths (changes nothing)")
+    a.add_argument("file", help="training data (CSV, JSONL, Parquet; pkg://package/file for packaged data)")
+    a.add_argument("--validation", help="validation file to check for leakage against the training data")
+    a.add_argument("--test", help="test file to check for leakage against the training (and validation) data")
+    a.add_argument("--text-column", default="text")
+    a.add_argument("--label-column", default="label")
+    a.add_argument("--out", help="folder for audit.md + audit.json (default: print the Markdown report)")
+    a.add_argument("--near-threshold", type=float, help="Jaccard similarity for near duplicates (default 0.7)")
+    a.add_argument("--no-label-errors", action="store_true", help="skip the cross-validated label-error model")
+    a.add_argument("--max-length", type=int, help="report the share of texts longer than this many tokens")
+    a.add_argument("--tokenizer", help="count lengths in tokens of this model's tokenizer (alias, folder or hub id)")
+    a.add_argument("--encoding", default="utf-8", help="text encoding of CSV/JSONL files (undecodable bytes are reported, not fatal)")
+    a.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("prepare", help="clean, deduplicate, split, balance and augment into a versioned dataset folder")
+    p.add_argument("config", help="YAML with a data: section and an optional prepare: (and audit:) section")
+    p.add_argument("--out", help="folder for the dataset folder (default: prepare.output_dir)")
+    p.set_defaults(func=cmd_prepare)
+
+
+def cmd_audit(args) -> int:
+    from .data.audit import AuditConfig, audit
+    from .data.loaders import load_table
+
+    cfg = AuditConfig()
+    if args.near_threshold is not None:
+        cfg.near_threshold = args.near_threshold
+    cfg.label_errors = not args.no_label_errors
+    frames = {}
+    for name, spec in (("train", args.file), ("validation", args.validation), ("test", args.test)):
+        if spec:
+            table = load_table(spec, "auto", args.encoding, "replace")
+            if isinstance(table, dict):
+                raise ConfigError(f"{spec}: a saved DatasetDict folder; audit one split file at a time (export it to CSV/Parquet)")
+            frames[name] = table
+    tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else None
+    report = audit(frames.pop("train"), frames, args.text_column, args.label_column, cfg,
+                   sources={"train": args.file, "validation": args.validation, "test": args.test}, tokenizer=tokenizer, max_length=args.max_length)
+    if args.out:
+        md, js = report.save(Path(args.out))
+        print(f"wrote {md} and {js}")
+    else:
+        print(report.to_markdown())
+    for msg in report.blocking:
+        print(f"blocking: {msg}", file=sys.stderr)
+    return AUDIT_EXIT_BLOCKING if report.blocking else 0
+
+
+def cmd_prepare(args) -> int:
+    from .data.prepare import prepare
+
+    data, prep, aud, seed = load_prepare_config(args.config)
+    result = prepare(data, prep, aud, seed=seed, out=args.out)
+    m = result.manifest
+    print(f"wrote {result.path}")
+    print("  " + ", ".join(f"{n} {info['rows']} rows" for n, info in m["splits"].items()) + f"; fingerprint {m['fingerprint']}")
+    for step in m["cleaning"]:
+        print(f"  {step['set']}: {step['rule']} {step['action']} {step['rows']} rows" + (f" ({step['detail']})" if step["detail"] else ""))
+    if result.class_weights:
+        print("  class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in m["balance"]["class_weights"].items()))
+    for msg in result.input_audit.blocking:
+        print(f"  fixed: {msg.split(';')[0]}")
+    return 0
+
+
+def load_prepare_config(path: str | Path):
+    """Read the `data:`, `prepare:`, `audit:` sections and `seed` of a YAML config; everything else is ignored."""
+    from .config import DataConfig, _build, _key_lines
+    from .data.audit import AuditConfig
+    from .data.prepare import PrepareConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; check the path (relative paths start at {Path.cwd()})")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text) or {}
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise ConfigError(f"{path}{f' line {mark.line + 1}' if mark else ''}: malformed YAML; fix the indentation/quoting there") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, prepare:, ...)")
+    if "data" not in raw:
+        raise ConfigError(f"{path}: no data: section; add one with path: (or train:/validation:/test:), text_column and label_column")
+    where = str(path)
+    data = _build(DataConfig, raw.get("data"), ("data",), where, lines)
+    prep = _build(PrepareConfig, raw.get("prepare"), ("prepare",), where, lines)
+    seed = raw.get("seed", 42)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"{where}: seed must be an integer, got {seed!r}")
+    audit_raw = raw.get("audit") or {}
+    if not isinstance(audit_raw, dict):
+        raise ConfigError(f"{where}: 'audit' must be a mapping of audit settings")
+    aud = _build(AuditConfig, {"seed": seed, **audit_raw}, ("audit",), where, lines)
+    prep.check()
+    aud.check()
+    return data, prep, aud, seed
+
+
+def _tokenizer(name: str):
+    from .models.loading import load_tokenizer, resolve_model
+
+    return load_tokenizer(resolve_model(name))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser with only the data commands (tests; `python -m tunesmith.cli_data`)."""
+    p = argparse.ArgumentParser(prog="tunesmith")
+    add_data_commands(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import TunesmithError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TunesmithError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

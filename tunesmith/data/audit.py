@@ -1,0 +1,394 @@
+"""Data audit: schema problems, duplicates, leakage between splits, likely label errors, balance, lengths.
+
+`audit()` checks DataFrames as they were read (before any cleaning), `audit_splits()` the
+`Splits` that training uses. Neither changes the data; `tunesmith.data.prepare` does that.
+Row numbers in a report are 1-based positions of data rows in their set (the header is not a row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+from ..utils import atomic_write_text
+from .audit_markdown import warnings_of
+from .dedup import Match, NearIndex, cross_matches, exact_groups, near_clusters, normalize_text
+from .label_noise import LabelNoiseFindings, find_label_errors
+
+
+@dataclass
+class AuditConfig:
+    enabled: bool = True
+    """Audit the data before every training run (the report lands in the run folder as audit.md/json)."""
+    near_duplicates: bool = True
+    """Look for near duplicates (MinHash LSH) besides exact ones (after case/whitespace/NFKC normalisation)."""
+    near_threshold: float = 0.7
+    """Jaccard similarity of shingle sets at or above which two texts are near duplicates (0.5-1). 0.7 catches a
+    dropped word in a tweet-length text; long documents tolerate 0.8-0.9."""
+    num_perm: int = 128
+    """MinHash permutations: more is more precise and slower."""
+    shingle_size: int = 5
+    """Length of the shingles compared for near duplicates (characters, or words with `shingle_unit: word`)."""
+    shingle_unit: Literal["char", "word"] = "char"
+    """`char` (robust to small edits in short texts) or `word` (long documents)."""
+    label_errors: bool = True
+    """Rank likely label errors in the training set (cleanlab on out-of-fold TF-IDF + logistic-regression probabilities)."""
+    label_error_folds: int = 5
+    """Cross-validation folds of the label-error model."""
+    max_examples: int = 20
+    """Clusters, pairs and suspects listed in the Markdown report (the JSON lists every row number)."""
+    block_on_leakage: bool = True
+    """Leakage between train and validation/test (or between validation and test) is a blocking problem."""
+    leakage_tolerance: float = 0.0
+    """Share of a validation/test set that may overlap an earlier set before it blocks (0 = any overlap blocks)."""
+    imbalance_warning: float = 10.0
+    """Warn when the largest class has this many times the rows of the smallest."""
+    truncation_warning: float = 0.05
+    """Warn when more than this share of texts is longer than the max length."""
+    seed: int = 42
+    """Seed of the MinHash permutations and the cross-validation folds."""
+
+    def check(self) -> None:
+        from ..errors import ConfigError
+
+        if not 0.5 <= self.near_threshold <= 1:
+            raise ConfigError(f"audit.near_threshold={self.near_threshold} must be between 0.5 and 1")
+        if self.shingle_unit not in ("char", "word"):
+            raise ConfigError(f"audit.shingle_unit='{self.shingle_unit}' must be char or word")
+        if self.num_perm < 16 or self.shingle_size < 1 or self.label_error_folds < 2:
+            raise ConfigError("audit: num_perm must be at least 16, shingle_size at least 1, label_error_folds at least 2")
+        if not 0 <= self.leakage_tolerance < 1:
+            raise ConfigError(f"audit.leakage_tolerance={self.leakage_tolerance} must be in [0, 1)")
+
+
+@dataclass
+class SchemaFindings:
+    rows: int
+    missing_text: list[int] = field(default_factory=list)
+    empty_text: list[int] = field(default_factory=list)
+    """Rows whose text is only whitespace."""
+    non_text: list[int] = field(default_factory=list)
+    """Rows whose text value is not a string (numbers, lists, ...)."""
+    missing_label: list[int] = field(default_factory=list)
+    encoding: list[int] = field(default_factory=list)
+    """Rows with U+FFFD (an undecodable byte that was replaced), control characters or lone surrogates."""
+    singleton_labels: dict[str, int] = field(default_factory=dict)
+    """Labels that occur once: label -> its row."""
+    unseen_labels: dict[str, int] = field(default_factory=dict)
+    """Labels of a validation/test set that the training set lacks: label -> row count."""
+
+
+@dataclass
+class DuplicateFindings:
+    exact_groups: list[list[int]] = field(default_factory=list)
+    """Rows with identical normalised text, one list per text."""
+    exact_conflicts: list[list[int]] = field(default_factory=list)
+    """Exact groups whose rows carry different labels."""
+    near_clusters: list[list[int]] = field(default_factory=list)
+    """Rows of near-duplicate clusters (at least two different normalised texts each)."""
+    near_conflicts: list[list[int]] = field(default_factory=list)
+    """Near-duplicate clusters whose rows carry different labels."""
+    redundant_rows: int = 0
+    """Rows that exact deduplication removes (every copy after the first)."""
+    examples: list[list[str]] = field(default_factory=list)
+    """Texts of the first clusters (exact, then near), for reading."""
+
+
+@dataclass
+class Leak:
+    set: str
+    """The later set (validation or test) whose rows also occur in `reference`."""
+    reference: str
+    rows_checked: int
+    pairs: list[dict] = field(default_factory=list)
+    """{row, reference_row, kind: exact|near, similarity} for every leaked row."""
+
+    @property
+    def share(self) -> float:
+        return len(self.pairs) / self.rows_checked if self.rows_checked else 0.0
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(p["kind"] for p in self.pairs))
+
+
+@dataclass
+class AuditReport:
+    text_column: str
+    label_column: str
+    sources: dict[str, str]
+    """Set name -> where it came from."""
+    schema: dict[str, SchemaFindings]
+    duplicates: dict[str, DuplicateFindings]
+    leakage: list[Leak]
+    label_noise: LabelNoiseFindings
+    balance: dict[str, dict[str, int]]
+    """Set name -> label -> rows."""
+    lengths: dict[str, dict[str, float]]
+    """Set name -> length statistics (unit, mean, percentiles, max, truncated share)."""
+    warnings: list[str]
+    config: AuditConfig
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def blocking(self) -> list[str]:
+        """One-line messages of the problems that should stop training."""
+        out = []
+        if self.config.block_on_leakage:
+            for leak in self.leakage:
+                if leak.pairs and leak.share > self.config.leakage_tolerance:
+                    kinds = ", ".join(f"{n} {k}" for k, n in sorted(leak.counts().items()))
+                    out.append(
+                        f"leakage: {len(leak.pairs)} of {leak.rows_checked} {leak.set} rows ({leak.share:.1%}) also occur in "
+                        f"{leak.reference} ({kinds}); remove them (`tunesmith data prepare` does) or set audit.block_on_leakage: false"
+                    )
+        return out
+
+    def counts(self) -> dict[str, Any]:
+        """Headline numbers, flat, for logs and trackers."""
+        out: dict[str, Any] = {}
+        for name, s in self.schema.items():
+            out[f"{name}.rows"] = s.rows
+            for key in ("missing_text", "empty_text", "non_text", "missing_label", "encoding"):
+                out[f"{name}.{key}"] = len(getattr(s, key))
+        for name, d in self.duplicates.items():
+            out[f"{name}.exact_duplicate_rows"] = d.redundant_rows
+            out[f"{name}.exact_conflicts"] = len(d.exact_conflicts)
+            out[f"{name}.near_duplicate_clusters"] = len(d.near_clusters)
+            out[f"{name}.near_conflicts"] = len(d.near_conflicts)
+        for leak in self.leakage:
+            out[f"leakage.{leak.set}_in_{leak.reference}"] = len(leak.pairs)
+        out["label_issues"] = len(self.label_noise.issues)
+        out["blocking"] = len(self.blocking)
+        return out
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["blocking"] = self.blocking
+        out["counts"] = self.counts()
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+    def to_markdown(self) -> str:
+        from .audit_markdown import render
+
+        return render(self)
+
+    def save(self, folder: Path, stem: str = "audit") -> tuple[Path, Path]:
+        """Write `<stem>.md` and `<stem>.json` into `folder` (each atomically)."""
+        folder = Path(folder)
+        md, js = folder / f"{stem}.md", folder / f"{stem}.json"
+        atomic_write_text(md, self.to_markdown())
+        atomic_write_text(js, self.to_json())
+        return md, js
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def audit(
+    train_df: pd.DataFrame,
+    others: dict[str, pd.DataFrame] | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    options: AuditConfig | None = None,
+    *,
+    sources: dict[str, str] | None = None,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+) -> AuditReport:
+    """Audit a training table and optional later sets ({"validation": df, "test": df}); changes nothing.
+
+    `tokenizer` (a Hugging Face tokenizer or any callable returning `input_ids`) measures lengths in
+    its tokens instead of whitespace tokens; `max_length` adds the share of texts it would truncate.
+    """
+    cfg = options or AuditConfig()
+    cfg.check()
+    frames = {"train": train_df, **(others or {})}
+    sources = {name: (sources or {}).get(name, name) for name in frames}
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] = round(seconds.get(stage, 0.0) + now - clock, 3)
+        clock = now
+
+    for name, df in frames.items():
+        for role, col in (("text", text_column), ("label", label_column)):
+            if col not in df.columns:
+                cols = ", ".join(map(str, df.columns[:20]))
+                raise DataError(f"{sources[name]}: no {role} column '{col}' (columns: {cols}); pass the right --{role}-column")
+
+    tables = {name: _Table.read(df, text_column, label_column) for name, df in frames.items()}
+    train_labels = set(tables["train"].labels.dropna())
+    schema = {name: t.schema(train_labels if name != "train" else None) for name, t in tables.items()}
+    lap("schema")
+
+    indexes: dict[str, NearIndex | None] = {}
+    duplicates = {}
+    for name, t in tables.items():
+        index = NearIndex(t.keys, cfg.near_threshold, cfg.num_perm, cfg.shingle_size, cfg.shingle_unit, cfg.seed) if cfg.near_duplicates and t.keys else None
+        indexes[name] = index
+        duplicates[name] = _duplicates(t, index, cfg.max_examples)
+    lap("duplicates")
+
+    leakage = []
+    names = list(tables)
+    for i, later in enumerate(names[1:], start=1):
+        for ref in names[:i]:
+            matches = cross_matches(tables[ref].keys, indexes[ref], tables[later].keys)
+            leakage.append(_leak(later, ref, tables[later], tables[ref], matches, cfg.max_examples))
+    lap("leakage")
+
+    noise = LabelNoiseFindings(skipped="disabled (audit.label_errors: false)")
+    if cfg.label_errors:
+        t = tables["train"]
+        labelled = [i for i, y in enumerate(t.key_labels) if y is not None]
+        noise = find_label_errors(
+            [t.texts[i] for i in labelled], [t.key_labels[i] for i in labelled], [t.rows[i] for i in labelled], cfg.label_error_folds, cfg.seed
+        )
+    lap("label_errors")
+
+    balance = {name: dict(Counter(t.labels.dropna()).most_common()) for name, t in tables.items()}
+    lengths = {name: _length_stats(t.texts, tokenizer, max_length) for name, t in tables.items()}
+    lap("balance_and_lengths")
+    report = AuditReport(text_column, label_column, sources, schema, duplicates, leakage, noise, balance, lengths, [], cfg, seconds)
+    report.warnings.extend(warnings_of(report))
+    return report
+
+
+def audit_splits(splits, cfg: AuditConfig | None = None, *, tokenizer: Any = None, max_length: int | None = None) -> AuditReport:
+    """Audit the loaded `tunesmith.data.splits.Splits` (row numbers are positions within each split)."""
+    frames, sources = {}, {}
+    for split in (splits.train, splits.validation, splits.test):
+        frames[split.name] = pd.DataFrame({"text": split.texts, "label": [splits.label_names[y] for y in split.labels]})
+        sources[split.name] = split.source or split.name
+    train = frames.pop("train")
+    return audit(train, frames, "text", "label", cfg, sources=sources, tokenizer=tokenizer, max_length=max_length)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Table:
+    """One set, read once: raw columns plus the usable rows (a non-empty string text)."""
+
+    text: pd.Series
+    labels: pd.Series
+    """Labels as strings (None where missing)."""
+    usable: list[int]
+    """0-based positions of rows with a usable text."""
+    texts: list[str]
+    keys: list[str]
+    rows: list[int]
+    """1-based row numbers of the usable rows."""
+    key_labels: list[str | None]
+
+    @classmethod
+    def read(cls, df: pd.DataFrame, text_column: str, label_column: str) -> "_Table":
+        text = df[text_column].reset_index(drop=True)
+        labels = pd.Series([_label_str(v) for v in df[label_column]], dtype=object)  # None stays None (not NaN)
+        usable = [i for i, v in enumerate(text) if isinstance(v, str) and v.strip()]
+        texts = [text[i] for i in usable]
+        return cls(text, labels, usable, texts, [normalize_text(s) for s in texts], [i + 1 for i in usable], [labels[i] for i in usable])
+
+    def schema(self, train_labels: set | None) -> SchemaFindings:
+        s = SchemaFindings(rows=len(self.text))
+        for i, v in enumerate(self.text):
+            if v is None or (not isinstance(v, (str, list, dict)) and pd.isna(v)):
+                s.missing_text.append(i + 1)
+            elif not isinstance(v, str):
+                s.non_text.append(i + 1)
+            elif not v.strip():
+                s.empty_text.append(i + 1)
+            elif _bad_encoding(v):
+                s.encoding.append(i + 1)
+        s.missing_label = [i + 1 for i, y in enumerate(self.labels) if not isinstance(y, str)]
+        present = [(i + 1, y) for i, y in enumerate(self.labels) if isinstance(y, str)]
+        counts = Counter(y for _, y in present)
+        s.singleton_labels = {y: row for row, y in present if counts[y] == 1}
+        if train_labels is not None:
+            s.unseen_labels = {y: n for y, n in counts.items() if y not in train_labels}
+            s.singleton_labels = {}
+        return s
+
+
+def _label_str(v) -> str | None:
+    if v is None or (not isinstance(v, (str, list, dict)) and pd.isna(v)):
+        return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    v = str(v).strip()
+    return v or None
+
+
+def _bad_encoding(text: str) -> bool:
+    if "\ufffd" in text:
+        return True
+    for ch in text:
+        o = ord(ch)
+        if (o < 32 and ch not in "\t\n\r") or 0xD800 <= o <= 0xDFFF or o == 0x7F:
+            return True
+    return False
+
+
+def _duplicates(t: _Table, index: NearIndex | None, max_examples: int) -> DuplicateFindings:
+    d = DuplicateFindings()
+    groups = [[t.rows[i] for i in g] for g in exact_groups(t.keys)]
+    d.exact_groups = groups
+    d.redundant_rows = sum(len(g) - 1 for g in groups)
+    label_of = dict(zip(t.rows, t.key_labels))
+    d.exact_conflicts = [g for g in groups if len({label_of[r] for r in g} - {None}) > 1]
+    if index is not None:
+        d.near_clusters = [[t.rows[i] for i in c.rows] for c in near_clusters(t.keys, index)]
+        d.near_conflicts = [c for c in d.near_clusters if len({label_of[r] for r in c} - {None}) > 1]
+    text_of = dict(zip(t.rows, t.texts))
+    for cluster in (groups + d.near_clusters)[:max_examples]:
+        d.examples.append([f"[row {r}, {label_of[r]}] {_clip(text_of[r])}" for r in cluster[:5]])
+    return d
+
+
+def _leak(name: str, ref: str, t: _Table, r: _Table, matches: list[Match], max_examples: int) -> Leak:
+    leak = Leak(name, ref, rows_checked=len(t.rows))
+    for n, m in enumerate(matches):
+        pair = {"row": t.rows[m.other], "reference_row": r.rows[m.train], "kind": m.kind, "similarity": m.similarity}
+        if n < max_examples:
+            pair.update(text=_clip(t.texts[m.other]), reference_text=_clip(r.texts[m.train]))
+        leak.pairs.append(pair)
+    return leak
+
+
+def _length_stats(texts: list[str], tokenizer: Any, max_length: int | None) -> dict[str, float]:
+    if not texts:
+        return {"unit": "none", "count": 0}
+    if tokenizer is None:
+        unit, lengths = "whitespace tokens", np.array([len(s.split()) for s in texts])
+    else:
+        ids = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+        unit, lengths = f"{getattr(tokenizer, 'name_or_path', '') or 'tokenizer'} tokens", np.array([len(x) for x in ids])
+    stats: dict[str, Any] = {"unit": unit, "count": int(lengths.size), "mean": round(float(lengths.mean()), 2), "min": int(lengths.min())}
+    for q in (50, 90, 95, 99):
+        stats[f"p{q}"] = float(np.percentile(lengths, q))
+    stats["max"] = int(lengths.max())
+    if max_length:
+        stats["max_length"] = max_length
+        stats["truncated_share"] = round(float((lengths > max_length).mean()), 4)
+    return stats
+
+
+def _clip(text: str, n: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
