@@ -120,3 +120,32 @@ def test_strategies_lists_each_with_a_line():
     assert result.returncode == 0
     names = [line.split()[0] for line in result.stdout.splitlines()]
     assert {"full", "freeze", "lora"} <= set(names)
+
+
+def test_train_refuses_a_leaking_split_unless_allowed(tmp_path, tiny_model):
+    rows = toy_rows(150)
+    train = write_csv(tmp_path / "train.csv", rows[:120])
+    test = write_csv(tmp_path / "test.csv", rows[120:] + rows[:10])  # 10 training rows leaked into test
+    cfg = tiny_config(tmp_path, tiny_model, train, data={"path": None, "train": str(train), "test": str(test)}, train={"epochs": 1})
+    config = write_yaml(tmp_path / "leak.yaml", cfg)
+    line = _one_line_error(run_cli("train", str(config)), "leakage", "test", "--allow-leakage")
+    assert "train" in line
+    assert not (tmp_path / "runs").exists()
+    allowed = run_cli("train", str(config), "--allow-leakage")
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert (run_dir / "audit.md").is_file() and "leak" in (run_dir / "audit.md").read_text().lower()
+
+
+def test_data_audit_command(tmp_path):
+    rows = toy_rows(90)
+    train = write_csv(tmp_path / "train.csv", rows[:60] + rows[:5])  # 5 exact duplicates
+    test = write_csv(tmp_path / "test.csv", rows[60:] + rows[10:13])  # 3 leaked rows
+    result = run_cli("data", "audit", str(train), "--test", str(test), "--out", str(tmp_path / "report"))
+    assert result.returncode == 1, result.stderr[-2000:]  # leakage blocks
+    import json
+
+    report = json.loads((tmp_path / "report" / "audit.json").read_text())
+    assert report["counts"]["train.exact_duplicate_rows"] >= 5
+    assert report["counts"]["leakage.test_in_train"] >= 3
+    _one_line_error(run_cli("data", "audit", str(tmp_path / "nope.csv")), "nope.csv", "not found")

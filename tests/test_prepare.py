@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dirty_corpus import build
-from tunesmith.cli_data import build_parser
+from tunesmith.cli import build_parser
 from tunesmith.config import DataConfig
 from tunesmith.data.audit import AuditConfig
 from tunesmith.data.augment import AugmentConfig, Augmenter, augment_rows, load_synonyms, random_delete, random_swap

@@ -44,7 +44,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import pandas as pd
 
     from .data.loaders import load_table
     from .errors import DataError

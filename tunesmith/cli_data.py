@@ -6,11 +6,9 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-import yaml
 
 from .errors import ConfigError
 
@@ -88,63 +86,16 @@ def cmd_prepare(args) -> int:
 
 
 def load_prepare_config(path: str | Path):
-    """Read the `data:`, `prepare:`, `audit:` sections and `seed` of a YAML config; everything else is ignored."""
-    from .config import DataConfig, _build, _key_lines
-    from .data.audit import AuditConfig
-    from .data.prepare import PrepareConfig
+    """(data, prepare, audit, seed) from a tunesmith config; the audit uses the top-level seed."""
+    import dataclasses
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; check the path (relative paths start at {Path.cwd()})")
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text) or {}
-        lines = _key_lines(yaml.compose(text))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise ConfigError(f"{path}{f' line {mark.line + 1}' if mark else ''}: malformed YAML; fix the indentation/quoting there") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, prepare:, ...)")
-    if "data" not in raw:
-        raise ConfigError(f"{path}: no data: section; add one with path: (or train:/validation:/test:), text_column and label_column")
-    where = str(path)
-    data = _build(DataConfig, raw.get("data"), ("data",), where, lines)
-    prep = _build(PrepareConfig, raw.get("prepare"), ("prepare",), where, lines)
-    seed = raw.get("seed", 42)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ConfigError(f"{where}: seed must be an integer, got {seed!r}")
-    audit_raw = raw.get("audit") or {}
-    if not isinstance(audit_raw, dict):
-        raise ConfigError(f"{where}: 'audit' must be a mapping of audit settings")
-    aud = _build(AuditConfig, {"seed": seed, **audit_raw}, ("audit",), where, lines)
-    prep.check()
-    aud.check()
-    return data, prep, aud, seed
+    from .config import load_config
+
+    cfg = load_config(path)
+    return cfg.data, cfg.prepare, dataclasses.replace(cfg.audit, seed=cfg.seed), cfg.seed
 
 
 def _tokenizer(name: str):
     from .models.loading import load_tokenizer, resolve_model
 
     return load_tokenizer(resolve_model(name))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser with only the data commands (tests; `python -m tunesmith.cli_data`)."""
-    p = argparse.ArgumentParser(prog="tunesmith")
-    add_data_commands(p.add_subparsers(dest="command", required=True))
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .errors import TunesmithError
-
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except TunesmithError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -47,7 +47,6 @@ def plot_confusion(matrix: list[list[int]], label_names: list[str], path: Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..utils import atomic_dir
 
     m = np.asarray(matrix)
     size = 1.2 + 0.7 * len(label_names)

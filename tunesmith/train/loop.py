@@ -103,7 +103,6 @@ def fit(
     steps_per_epoch = max(1, len(_plan(train, global_micro, cfg.grad_accum, seed, 0, cfg.group_by_length, world)))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     eval_every = cfg.eval_every or steps_per_epoch
-    higher = cfg.metric != "loss"
 
     optimizer = build_optimizer(strategy.param_groups(model, cfg.lr, cfg.weight_decay), cfg.lr)
     scheduler = build_scheduler(optimizer, cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps)
