@@ -96,6 +96,14 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def cmd_export(args) -> int:
+    from .run import Run, export_run
+
+    out = export_run(Run(args.run), args.out)
+    print(f"wrote {out}: a plain transformers folder (AutoModelForSequenceClassification.from_pretrained)")
+    return 0
+
+
 def cmd_strategies(args) -> int:
     from .strategies import get_strategy_class, strategy_names
 
@@ -134,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("runs", help="list runs with their headline metrics")
     r.add_argument("--output-dir", default="runs")
     r.set_defaults(func=cmd_runs)
+
+    x = sub.add_parser("export", help="merge adapters and write a plain Hugging Face model folder")
+    x.add_argument("run")
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=cmd_export)
 
     s = sub.add_parser("strategies", help="list the fine-tuning strategies")
     s.set_defaults(func=cmd_strategies)

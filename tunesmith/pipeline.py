@@ -94,9 +94,13 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
 
     # ---- train
     data = {s.name: Tokenized(tokenize(tokenizer, s.texts, cfg.data.max_length), s.labels) for s in (splits.train, splits.validation, splits.test)}
+    trained = model
+    if strategy.features_only:  # linear probe: run the frozen backbone once, train the head on its features
+        data = _features(cfg, strategy, model, source, splits, data, acc, tokenizer.pad_token_id, say)
+        trained = strategy.head_model(model)
     try:
         result = fit(
-            model, strategy, data["train"], data["validation"], splits.label_names, cfg.train, cfg.seed, acc,
+            trained, strategy, data["train"], data["validation"], splits.label_names, cfg.train, cfg.seed, acc,
             tokenizer.pad_token_id, run_dir, cfg.eval.batch_size, resume=resume is not None, log=tracker.log_metrics,
             class_weights=_class_weights(cfg, splits),
         )
@@ -108,8 +112,8 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
         raise
 
     # ---- test with the best weights, the baseline beside it, and the record
-    model = acc.unwrap_model(model)
-    probs = predict_probs(model, data["test"], tokenizer.pad_token_id, cfg.eval.batch_size, acc.autocast, acc.process_index, acc.num_processes)
+    trained = acc.unwrap_model(trained)
+    probs = predict_probs(trained, data["test"], tokenizer.pad_token_id, cfg.eval.batch_size, acc.autocast, acc.process_index, acc.num_processes)
     if acc.is_main_process:
         from .evaluate.baseline import tfidf_baseline
         from .evaluate.metrics import classification_metrics
@@ -170,6 +174,31 @@ def _resolve_config(config, overrides, run_dir: Path | None) -> Config:
         detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:4])
         raise ConfigError(f"--resume {run_dir}: the config differs from the run's ({detail}); only {', '.join(RESUMABLE_CHANGES)} may change")
     return given
+
+
+def _features(cfg: Config, strategy, model, source, splits: Splits, data: dict, acc, pad_id: int, say) -> dict:
+    from .strategies.linear_probe import cache_key, cached_features
+    from .train.loop import Features, map_batches
+
+    model.to(acc.device).eval()
+    folder = Path(cfg.output_dir) / ".cache" / "features"
+    out = {}
+    for split in (splits.train, splits.validation, splits.test):
+        key = cache_key(source.location, cfg.model.revision, cfg.data.max_length, split.fingerprint())
+
+        def compute(tok=data[split.name]):
+            def fn(inputs):
+                with acc.autocast():
+                    return strategy.features(model, {k: v.to(acc.device) for k, v in inputs.items()})
+
+            return torch.from_numpy(map_batches(tok, pad_id, cfg.eval.batch_size, fn, acc.process_index, acc.num_processes))
+
+        t0 = time.perf_counter()
+        use = cfg.strategy.options.cache
+        x, hit = cached_features(folder, key, compute, read=use, write=use and acc.is_main_process)
+        say(f"linear-probe: {split.name} features {tuple(x.shape)} {'from cache' if hit else f'computed in {time.perf_counter() - t0:.1f}s'}")
+        out[split.name] = Features(x, split.labels)
+    return out
 
 
 def _audit(cfg: Config, splits: Splits, tokenizer):

@@ -168,3 +168,17 @@ def write_run_files(run_dir: Path, cfg, info: dict, metrics: dict, history: list
     plot_confusion(metrics["test"]["confusion_matrix"], names, run_dir / "confusion_matrix.png", f"{info['name']}: test")
     plot_history(history, cfg.train.metric, run_dir / "training_curves.png")
     write_report(run_dir, cfg, info, metrics)
+
+
+def export_run(run: Run, out: str | Path) -> Path:
+    """A plain Hugging Face folder (adapters merged into the weights) that loads without tunesmith or PEFT."""
+    from .strategies import build_strategy
+    from .utils import atomic_dir
+
+    run._load()
+    cfg = run.config
+    merged = build_strategy(cfg.strategy.name, cfg.strategy.options).merged(run._model)
+    with atomic_dir(Path(out)) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        run._tokenizer.save_pretrained(tmp)
+    return Path(out)

@@ -1,7 +1,7 @@
 """What every strategy is: it changes exactly three things and shares everything else.
 
 1. how the model is prepared (`prepare`: freeze, wrap with adapters, ...);
-2. which parameters train and with which learning rate (`param_groups`);
+2. which parameters train and with which learning rate (`trainable_names`, `param_groups`, `on_step`);
 3. what is saved and how it is loaded back (`save` / `load`).
 """
 
@@ -20,11 +20,20 @@ class NoOptions:
     """This strategy has no options."""
 
 
+@dataclass
+class LayerDecayOptions:
+    layer_lr_decay: float = 1.0
+    """Discriminative learning rates: layer i from the top trains at lr x decay^i (1.0 = same lr everywhere)."""
+
+
 class Strategy:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     """One line: when to use it (shown by `tunesmith strategies`)."""
     Options: ClassVar[type] = NoOptions
+    features_only: ClassVar[bool] = False
+    """True when only the head trains on cached backbone features (the backbone runs once)."""
+    supports_distributed: ClassVar[bool] = True
 
     def __init__(self, options=None):
         self.options = options if options is not None else self.Options()
@@ -33,14 +42,29 @@ class Strategy:
         """Return the model to train (possibly wrapped); set requires_grad on what trains."""
         return model
 
+    def trainable_names(self, model: nn.Module) -> set[str]:
+        """Every parameter that trains at some point of the run (what the optimizer and checkpoints hold)."""
+        return {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_step(self, model: nn.Module, step: int, steps_per_epoch: int) -> str | None:
+        """Called before each optimizer step; may change what trains. Returns a message when it did."""
+        return None
+
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-        """AdamW groups over the trainable parameters: no weight decay on biases and norm weights."""
-        decay, no_decay = [], []
-        for _, p in model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr}, {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
-        return [g for g in groups if g["params"]]
+        """AdamW groups: no weight decay on biases and norm weights; per-layer lr with `layer_lr_decay`."""
+        names = self.trainable_names(model)
+        decay_rate = getattr(self.options, "layer_lr_decay", 1.0)
+        depths = parameter_depths(model) if decay_rate != 1.0 else {}
+        top = max(depths.values(), default=0)
+        groups: dict[tuple, dict] = {}
+        for name, p in model.named_parameters():
+            if name not in names:
+                continue
+            scale = decay_rate ** (top - depths[name]) if depths else 1.0
+            key = (p.ndim < 2, scale)
+            group = groups.setdefault(key, {"params": [], "weight_decay": 0.0 if p.ndim < 2 else weight_decay, "lr": lr * scale})
+            group["params"].append(p)
+        return list(groups.values())
 
     def save(self, model: nn.Module, folder: Path) -> None:
         """Save what this strategy trained so that `load` can rebuild the model (safetensors)."""
@@ -51,6 +75,10 @@ class Strategy:
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification.from_pretrained(folder)
+
+    def merged(self, model: nn.Module) -> nn.Module:
+        """The trained model as a plain transformers model (adapters merged into the weights)."""
+        return model
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -76,7 +104,6 @@ def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
 def parameter_depths(model: nn.Module) -> dict[str, int]:
     """Depth of each parameter: 0 = embeddings (below the stack), 1..L = layer i, L+1 = above (head, final norm)."""
     prefix, stack = layer_stack(model)
-    n = len(stack)
     depths: dict[str, int] = {}
     seen_stack = False
     for name, _ in model.named_parameters():
@@ -84,10 +111,15 @@ def parameter_depths(model: nn.Module) -> dict[str, int]:
             seen_stack = True
             depths[name] = int(name[len(prefix) + 1 :].split(".")[0]) + 1
         else:
-            depths[name] = n + 1 if seen_stack else 0
+            depths[name] = len(stack) + 1 if seen_stack else 0
     return depths
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that train, by name: what a checkpoint has to keep."""
-    return {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def set_trainable(model: nn.Module, names: set[str]) -> None:
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in names)
+
+
+def trainable_state(model: nn.Module, names: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The parameters that train (or `names`), by name: what a checkpoint has to keep."""
+    return {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if (p.requires_grad if names is None else n in names)}

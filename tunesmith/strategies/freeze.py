@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Strategy, parameter_depths
+from .base import LayerDecayOptions, Strategy, parameter_depths, set_trainable
 
 
 @dataclass
-class FreezeOptions:
+class FreezeOptions(LayerDecayOptions):
     layers: int | None = 2
     """Train the top N transformer layers plus everything above them (pooler, head)."""
     pattern: str | None = None
@@ -44,6 +44,5 @@ class FreezeStrategy(Strategy):
             keep = {n for n, d in depths.items() if d > n_layers - o.layers}
         if o.train_embeddings:
             keep |= {n for n, d in depths.items() if d == 0}
-        for name, p in model.named_parameters():
-            p.requires_grad_(name in keep)
+        set_trainable(model, keep)
         return model

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from typing import Literal
 
 from torch import nn
 
-from .base import Strategy
+from .peft_base import PeftStrategy, seq_cls_task
 
 
 @dataclass
@@ -25,6 +24,8 @@ class LoraOptions:
     """Rank-stabilised scaling alpha / sqrt(r) (better for large ranks)."""
     use_dora: bool = False
     """Weight-decomposed LoRA (DoRA): a learned magnitude per output; slower, sometimes better."""
+    quantize: Literal["none", "nf4", "int8"] = "none"
+    """QLoRA: quantize the frozen base to 4-bit NF4 (double quantization) or 8-bit with bitsandbytes."""
 
 
 def default_targets(model: nn.Module) -> list[str] | str:
@@ -33,42 +34,17 @@ def default_targets(model: nn.Module) -> list[str] | str:
     return DEFAULTS.get(getattr(model.config, "model_type", ""), "all-linear")
 
 
-class LoraStrategy(Strategy):
+class LoraStrategy(PeftStrategy):
     name = "lora"
-    summary = "Low-rank adapters + head train (~1-3% of weights). Little memory, tiny saves, little forgetting."
+    summary = "Low-rank adapters + head train (~1-3% of weights). Little memory, tiny saves, little forgetting; quantize: nf4 = QLoRA."
     Options = LoraOptions
 
     def peft_config(self, model: nn.Module):
-        from peft import LoraConfig, TaskType
+        from peft import LoraConfig
 
         o = self.options
-        targets = o.target_modules
-        if targets == ["all-linear"]:
-            targets = "all-linear"
+        targets = "all-linear" if o.target_modules == ["all-linear"] else o.target_modules
         return LoraConfig(
-            task_type=TaskType.SEQ_CLS,
-            r=o.r,
-            lora_alpha=o.alpha,
-            lora_dropout=o.dropout,
-            target_modules=targets or default_targets(model),
-            use_rslora=o.use_rslora,
-            use_dora=o.use_dora,
+            task_type=seq_cls_task(), r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout,
+            target_modules=targets or default_targets(model), use_rslora=o.use_rslora, use_dora=o.use_dora,
         )
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        from peft import get_peft_model
-
-        from ..errors import ConfigError
-
-        try:
-            return get_peft_model(model, self.peft_config(model))
-        except ValueError as err:
-            raise ConfigError(f"strategy.target_modules: {str(err).splitlines()[0]}") from None
-
-    def save(self, model: nn.Module, folder: Path) -> None:
-        model.save_pretrained(folder)  # adapter weights + trained head, as safetensors
-
-    def load(self, folder: Path, load_base: Callable[[], nn.Module]) -> nn.Module:
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(load_base(), folder)

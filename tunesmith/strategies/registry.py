@@ -19,6 +19,12 @@ _BUILTIN = {
     "full": "tunesmith.strategies.full:FullStrategy",
     "freeze": "tunesmith.strategies.freeze:FreezeStrategy",
     "lora": "tunesmith.strategies.lora:LoraStrategy",
+    "linear-probe": "tunesmith.strategies.linear_probe:LinearProbeStrategy",
+    "gradual-unfreeze": "tunesmith.strategies.gradual_unfreeze:GradualUnfreezeStrategy",
+    "discriminative-lr": "tunesmith.strategies.full:DiscriminativeLrStrategy",
+    "ia3": "tunesmith.strategies.ia3:Ia3Strategy",
+    "prompt-tuning": "tunesmith.strategies.prompt_tuning:PromptTuningStrategy",
+    "prefix-tuning": "tunesmith.strategies.prefix_tuning:PrefixTuningStrategy",
 }
 _REGISTERED: dict[str, type[Strategy]] = {}
 

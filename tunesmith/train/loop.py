@@ -43,12 +43,33 @@ class Interrupted(Exception):
 
 @dataclass
 class Tokenized:
+    """Token ids per example (unpadded) and label ids: what the loop trains on."""
+
     ids: list[list[int]]
     labels: list[int]
 
-    @property
-    def lengths(self) -> list[int]:
-        return [len(x) for x in self.ids]
+    def __post_init__(self):
+        self.lengths = [len(x) for x in self.ids]
+
+    def batch(self, rows: list[int], pad_id: int, with_labels: bool = True) -> dict[str, torch.Tensor]:
+        return collate(self.ids, rows, pad_id, self.labels if with_labels else None)
+
+
+@dataclass
+class Features:
+    """Cached backbone features per example (linear probe): the head trains on these."""
+
+    x: torch.Tensor
+    labels: list[int]
+
+    def __post_init__(self):
+        self.lengths = [1] * len(self.labels)
+
+    def batch(self, rows: list[int], pad_id: int, with_labels: bool = True) -> dict[str, torch.Tensor]:
+        out = {"features": self.x[rows]}
+        if with_labels:
+            out["labels"] = torch.tensor([self.labels[r] for r in rows], dtype=torch.long)
+        return out
 
 
 @dataclass
@@ -81,8 +102,8 @@ class LoopState:
 def fit(
     model: nn.Module,
     strategy,
-    train: Tokenized,
-    validation: Tokenized,
+    train: Tokenized | Features,
+    validation: Tokenized | Features,
     label_names: list[str],
     cfg: TrainConfig,
     seed: int,
@@ -104,6 +125,11 @@ def fit(
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     eval_every = cfg.eval_every or steps_per_epoch
 
+    if world > 1 and not strategy.supports_distributed:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"strategy {strategy.name} does not support several processes yet; run it in one process")
+    names = strategy.trainable_names(model)  # everything that trains at some step: optimizer + checkpoints
     optimizer = build_optimizer(strategy.param_groups(model, cfg.lr, cfg.weight_decay), cfg.lr)
     scheduler = build_scheduler(optimizer, cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer = acc.prepare(model, optimizer)  # DDP wrapping when there are several processes
@@ -121,7 +147,7 @@ def fit(
         torch.manual_seed(seed + rank)
 
     acc.print(
-        f"training: {len(train.ids)} examples, {steps_per_epoch} steps/epoch, {total_steps} steps, "
+        f"training: {len(train.labels)} examples, {steps_per_epoch} steps/epoch, {total_steps} steps, "
         f"global batch {global_micro * cfg.grad_accum} ({world} process(es) x {cfg.batch_size} x {cfg.grad_accum} accumulation)"
     )
     stop = _StopFlag()
@@ -137,22 +163,27 @@ def fit(
             epoch = state.step // steps_per_epoch
             steps = _plan(train, global_micro, cfg.grad_accum, seed, epoch, cfg.group_by_length, world)
             for micro_batches in steps[state.step - epoch * steps_per_epoch :]:
+                changed = strategy.on_step(acc.unwrap_model(model), state.step, steps_per_epoch)
+                if changed:
+                    acc.print(f"\n{changed}")
+                    state.history.append({"step": state.step, "event": changed})
                 # Normalise by the examples in the whole optimizer step (all micro-batches, all processes),
                 # so accumulation and uneven last batches weigh every example equally.
                 n_step = sum(len(b) for b in micro_batches)
                 for k, global_batch in enumerate(micro_batches):
                     rows = shard(global_batch, rank, world)
-                    batch = {k: v.to(acc.device) for k, v in collate(train.ids, rows, pad_id, train.labels).items()}
+                    inputs = {k: v.to(acc.device) for k, v in train.batch(rows, pad_id).items()}
+                    labels = inputs.pop("labels")
                     # In DDP only the last micro-step needs to all-reduce gradients.
                     sync = k == len(micro_batches) - 1
                     with nullcontext() if sync else acc.no_sync(model), acc.autocast():
-                        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    loss_sum = F.cross_entropy(logits.float(), batch["labels"], weight=class_weights, reduction="sum")
+                        logits = model(**inputs).logits
+                    loss_sum = F.cross_entropy(logits.float(), labels, weight=class_weights, reduction="sum")
                     # DDP averages gradients over processes; multiply by `world` to get the global sum.
                     acc.backward(loss_sum * world / n_step)
                     running_loss += loss_sum.detach().double()
                     running_n += len(rows)
-                    state.tokens += sum(len(train.ids[r]) for r in global_batch)  # no device sync
+                    state.tokens += sum(train.lengths[r] for r in global_batch) if isinstance(train, Tokenized) else 0
                 if cfg.max_grad_norm:
                     acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 optimizer.step()
@@ -184,7 +215,7 @@ def fit(
                     log({k: v for k, v in record.items() if k.startswith("val_")}, state.step)
                     if is_better(cfg.metric, value, state.best):
                         state.best, state.best_step, state.bad_evals = value, state.step, 0
-                        _save_best(acc, model, best_dir, state, metrics)
+                        _save_best(acc, model, best_dir, state, metrics, names)
                     else:
                         state.bad_evals += 1
                         if cfg.patience and state.bad_evals >= cfg.patience:
@@ -193,13 +224,13 @@ def fit(
                     if acc.is_main_process:
                         progress.write(f"step {state.step}: val {cfg.metric} {value:.4f} (best {state.best:.4f} at step {state.best_step})")
                     model.train()
-                    _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state)
+                    _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state, names)
 
                 fault(state.step)
                 if stop.requested(acc, state.step, sync_every=1 if world == 1 else cfg.log_every):
                     state.train_seconds = time.perf_counter() - t_start
                     if not evaluate_now:
-                        _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state)
+                        _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state, names)
                     raise Interrupted(state.step)
                 if state.stopped_early or state.step >= total_steps:
                     break
@@ -226,28 +257,34 @@ def fit(
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, data: Tokenized, pad_id: int, batch_size: int, autocast=nullcontext, rank: int = 0, world: int = 1) -> np.ndarray:
-    """Class probabilities for every example; with several processes each computes a share and all get all."""
-    model.eval()
-    device = next(model.parameters()).device
+def map_batches(data, pad_id: int, batch_size: int, fn, rank: int = 0, world: int = 1) -> np.ndarray:
+    """fn(inputs) -> a [batch, ...] tensor for every example, computed in shares across processes; all get all."""
     mine: list[tuple[list[int], np.ndarray]] = []
     for global_batch in plan_eval(data.lengths, batch_size * world):
         rows = shard(global_batch, rank, world)
-        if not rows:
-            continue
-        batch = {k: v.to(device) for k, v in collate(data.ids, rows, pad_id).items()}
-        with autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        mine.append((rows, torch.softmax(logits.float(), dim=-1).cpu().numpy()))
+        if rows:
+            mine.append((rows, fn(data.batch(rows, pad_id, with_labels=False)).float().cpu().numpy()))
     parts = gather_object(mine) if world > 1 else mine
-    n_classes = next((p.shape[1] for _, p in parts), 0)
-    probs = np.zeros((len(data.ids), n_classes), dtype=np.float32)
-    for rows, p in parts:
-        probs[rows] = p
-    return probs
+    first = parts[0][1]
+    out = np.zeros((len(data.labels), *first.shape[1:]), dtype=np.float32)
+    for rows, values in parts:
+        out[rows] = values
+    return out
 
 
-def evaluate(model, data: Tokenized, label_names, acc: Accelerator, pad_id, batch_size) -> dict:
+def predict_probs(model: nn.Module, data, pad_id: int, batch_size: int, autocast=nullcontext, rank: int = 0, world: int = 1) -> np.ndarray:
+    """Class probabilities for every example."""
+    model.eval()
+    device = next(model.parameters()).device
+
+    def probs(inputs):
+        with autocast():
+            return torch.softmax(model(**{k: v.to(device) for k, v in inputs.items()}).logits.float(), dim=-1)
+
+    return map_batches(data, pad_id, batch_size, probs, rank, world)
+
+
+def evaluate(model, data: Tokenized | Features, label_names, acc: Accelerator, pad_id, batch_size) -> dict:
     probs = predict_probs(model, data, pad_id, batch_size, acc.autocast, acc.process_index, acc.num_processes)
     return classification_metrics(data.labels, probs, label_names)
 
@@ -256,7 +293,7 @@ def evaluate(model, data: Tokenized, label_names, acc: Accelerator, pad_id, batc
 # helpers
 
 
-def _plan(data: Tokenized, global_micro: int, accum: int, seed: int, epoch: int, group: bool, world: int) -> list[list[list[int]]]:
+def _plan(data: Tokenized | Features, global_micro: int, accum: int, seed: int, epoch: int, group: bool, world: int) -> list[list[list[int]]]:
     """Optimizer steps of one epoch, each a list of global micro-batches.
 
     Steps are drawn first (so 16 x 1 and 8 x 2 accumulation see the same examples per step), then cut
@@ -271,7 +308,7 @@ def _plan(data: Tokenized, global_micro: int, accum: int, seed: int, epoch: int,
     return steps
 
 
-def _save_best(acc, model, best_dir: Path, state: LoopState, metrics: dict) -> None:
+def _save_best(acc, model, best_dir: Path, state: LoopState, metrics: dict, names: set[str]) -> None:
     from ..strategies.base import trainable_state
     from ..utils import atomic_dir, atomic_write_json
 
@@ -279,15 +316,15 @@ def _save_best(acc, model, best_dir: Path, state: LoopState, metrics: dict) -> N
         from safetensors.torch import save_file
 
         with atomic_dir(best_dir) as tmp:
-            save_file(trainable_state(acc.unwrap_model(model)), str(tmp / "trainable.safetensors"))
+            save_file(trainable_state(acc.unwrap_model(model), names), str(tmp / "trainable.safetensors"))
             atomic_write_json(tmp / "metrics.json", {"step": state.step, **metrics})
     acc.wait_for_everyone()
 
 
-def _checkpoint(acc, folder: Path, model, optimizer, scheduler, state: LoopState) -> None:
+def _checkpoint(acc, folder: Path, model, optimizer, scheduler, state: LoopState, names: set[str]) -> None:
     rng = gather_object([torch.get_rng_state()]) if acc.num_processes > 1 else [torch.get_rng_state()]
     if acc.is_main_process:
-        save_checkpoint(folder, acc.unwrap_model(model), optimizer, scheduler, state.__dict__, rng)
+        save_checkpoint(folder, acc.unwrap_model(model), optimizer, scheduler, state.__dict__, rng, names)
     acc.wait_for_everyone()
 
 

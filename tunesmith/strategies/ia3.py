@@ -1,0 +1,29 @@
+"""IA3 (PEFT): learned per-channel rescaling of keys, values and feed-forward activations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .peft_base import PeftStrategy, seq_cls_task
+
+
+@dataclass
+class Ia3Options:
+    target_modules: list[str] | None = None
+    """Modules to rescale; null: PEFT's default for the architecture."""
+    feedforward_modules: list[str] | None = None
+    """Which of the targets are feed-forward layers (scaled on the input); null: PEFT's default."""
+
+
+class Ia3Strategy(PeftStrategy):
+    name = "ia3"
+    summary = "IA3 rescaling vectors + head (~0.1% of weights). Fewest parameters of the adapters; few-shot data."
+    Options = Ia3Options
+
+    def peft_config(self, model: nn.Module):
+        from peft import IA3Config
+
+        o = self.options
+        return IA3Config(task_type=seq_cls_task(), target_modules=o.target_modules, feedforward_modules=o.feedforward_modules)

@@ -1,0 +1,112 @@
+"""Linear probe (feature extraction): the backbone is frozen, only the head trains.
+
+Because the backbone never changes, its features are computed once, cached on disk (keyed by the
+model and the data fingerprint), and the head trains on the cache: the backbone runs once per
+example instead of once per example per epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import ConfigError
+from .base import Strategy, set_trainable
+
+HEAD_NAMES = ("classifier", "score")
+
+
+@dataclass
+class LinearProbeOptions:
+    cache: bool = True
+    """Keep the computed features in `<output_dir>/.cache/features` for later runs on the same model and data."""
+
+
+def head_name(model: nn.Module) -> str:
+    for name in HEAD_NAMES:
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    raise ConfigError(f"linear-probe: {type(model).__name__} has no classification head named {' or '.join(HEAD_NAMES)}; use strategy freeze with layers: 0")
+
+
+class HeadOnly(nn.Module):
+    """The model's own head applied to cached features (shares its parameters with the full model)."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: torch.Tensor, **_) -> SimpleNamespace:
+        out = self.head(features)
+        return SimpleNamespace(logits=out[:, 0] if out.ndim == 3 else out)
+
+
+class LinearProbeStrategy(Strategy):
+    name = "linear-probe"
+    summary = "Backbone frozen, head trains on cached features. Fastest by far; a strong baseline; weakest when the domain shifts."
+    Options = LinearProbeOptions
+    features_only = True
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        name = head_name(model)
+        set_trainable(model, {n for n, _ in model.named_parameters() if n.startswith(name + ".")})
+        return model
+
+    @torch.no_grad()
+    def features(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """What the head sees for this batch: its input, captured by a forward hook (first token of a sequence)."""
+        name = head_name(model)
+        seen = {}
+        hook = getattr(model, name).register_forward_hook(lambda m, args, out: seen.setdefault("x", args[0]))
+        try:
+            model(**batch)
+        finally:
+            hook.remove()
+        x = seen["x"]
+        if x.ndim == 3:  # e.g. RoBERTa's head takes the sequence and reads its first token
+            if name == "score":
+                raise ConfigError("linear-probe: decoder-style heads (score) pool the last token; use strategy freeze with layers: 0")
+            x = x[:, :1]
+        return x.float()
+
+    def head_model(self, model: nn.Module) -> HeadOnly:
+        return HeadOnly(getattr(model, head_name(model)))
+
+    def save(self, model: nn.Module, folder: Path) -> None:
+        """Only the head is new: save it (a few KB), not the unchanged backbone."""
+        name = head_name(model)
+        save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if n.startswith(name + ".")}, str(folder / "head.safetensors"))
+
+    def load(self, folder: Path, load_base: Callable[[], nn.Module]) -> nn.Module:
+        model = load_base()
+        model.load_state_dict(load_file(str(folder / "head.safetensors")), strict=False)
+        return model
+
+
+def cache_key(model_location: str, revision: str | None, max_length: int, fingerprint: str) -> str:
+    return hashlib.sha256(f"{model_location}|{revision}|{max_length}|{fingerprint}".encode()).hexdigest()[:20]
+
+
+def cached_features(folder: Path, key: str, compute: Callable[[], torch.Tensor], read: bool, write: bool) -> tuple[torch.Tensor, bool]:
+    """(features, was_cached): load `<folder>/<key>.safetensors`, or compute (and store it atomically)."""
+    path = Path(folder) / f"{key}.safetensors"
+    if read and path.is_file():
+        return load_file(str(path))["features"], True
+    x = compute()
+    if write:
+        import os
+        import tempfile
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        save_file({"features": x.contiguous()}, tmp)
+        os.replace(tmp, path)
+    return x, False

@@ -1,0 +1,27 @@
+"""Prefix tuning (PEFT): learned key/value prefixes in every attention layer; the model stays frozen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .peft_base import PeftStrategy, seq_cls_task
+
+
+@dataclass
+class PrefixTuningOptions:
+    virtual_tokens: int = 20
+    """Length of the learned prefix in every layer."""
+
+
+class PrefixTuningStrategy(PeftStrategy):
+    name = "prefix-tuning"
+    summary = "Learned key/value prefixes in every layer + head; the model stays frozen. Between prompt tuning and LoRA."
+    Options = PrefixTuningOptions
+    mergeable = False
+
+    def peft_config(self, model: nn.Module):
+        from peft import PrefixTuningConfig
+
+        return PrefixTuningConfig(task_type=seq_cls_task(), num_virtual_tokens=self.options.virtual_tokens)
