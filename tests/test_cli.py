@@ -126,7 +126,8 @@ def test_train_refuses_a_leaking_split_unless_allowed(tmp_path, tiny_model):
     rows = toy_rows(150)
     train = write_csv(tmp_path / "train.csv", rows[:120])
     test = write_csv(tmp_path / "test.csv", rows[120:] + rows[:10])  # 10 training rows leaked into test
-    cfg = tiny_config(tmp_path, tiny_model, train, data={"path": None, "train": str(train), "test": str(test)}, train={"epochs": 1})
+    cfg = tiny_config(tmp_path, tiny_model, train, train={"epochs": 1})
+    cfg["data"] = {"train": str(train), "test": str(test), "max_length": 32}
     config = write_yaml(tmp_path / "leak.yaml", cfg)
     line = _one_line_error(run_cli("train", str(config)), "leakage", "test", "--allow-leakage")
     assert "train" in line
