@@ -29,6 +29,7 @@ PLAN = {
     "linear-probe": ({}, 5e-3),
     "lora": ({"r": 16, "alpha": 32, "target_modules": ["query", "key", "value", "dense"]}, 1e-3),
     "qlora-nf4": ({"r": 16, "alpha": 32, "target_modules": ["query", "key", "value", "dense"], "quantize": "nf4"}, 1e-3),
+    "qlora-int8": ({"r": 16, "alpha": 32, "target_modules": ["query", "key", "value", "dense"], "quantize": "int8"}, 1e-3),
     "ia3": ({}, 5e-3),
     "prompt-tuning": ({"virtual_tokens": 20}, 3e-2),
     "prefix-tuning": ({"virtual_tokens": 20}, 1e-2),
@@ -82,6 +83,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=4000, help="stratified subset of the corpus (70/10/20 split)")
     p.add_argument("--epochs", type=float, default=2)
     p.add_argument("--strategies", default=",".join(PLAN))
+    p.add_argument("--tag", default="", help="suffix of the result files (strategies-<tag>.json/md)")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,9 +94,10 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     meta = {"samples": args.samples, "epochs": args.epochs, "model": "minilm", "batch_size": 32, "seed": 0}
-    (out / "strategies.json").write_text(json.dumps({"settings": meta, "rows": rows}, indent=2) + "\n")
+    stem = f"strategies-{args.tag}" if args.tag else "strategies"
+    (out / f"{stem}.json").write_text(json.dumps({"settings": meta, "rows": rows}, indent=2) + "\n")
     md = table(rows)
-    (out / "strategies.md").write_text(f"Settings: {json.dumps(meta)}\n\n{md}\n")
+    (out / f"{stem}.md").write_text(f"Settings: {json.dumps(meta)}\n\n{md}\n")
     print(md)
 
 

@@ -99,7 +99,7 @@ def test_strategy_contract(tmp_path, tiny_model, toy_csv, name):
         assert result.returncode == 2 and "cannot be merged" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["linear-probe", "gradual-unfreeze", "ia3", "discriminative-lr"])
+@pytest.mark.parametrize("name", BUILTIN)
 def test_strategy_resumes_exactly(tmp_path, tiny_model, toy_csv, name, monkeypatch):
     """Interrupted at step 13 (a real SIGINT) and resumed: same result as a straight run."""
     straight = tunesmith.finetune(_cfg(tmp_path / "a", tiny_model, toy_csv, name, eval_every=8))
@@ -163,3 +163,27 @@ def test_a_user_defined_strategy_in_one_file(tmp_path, tiny_model, toy_csv, monk
     assert len(tunesmith.load_run(run.path).predict(["good"])) == 1
     assert issubclass(get_strategy_class("bitfit"), Strategy)
     register(get_strategy_class("bitfit"))  # idempotent
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_qlora_is_lora_on_a_quantized_base(tmp_path, toy_csv, kind):
+    """QLoRA = the lora strategy + `quantize`: the base is 4/8-bit (bitsandbytes, on CPU), adapters + head train."""
+    import bitsandbytes as bnb
+
+    from conftest import build_tiny_bert
+
+    tiny_model = build_tiny_bert(tmp_path / "bert128", hidden=128)  # 4-bit blocks need rows wider than 32
+    cfg = tiny_config(tmp_path, tiny_model, toy_csv, strategy={"name": "lora", "r": 4, "quantize": kind, "target_modules": ["query", "value"]},
+                      train={"epochs": 3, "lr": 1e-2, "precision": "bf16"})
+    run = tunesmith.finetune(cfg)
+    history = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
+    losses = [h["train_loss"] for h in history if "train_loss" in h]
+    assert losses[-1] < losses[0]
+    loaded = tunesmith.load_run(run.path)
+    a = loaded.predict_probs(TEXTS)
+    quantized = (bnb.nn.Linear4bit if kind == "nf4" else bnb.nn.Linear8bitLt)
+    assert any(isinstance(m, quantized) for m in loaded._model.modules())
+    b = tunesmith.load_run(run.path).predict_probs(TEXTS)
+    assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-6)
+    result = run_cli("export", str(run.path), "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "cannot be merged" in result.stderr

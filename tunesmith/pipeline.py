@@ -54,7 +54,8 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
 
     # ---- model + strategy
     set_seed(cfg.seed)  # the head's initialisation depends on it
-    model = strategy.prepare(load_classifier(source, splits.label_names, tokenizer.pad_token_id, cfg.model.revision, cfg.model.trust_remote_code))
+    quantize = getattr(strategy.options, "quantize", "none")
+    model = strategy.prepare(load_classifier(source, splits.label_names, tokenizer.pad_token_id, cfg.model.revision, cfg.model.trust_remote_code, quantize))
     trainable, total = count_parameters(model)
 
     # ---- the run folder (the main process names it; the others learn the name)
@@ -266,8 +267,8 @@ def _print_summary(say, test: dict, baseline: dict | None, info: dict) -> None:
     say(f"{'test (fine-tuned)':22}{test['macro_f1']:>10.4f}{test['accuracy']:>10.4f}")
     if baseline:
         say(f"{'test (TF-IDF + LR)':22}{baseline['macro_f1']:>10.4f}{baseline['accuracy']:>10.4f}")
-        verdict = "beats" if test["macro_f1"] > baseline["macro_f1"] else "does NOT beat"
-        say(f"fine-tuned model {verdict} the baseline by {100 * (test['macro_f1'] - baseline['macro_f1']):+.1f} macro-F1 points")
+        gap = 100 * (test["macro_f1"] - baseline["macro_f1"])
+        say(f"fine-tuned model {'beats' if gap > 0 else 'trails'} the baseline by {abs(gap):.1f} macro-F1 points")
     say(f"train {t['train_seconds']:.0f}s, {t['samples_per_second']:.0f} samples/s, peak memory {t['peak_rss_mb']:.0f} MB")
     say(f"run folder: {info['path']}")
 

@@ -80,7 +80,8 @@ class Run:
         self._tokenizer = AutoTokenizer.from_pretrained(self.path / "model")
 
         def load_base():
-            return load_classifier(resolve_model(cfg.model.name), self.label_names, self._tokenizer.pad_token_id, cfg.model.revision, cfg.model.trust_remote_code)
+            return load_classifier(resolve_model(cfg.model.name), self.label_names, self._tokenizer.pad_token_id, cfg.model.revision,
+                                   cfg.model.trust_remote_code, getattr(strategy.options, "quantize", "none"))
 
         self._model = strategy.load(self.path / "model", load_base).eval()
         self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

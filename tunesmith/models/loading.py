@@ -98,8 +98,29 @@ def load_tokenizer(source: ModelSource, revision: str | None = None, trust_remot
     return tok
 
 
-def load_classifier(source: ModelSource, label_names: list[str], pad_token_id: int | None, revision: str | None = None, trust_remote_code: bool = False):
-    """The pretrained backbone with a freshly initialised classification head for `label_names`."""
+def quantization_config(kind: str):
+    """bitsandbytes settings for a frozen base: `nf4` (4-bit NormalFloat, double quantization) or `int8`.
+
+    The classification head stays in full precision (it trains). bitsandbytes >= 0.50 runs both on CPU.
+    """
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelError("strategy.quantize needs bitsandbytes: pip install 'bitsandbytes>=0.50'") from None
+    keep = ["classifier", "score", "pooler"]  # the head (and BERT's pooler before it) stay full precision
+    if kind == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=keep)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
+
+
+def load_classifier(source: ModelSource, label_names: list[str], pad_token_id: int | None, revision: str | None = None,
+                    trust_remote_code: bool = False, quantize: str = "none"):
+    """The pretrained backbone (optionally quantized) with a freshly initialised classification head for `label_names`."""
+    import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -113,11 +134,18 @@ def load_classifier(source: ModelSource, label_names: list[str], pad_token_id: i
             label2id={n: i for i, n in enumerate(label_names)},
             revision=revision,
             trust_remote_code=trust_remote_code,
+            **({"quantization_config": quantization_config(quantize), "device_map": {"": 0} if torch.cuda.is_available() else "cpu"}
+               if quantize != "none" else {}),
         )
     except (OSError, ValueError) as err:
         raise ModelError(f"model '{source.name}': cannot load it for sequence classification ({_first_line(err)})") from None
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
+    for module in model.modules():
+        # bitsandbytes 0.50 repacks 4-bit weights for fast CPU inference at the first eval-mode forward and
+        # never unpacks them for training: training after a validation pass would fail. Keep the trainable layout.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     return model
 
 

@@ -39,6 +39,10 @@ class LoraStrategy(PeftStrategy):
     summary = "Low-rank adapters + head train (~1-3% of weights). Little memory, tiny saves, little forgetting; quantize: nf4 = QLoRA."
     Options = LoraOptions
 
+    @property
+    def mergeable(self) -> bool:  # folding an adapter into a 4/8-bit base would re-quantize (lossy)
+        return self.options.quantize == "none"
+
     def peft_config(self, model: nn.Module):
         from peft import LoraConfig
 
