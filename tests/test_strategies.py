@@ -2,8 +2,6 @@
 saves and reloads to identical predictions, merges/exports where it applies, and resumes exactly."""
 
 import json
-import os
-import signal
 
 import pytest
 import torch

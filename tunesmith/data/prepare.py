@@ -251,15 +251,9 @@ def _split(tables: dict, data: DataConfig, cfg: PrepareConfig, a: AuditConfig, s
 
 
 def _label_names(data: DataConfig, train: pd.DataFrame) -> list[str]:
-    present = set(train["label"])
-    if data.labels:
-        unknown = sorted(present - set(data.labels))
-        if unknown:
-            raise DataError(f"prepared train: labels {unknown} are not in data.labels {data.labels}; add them there")
-        return list(data.labels)
-    if all(s.lstrip("-").isdigit() for s in present):
-        return sorted(present, key=int)
-    return sorted(present)
+    from .splits import label_names
+
+    return label_names(data, set(train["label"]), "prepared train")
 
 
 def _file_hash(spec: str) -> str | None:

@@ -89,8 +89,8 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         frames["validation"] = (None, f"{train_src} (split {cfg.validation_size:.0%})")
     tables["train"] = train_df
 
-    label_names = _label_names(cfg, train_df, train_src)
-    index = {name: i for i, name in enumerate(label_names)}
+    names = label_names(cfg, set(train_df["__label"]), train_src)
+    index = {name: i for i, name in enumerate(names)}
     for name in ("validation", "test"):
         unseen = sorted(set(tables[name]["__label"]) - set(index))
         if unseen:
@@ -102,7 +102,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         name: TextSplit(name, tables[name]["__text"].tolist(), [index[y] for y in tables[name]["__label"]], frames[name][1])
         for name in ("train", "validation", "test")
     }
-    return Splits(splits["train"], splits["validation"], splits["test"], label_names, notes)
+    return Splits(splits["train"], splits["validation"], splits["test"], names, notes)
 
 
 def _load(cfg: DataConfig, spec: str):
@@ -200,8 +200,8 @@ def _safe_split(df, size, seed, src, what, train_size=True):
     return a.reset_index(drop=True), b.reset_index(drop=True)
 
 
-def _label_names(cfg: DataConfig, train_df: pd.DataFrame, src: str) -> list[str]:
-    present = set(train_df["__label"])
+def label_names(cfg: DataConfig, present: set[str], src: str) -> list[str]:
+    """The label order: data.labels if given (all present labels must be in it), else sorted (numerically for digits)."""
     if cfg.labels:
         unknown = sorted(present - set(cfg.labels))
         if unknown:
