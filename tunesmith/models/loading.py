@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -110,7 +111,13 @@ def quantization_config(kind: str):
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise ModelError("strategy.quantize needs bitsandbytes: pip install 'bitsandbytes>=0.50'") from None
-    keep = ["classifier", "score", "pooler"]  # the head (and BERT's pooler before it) stay full precision
+    # The head (and BERT's pooler before it) stay full precision; transformers matches a name prefix, a suffix or
+    # a regex, so the pooler needs the pattern ("pooler" alone would not match "bert.pooler.dense").
+    keep = ["classifier", "score", r".*pooler"]
+    # Without the optional `kernels` package bnb warns at import on AVX512-BF16 CPUs, and its 8-bit matmul warns
+    # about casting to fp16 at every call: both harmless.
+    for name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     if kind == "nf4":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=keep)
