@@ -164,13 +164,12 @@ def test_a_user_defined_strategy_in_one_file(tmp_path, tiny_model, toy_csv, monk
 
 
 @pytest.mark.parametrize("kind", ["nf4", "int8"])
-def test_qlora_is_lora_on_a_quantized_base(tmp_path, toy_csv, kind):
-    """QLoRA = the lora strategy + `quantize`: the base is 4/8-bit (bitsandbytes, on CPU), adapters + head train."""
+def test_qlora_is_lora_on_a_quantized_base(tmp_path, tiny_model, toy_csv, kind):
+    """QLoRA = the lora strategy + `quantize`: the base is 4/8-bit (bitsandbytes, on CPU), adapters + head train.
+
+    Evaluation runs between training steps (eval_every), which is what broke bitsandbytes' CPU 4-bit repacking."""
     import bitsandbytes as bnb
 
-    from conftest import build_tiny_bert
-
-    tiny_model = build_tiny_bert(tmp_path / "bert128", hidden=128)  # 4-bit blocks need rows wider than 32
     cfg = tiny_config(tmp_path, tiny_model, toy_csv, strategy={"name": "lora", "r": 4, "quantize": kind, "target_modules": ["query", "value"]},
                       train={"epochs": 3, "lr": 1e-2, "precision": "bf16"})
     run = tunesmith.finetune(cfg)
