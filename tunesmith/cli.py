@@ -7,6 +7,7 @@ checkpoints and exits 130 with the command that resumes.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
@@ -108,7 +109,7 @@ def cmd_strategies(args) -> int:
     from .strategies import get_strategy_class, strategy_names
 
     for name in strategy_names():
-        print(f"{name:14} {get_strategy_class(name).summary}")
+        print(f"{name:18} {get_strategy_class(name).summary}")
     return 0
 
 
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not args.debug:  # deprecation chatter between our dependencies is not the user's business
         warnings.filterwarnings("ignore", category=FutureWarning)
+        # bitsandbytes (imported by PEFT) warns at import that its optional hub-fetched CPU kernels are absent.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if args.command == "train" and args.config and "=" in args.config and not args.resume:
         args.overrides.insert(0, args.config)  # `train --resume RUN key=value` parses the override as config
         args.config = None
