@@ -7,6 +7,7 @@ runs/<name>-<timestamp>/
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -53,8 +54,9 @@ class Run:
         path = self.path / "metrics.json"
         return read_json(path) if path.is_file() else {}
 
-    @property
+    @functools.cached_property
     def config(self):
+        """The resolved config of the run (read once)."""
         from .config import load_config
 
         return load_config(self.path / "config.yaml")
