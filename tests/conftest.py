@@ -42,8 +42,8 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def build_tiny_bert(folder: Path, dropout: float = 0.0, hidden: int = 32) -> Path:
-    """A 2-layer, `hidden`-wide random BERT plus a word-level tokenizer over the toy vocabulary."""
+def build_tiny_bert(folder: Path, dropout: float = 0.0) -> Path:
+    """A 2-layer, 32-wide random BERT plus a word-level tokenizer over the toy vocabulary."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -52,7 +52,7 @@ def build_tiny_bert(folder: Path, dropout: float = 0.0, hidden: int = 32) -> Pat
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
     tok.save_pretrained(folder)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * hidden,
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=64, initializer_range=0.2, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
     )
     torch.manual_seed(0)
