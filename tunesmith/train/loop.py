@@ -51,6 +51,16 @@ class Tokenized:
     def __post_init__(self):
         self.lengths = [len(x) for x in self.ids]
 
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def units(self, rows: list[int]) -> int:
+        """What the loss is averaged over: examples."""
+        return len(rows)
+
+    def tokens(self, rows: list[int]) -> int:
+        return sum(self.lengths[r] for r in rows)
+
     def batch(self, rows: list[int], pad_id: int, with_labels: bool = True) -> dict[str, torch.Tensor]:
         return collate(self.ids, rows, pad_id, self.labels if with_labels else None)
 
@@ -64,6 +74,15 @@ class Features:
 
     def __post_init__(self):
         self.lengths = [1] * len(self.labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def units(self, rows: list[int]) -> int:
+        return len(rows)
+
+    def tokens(self, rows: list[int]) -> int:
+        return 0
 
     def batch(self, rows: list[int], pad_id: int, with_labels: bool = True) -> dict[str, torch.Tensor]:
         out = {"features": self.x[rows]}
@@ -114,7 +133,15 @@ def fit(
     resume: bool = False,
     log: Callable[[dict, int], None] = lambda metrics, step: None,
     class_weights: torch.Tensor | None = None,
+    loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
+    evaluate_fn: Callable[[nn.Module], dict] | None = None,
 ) -> FitResult:
+    """Train `model` as `strategy` says; returns with the best checkpoint's weights loaded.
+
+    The task enters through two functions: `loss_fn(model, inputs)` returns the loss SUMMED over the
+    batch's units (examples for classification, trained tokens for language models: `train.units`),
+    and `evaluate_fn(model)` returns validation metrics. Defaults: classification.
+    """
     acc = accelerator
     world, rank = acc.num_processes, acc.process_index
     ckpt_dir, best_dir = run_dir / "checkpoints" / "last", run_dir / "checkpoints" / "best"
@@ -134,8 +161,11 @@ def fit(
     scheduler = build_scheduler(optimizer, cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer = acc.prepare(model, optimizer)  # DDP wrapping when there are several processes
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if class_weights is not None:
-        class_weights = class_weights.to(acc.device)
+    if loss_fn is None:
+        loss_fn = classification_loss(class_weights.to(acc.device) if class_weights is not None else None)
+    if evaluate_fn is None:
+        def evaluate_fn(m):
+            return evaluate(m, validation, label_names, acc, pad_id, eval_batch_size)
 
     state = LoopState()
     if resume and ckpt_dir.exists():
@@ -147,13 +177,13 @@ def fit(
         torch.manual_seed(seed + rank)
 
     acc.print(
-        f"training: {len(train.labels)} examples, {steps_per_epoch} steps/epoch, {total_steps} steps, "
+        f"training: {len(train)} examples, {steps_per_epoch} steps/epoch, {total_steps} steps, "
         f"global batch {global_micro * cfg.grad_accum} ({world} process(es) x {cfg.batch_size} x {cfg.grad_accum} accumulation)"
     )
     stop = _StopFlag()
     fault = _fault_injection()
     progress = _progress(acc, total_steps, state.step)
-    running_loss = torch.zeros((), dtype=torch.float64)
+    running_loss = torch.zeros((), dtype=torch.float64, device=acc.device)  # stays on the device: no per-step sync
     running_n, t_window, samples_window = 0, time.perf_counter(), 0
     t_start = time.perf_counter() - state.train_seconds
     model.train()
@@ -167,23 +197,21 @@ def fit(
                 if changed:
                     acc.print(f"\n{changed}")
                     state.history.append({"step": state.step, "event": changed})
-                # Normalise by the examples in the whole optimizer step (all micro-batches, all processes),
-                # so accumulation and uneven last batches weigh every example equally.
-                n_step = sum(len(b) for b in micro_batches)
+                # Normalise by the units (examples, or trained tokens) in the whole optimizer step (all
+                # micro-batches, all processes), so accumulation and uneven last batches weigh every unit equally.
+                n_step = sum(train.units(b) for b in micro_batches)
                 for k, global_batch in enumerate(micro_batches):
                     rows = shard(global_batch, rank, world)
                     inputs = {k: v.to(acc.device) for k, v in train.batch(rows, pad_id).items()}
-                    labels = inputs.pop("labels")
                     # In DDP only the last micro-step needs to all-reduce gradients.
                     sync = k == len(micro_batches) - 1
                     with nullcontext() if sync else acc.no_sync(model), acc.autocast():
-                        logits = model(**inputs).logits
-                    loss_sum = F.cross_entropy(logits.float(), labels, weight=class_weights, reduction="sum")
+                        loss_sum = loss_fn(model, inputs)
                     # DDP averages gradients over processes; multiply by `world` to get the global sum.
                     acc.backward(loss_sum * world / n_step)
                     running_loss += loss_sum.detach().double()
-                    running_n += len(rows)
-                    state.tokens += sum(train.lengths[r] for r in global_batch) if isinstance(train, Tokenized) else 0
+                    running_n += train.units(rows)
+                    state.tokens += train.tokens(global_batch)
                 if cfg.max_grad_norm:
                     acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 optimizer.step()
@@ -195,7 +223,8 @@ def fit(
 
                 if state.step % cfg.log_every == 0 or state.step == total_steps:
                     # The only host sync of a training step, every `log_every` steps.
-                    loss = float(acc.reduce(running_loss.clone(), "sum")) / max(1, running_n * world)
+                    total, units = acc.reduce(torch.stack([running_loss, running_loss.new_tensor(float(running_n))]), "sum").tolist()
+                    loss = total / max(1.0, units)
                     rate = samples_window / max(1e-9, time.perf_counter() - t_window)
                     lr = scheduler.get_last_lr()[0]
                     log({"train_loss": loss, "lr": lr, "samples_per_s": rate}, state.step)
@@ -208,7 +237,7 @@ def fit(
                 evaluate_now = state.step % eval_every == 0 or state.step == total_steps
                 if evaluate_now:
                     state.train_seconds = time.perf_counter() - t_start
-                    metrics = evaluate(model, validation, label_names, acc, pad_id, eval_batch_size)
+                    metrics = evaluate_fn(model)
                     value = metrics[cfg.metric]
                     record = {"step": state.step, "epoch": state.step / steps_per_epoch, **{f"val_{k}": v for k, v in headline(metrics).items()}}
                     state.history.append(record)
@@ -254,6 +283,17 @@ def fit(
         samples_per_second=state.samples / seconds,
         tokens_per_second=state.tokens / seconds,
     )
+
+
+def classification_loss(class_weights: torch.Tensor | None = None) -> Callable[[nn.Module, dict], torch.Tensor]:
+    """Cross-entropy summed over the batch's examples (optionally class-weighted)."""
+
+    def loss(model: nn.Module, inputs: dict) -> torch.Tensor:
+        labels = inputs.pop("labels")
+        logits = model(**inputs).logits
+        return F.cross_entropy(logits.float(), labels, weight=class_weights, reduction="sum")
+
+    return loss
 
 
 @torch.no_grad()
