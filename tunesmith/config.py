@@ -57,6 +57,24 @@ class DataConfig:
     one side, so the split cannot leak them."""
     group_column: str | None = None
     """Column naming the source of each row (user, document, ...): all rows of one group land in one split."""
+    sample_format: Literal["auto", "chat", "instruction", "completion", "text"] = "auto"
+    """Generative tasks: `chat` (a `messages` list of {role, content}), `instruction` (instruction, optional
+    input, output), `completion` (prompt, completion), `text` (plain text, every token trains); `auto`
+    decides by the columns present."""
+    messages_column: str = "messages"
+    """Chat format: the column holding the list of {role, content} messages."""
+    prompt_column: str = "prompt"
+    """Completion format (and seq2seq): the input column."""
+    completion_column: str = "completion"
+    """Completion format (and seq2seq): the target column."""
+    add_eos: bool = True
+    """Append the end-of-sequence token to every completion (and train it) where the template does not."""
+    long_samples: Literal["error", "drop"] = "error"
+    """Samples whose completion does not fit in `max_length`: `error` stops (lint), `drop` leaves them out."""
+    packing: bool = False
+    """Causal LM: pack several short samples into one row of `max_length` tokens (positions restart per
+    sample and samples cannot attend to each other); falls back to length-grouped padding when the
+    model's attention cannot keep packed samples apart."""
 
 
 @dataclass
@@ -67,6 +85,9 @@ class ModelConfig:
     """Hub revision (branch, tag or commit) when `name` is a hub id."""
     trust_remote_code: bool = False
     """Allow model code from the hub repository to run (only for models you trust)."""
+    chat_template: str | None = None
+    """Generative tasks: the chat template for training AND inference: null = the tokenizer's own (else
+    tunesmith's documented default), `default` = tunesmith's, or a Jinja template string / file path."""
 
 
 @dataclass
@@ -104,8 +125,9 @@ class TrainConfig:
     loss scaling on older GPUs, else fp32."""
     eval_every: int | None = None
     """Evaluate (and checkpoint) every N optimizer steps; null: at the end of every epoch."""
-    metric: str = "macro_f1"
-    """Validation metric for early stopping and the best checkpoint (`loss` is minimised, others maximised)."""
+    metric: str = "auto"
+    """Validation metric for early stopping and the best checkpoint (`loss`/`perplexity` are minimised, others
+    maximised); `auto`: macro_f1 for classification, loss for generative tasks."""
     patience: int | None = 3
     """Stop after this many evaluations without improvement; null disables early stopping."""
     group_by_length: bool = True
@@ -116,6 +138,8 @@ class TrainConfig:
     """Keep `checkpoints/` in the run folder after a successful run (needed only to resume)."""
     class_weights: Literal["none", "balanced"] = "none"
     """`balanced`: weight the loss by n_rows / (n_classes x rows_of_class) against class imbalance."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: much less memory for ~30% more time."""
 
 
 @dataclass
@@ -124,6 +148,27 @@ class EvalConfig:
     """Examples per process per evaluation batch."""
     baseline: bool = True
     """Also fit a TF-IDF + logistic-regression baseline on the same split and report it side by side."""
+
+
+@dataclass
+class GenerateConfig:
+    max_new_tokens: int = 128
+    """Generative tasks: the most tokens generated per prompt."""
+    do_sample: bool = False
+    """Sample instead of greedy decoding."""
+    temperature: float = 0.7
+    """Sampling temperature (with do_sample)."""
+    top_p: float = 0.9
+    """Nucleus sampling share (with do_sample)."""
+    samples: int = 64
+    """Held-out test prompts generated and scored at the end of a run (and before training); 0 = none."""
+    before: bool = True
+    """Also generate with the model before fine-tuning, for the before/after table in the report."""
+    batch_size: int = 16
+    """Prompts generated together."""
+    json_keys: list[str] | None = None
+    """Structured outputs: score the share of generations that parse as a JSON object with these keys, and
+    the exact match of each key's value against the reference."""
 
 
 @dataclass
@@ -140,8 +185,9 @@ class TrackingConfig:
 class Config:
     name: str = "run"
     """Run name; the run folder is `<output_dir>/<name>-<timestamp>`."""
-    task: Literal["text-classification"] = "text-classification"
-    """What the model learns."""
+    task: Literal["text-classification", "causal-lm", "seq2seq"] = "text-classification"
+    """What the model learns: a label per text, a decoder-only model's continuation (chat/instruction SFT,
+    continued pre-training), or an encoder-decoder's target sequence."""
     output_dir: str = "runs"
     """Folder that holds run folders (and the default MLflow store)."""
     seed: int = 42
@@ -151,6 +197,7 @@ class Config:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     audit: AuditConfig = field(default_factory=lambda: AuditConfig())
     """Data audit run before training (see `tunesmith data audit`)."""
@@ -183,8 +230,14 @@ class Config:
             raise ConfigError("train.patience must be at least 1, or null to disable early stopping")
         from .evaluate.metrics import METRIC_NAMES
 
-        if t.metric not in METRIC_NAMES:
-            raise ConfigError(f"train.metric: unknown metric '{t.metric}'{_suggest(t.metric, METRIC_NAMES)}")
+        names = METRIC_NAMES if self.task == "text-classification" else ["loss", "perplexity"]
+        if t.metric == "auto":
+            t.metric = "macro_f1" if self.task == "text-classification" else "loss"
+        if t.metric not in names:
+            raise ConfigError(f"train.metric: unknown metric '{t.metric}' for task {self.task}{_suggest(t.metric, names)}")
+        g = self.generate
+        if g.max_new_tokens < 1 or g.samples < 0 or g.batch_size < 1:
+            raise ConfigError("generate: max_new_tokens and batch_size must be at least 1, samples at least 0")
 
 
 # --------------------------------------------------------------------------------------------

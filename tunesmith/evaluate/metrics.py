@@ -11,7 +11,7 @@ METRIC_NAMES = [
     "accuracy", "macro_f1", "macro_precision", "macro_recall",
     "weighted_f1", "weighted_precision", "weighted_recall", "loss",
 ]
-LOWER_IS_BETTER = {"loss"}
+LOWER_IS_BETTER = {"loss", "perplexity"}
 
 
 def classification_metrics(y_true: list[int], probs: np.ndarray, label_names: list[str]) -> dict:

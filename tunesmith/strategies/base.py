@@ -72,9 +72,9 @@ class Strategy:
 
     def load(self, folder: Path, load_base: Callable[[], nn.Module]) -> nn.Module:
         """Rebuild the trained model from `folder`; `load_base` gives the pretrained model + fresh head."""
-        from transformers import AutoModelForSequenceClassification
+        from ..models.loading import auto_class_for
 
-        return AutoModelForSequenceClassification.from_pretrained(folder)
+        return auto_class_for(folder).from_pretrained(folder)
 
     def merged(self, model: nn.Module) -> nn.Module:
         """The trained model as a plain transformers model (adapters merged into the weights)."""

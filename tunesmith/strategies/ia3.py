@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .peft_base import PeftStrategy, seq_cls_task
+from .peft_base import PeftStrategy, peft_task
 
 
 @dataclass
@@ -26,4 +26,4 @@ class Ia3Strategy(PeftStrategy):
         from peft import IA3Config
 
         o = self.options
-        return IA3Config(task_type=seq_cls_task(), target_modules=o.target_modules, feedforward_modules=o.feedforward_modules)
+        return IA3Config(task_type=peft_task(model), target_modules=o.target_modules, feedforward_modules=o.feedforward_modules)

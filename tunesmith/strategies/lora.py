@@ -7,7 +7,7 @@ from typing import Literal
 
 from torch import nn
 
-from .peft_base import PeftStrategy, seq_cls_task
+from .peft_base import PeftStrategy, peft_task
 
 
 @dataclass
@@ -49,6 +49,6 @@ class LoraStrategy(PeftStrategy):
         o = self.options
         targets = "all-linear" if o.target_modules == ["all-linear"] else o.target_modules
         return LoraConfig(
-            task_type=seq_cls_task(), r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout,
+            task_type=peft_task(model), r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout,
             target_modules=targets or default_targets(model), use_rslora=o.use_rslora, use_dora=o.use_dora,
         )

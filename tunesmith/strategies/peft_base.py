@@ -40,7 +40,12 @@ class PeftStrategy(Strategy):
         return model.merge_and_unload()
 
 
-def seq_cls_task():
+def peft_task(model: nn.Module):
+    """PEFT's task type for the model: it decides which head modules train and how generation is wired."""
     from peft import TaskType
 
+    if getattr(model.config, "is_encoder_decoder", False):
+        return TaskType.SEQ_2_SEQ_LM
+    if type(model).__name__.endswith("ForCausalLM"):
+        return TaskType.CAUSAL_LM
     return TaskType.SEQ_CLS

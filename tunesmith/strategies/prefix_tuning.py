@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .peft_base import PeftStrategy, seq_cls_task
+from .peft_base import PeftStrategy, peft_task
 
 
 @dataclass
@@ -24,4 +24,4 @@ class PrefixTuningStrategy(PeftStrategy):
     def peft_config(self, model: nn.Module):
         from peft import PrefixTuningConfig
 
-        return PrefixTuningConfig(task_type=seq_cls_task(), num_virtual_tokens=self.options.virtual_tokens)
+        return PrefixTuningConfig(task_type=peft_task(model), num_virtual_tokens=self.options.virtual_tokens)

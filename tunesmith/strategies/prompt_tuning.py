@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .peft_base import PeftStrategy, seq_cls_task
+from .peft_base import PeftStrategy, peft_task
 
 
 @dataclass
@@ -31,4 +31,4 @@ class PromptTuningStrategy(PeftStrategy):
         if o.init_text:
             kwargs = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": o.init_text,
                       "tokenizer_name_or_path": getattr(model.config, "_name_or_path", None)}
-        return PromptTuningConfig(task_type=seq_cls_task(), num_virtual_tokens=o.virtual_tokens, **kwargs)
+        return PromptTuningConfig(task_type=peft_task(model), num_virtual_tokens=o.virtual_tokens, **kwargs)
