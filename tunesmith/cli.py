@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_data import add_data_commands
 
     add_data_commands(sub)
+    from .cli_generate import add_generate_commands
+
+    add_generate_commands(sub)
     return p
 
 

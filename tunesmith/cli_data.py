@@ -1,4 +1,4 @@
-"""`tunesmith data audit|prepare`: thin calls of tunesmith.data.audit / tunesmith.data.prepare.
+"""`tunesmith data audit|prepare|lint`: thin calls of tunesmith.data.audit / tunesmith.data.prepare.
 
     tunesmith data audit data.csv [--test test.csv] [--out reports/]   # a report, no changes
     tunesmith data prepare config.yaml [--out datasets/]               # a versioned dataset folder
@@ -38,6 +38,12 @@ def add_data_commands(subparsers) -> None:
     p.add_argument("config", help="YAML with a data: section and an optional prepare: (and audit:) section")
     p.add_argument("--out", help="folder for the dataset folder (default: prepare.output_dir)")
     p.set_defaults(func=cmd_prepare)
+
+    lt = sub.add_parser("lint", help="generative tasks: render samples, show which tokens train, catch EOS/template/truncation mistakes")
+    lt.add_argument("config", help="the YAML config of the run to check (task: causal-lm or seq2seq)")
+    lt.add_argument("overrides", nargs="*", help="dotted overrides, as for train")
+    lt.add_argument("--show", type=int, default=2, help="rendered samples to print (trained tokens in [[double brackets]])")
+    lt.set_defaults(func=cmd_lint)
 
 
 def cmd_audit(args) -> int:
@@ -83,6 +89,33 @@ def cmd_prepare(args) -> int:
     for msg in result.input_audit.blocking:
         print(f"  fixed: {msg.split(';')[0]}")
     return 0
+
+
+def cmd_lint(args) -> int:
+    """Exit 0 when the data renders correctly, 1 when the lint found problems (each printed with its fix)."""
+    from .config import load_config
+    from .generative.formats import load_gen_splits
+    from .generative.pipeline import lint_config, prepare_tokenizer
+    from .models.loading import resolve_model
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.task == "text-classification":
+        raise ConfigError(f"{args.config}: data lint checks generative tasks (task: causal-lm or seq2seq); use `tunesmith data audit` for classification")
+    splits = load_gen_splits(cfg)
+    tokenizer = prepare_tokenizer(cfg, resolve_model(cfg.model.name))
+    report = lint_config(cfg, splits, tokenizer, show=args.show)
+    for k, text in enumerate(report.shown, 1):
+        print(f"--- sample {k} (trained tokens in [[double brackets]]) ---\n{text}\n")
+    st = report.stats
+    print(f"{st['samples']} samples ({splits.format}), {st['trained_tokens']:,} trained tokens, mean length {st['mean_length']:.0f}, "
+          f"longest {st['max_length']} (max_length {cfg.data.max_length})")
+    for w in report.warnings:
+        print(f"warning: {w}")
+    for e in report.errors:
+        print(f"error: {e}", file=sys.stderr)
+    if report.ok:
+        print("lint: ok (EOS trained, training and inference prompts identical, nothing truncated inside a completion)")
+    return 0 if report.ok else 1
 
 
 def load_prepare_config(path: str | Path):

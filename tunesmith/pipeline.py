@@ -39,6 +39,10 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
 
     run_dir = Path(resume) if resume else None
     cfg = _resolve_config(config, overrides, run_dir)
+    if cfg.task != "text-classification":
+        from .generative.pipeline import finetune_generative
+
+        return finetune_generative(cfg, run_dir, resume is not None)
 
     # ---- cheap checks first: data, its audit, and model availability
     splits = load_splits(cfg.data, cfg.seed)

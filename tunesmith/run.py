@@ -41,7 +41,8 @@ class Run:
         if not (self.path / "run.json").is_file():
             raise RunError(f"{self.path}: not a tunesmith run folder (no run.json); `tunesmith runs` lists run folders")
         self.info: dict = read_json(self.path / "run.json")
-        self.label_names: list[str] = read_json(self.path / "labels.json")
+        labels = self.path / "labels.json"  # generative runs have no labels
+        self.label_names: list[str] = read_json(labels) if labels.is_file() else []
         self._model = None
         self._tokenizer = None
 
@@ -82,6 +83,11 @@ class Run:
         self._tokenizer = AutoTokenizer.from_pretrained(self.path / "model")
 
         def load_base():
+            if cfg.task != "text-classification":
+                from .models.loading import load_generative
+
+                return load_generative(resolve_model(cfg.model.name), cfg.task, cfg.model.revision, cfg.model.trust_remote_code,
+                                       getattr(strategy.options, "quantize", "none"))
             return load_classifier(resolve_model(cfg.model.name), self.label_names, self._tokenizer.pad_token_id, cfg.model.revision,
                                    cfg.model.trust_remote_code, getattr(strategy.options, "quantize", "none"))
 
@@ -91,6 +97,33 @@ class Run:
         precision, _ = choose_precision("auto", self._device.type)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self._autocast = (lambda: torch.autocast(self._device.type, dtype=dtype)) if dtype else nullcontext
+
+    # ---- generative runs
+
+    def generate(self, prompts: list[str] | list[list[dict]], max_new_tokens: int | None = None, **overrides) -> list[str]:
+        """Completions for prompts: strings (chat models: one user turn each) or message lists, rendered as in training."""
+        import dataclasses
+
+        from .generative.formats import Sample
+        from .generative.generation import generate_for
+
+        cfg = self.config
+        if cfg.task == "text-classification":
+            raise RunError(f"{self.path}: a classification run; use predict, not generate")
+        self._load()
+        gen = dataclasses.replace(cfg.generate, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}), **overrides)
+        return generate_for(self._model, self._tokenizer, [self.sample(p) for p in prompts], gen, cfg.task, self._autocast)
+
+    def sample(self, prompt: str | list[dict]):
+        """A prompt as the run's training rendered it: a chat turn for chat/instruction runs, raw text otherwise."""
+        from .generative.formats import Sample
+
+        fmt = self.info.get("data", {}).get("format")
+        if isinstance(prompt, list):
+            return Sample(0, messages=[*prompt, {"role": "assistant", "content": ""}])
+        if self.config.task == "causal-lm" and fmt in ("chat", "instruction"):
+            return Sample(0, messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}])
+        return Sample(0, prompt=prompt, completion="")
 
     def predict_probs(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Class probabilities, one row per text, columns in `label_names` order."""

@@ -1,0 +1,126 @@
+"""Generation from a (fine-tuned) model, and the scores of generations against references.
+
+Scores: exact match, ROUGE-L (rouge-score), BLEU and chrF (sacrebleu), and for structured outputs
+the share that parses as a JSON object with the required keys plus per-key exact match.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import nullcontext
+
+import torch
+
+from .formats import Sample, prompt_ids, stop_token_ids
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[int]], gen, task: str, autocast=nullcontext, progress: bool = False) -> list[str]:
+    """Completions (decoded, special tokens dropped) for token-id prompts, `gen.batch_size` at a time."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = sorted(stop_token_ids(tokenizer, model))
+    kwargs = dict(max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample, pad_token_id=pad, eos_token_id=stops or None, use_cache=True)
+    if gen.do_sample:
+        kwargs.update(temperature=gen.temperature, top_p=gen.top_p)
+    else:  # silence generation_config's sampling defaults when decoding greedily
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths together: less padding
+    out: list[str] = [""] * len(prompts)
+    batches = [order[i : i + gen.batch_size] for i in range(0, len(order), gen.batch_size)]
+    bar = _bar(len(prompts), progress)
+    for rows in batches:
+        width = max(len(prompts[r]) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            p = prompts[r]
+            if task == "seq2seq":  # encoder inputs: right padding
+                ids[i, : len(p)], mask[i, : len(p)] = torch.tensor(p), 1
+            else:  # decoder-only: left padding, so every prompt ends where generation starts
+                ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
+        with autocast():
+            seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        new = seqs if task == "seq2seq" else seqs[:, width:]
+        for i, r in enumerate(rows):
+            out[r] = tokenizer.decode(new[i], skip_special_tokens=True).strip()
+        bar.update(len(rows))
+    bar.close()
+    model.train(was_training)
+    return out
+
+
+def generate_for(model, tokenizer, samples: list[Sample], gen, task: str, autocast=nullcontext, progress: bool = False) -> list[str]:
+    if task == "seq2seq":
+        prompts = [tokenizer(s.prompt)["input_ids"] for s in samples]
+    else:
+        prompts = [prompt_ids(tokenizer, s) for s in samples]
+    return generate(model, tokenizer, prompts, gen, task, autocast, progress)
+
+
+def _bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="generate", unit="prompt", disable=not enabled, leave=False)
+
+
+# --------------------------------------------------------------------------------------------
+# scores
+
+
+def generation_scores(predictions: list[str], references: list[str], json_keys: list[str] | None = None) -> dict:
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    n = len(predictions)
+    if n == 0:
+        return {"n": 0}
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    rouge = sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)) / n
+    out = {
+        "n": n,
+        "exact_match": sum(_norm(p) == _norm(r) for p, r in zip(predictions, references)) / n,
+        "rougeL": rouge,
+        "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
+        "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
+        "mean_words": sum(len(p.split()) for p in predictions) / n,
+    }
+    if json_keys:
+        out.update(json_scores(predictions, references, json_keys))
+    return out
+
+
+def json_scores(predictions: list[str], references: list[str], keys: list[str]) -> dict:
+    """Share of outputs that are a JSON object with every key, and per-key exact match against the reference."""
+    valid, hits = 0, {k: 0 for k in keys}
+    for p, r in zip(predictions, references):
+        got, want = parse_json_object(p), parse_json_object(r) or {}
+        if got is None or not all(k in got for k in keys):
+            continue
+        valid += 1
+        for k in keys:
+            hits[k] += _norm(str(got.get(k))) == _norm(str(want.get(k)))
+    n = len(predictions)
+    out = {"json_valid": valid / n, **{f"field_{k}": hits[k] / n for k in keys}}
+    out["field_exact_match"] = sum(hits.values()) / (n * len(keys))
+    return out
+
+
+def parse_json_object(text: str) -> dict | None:
+    """The JSON object a text consists of (surrounding whitespace and a ```json fence tolerated), else None."""
+    t = text.strip()
+    fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", t, re.S)
+    if fence:
+        t = fence.group(1)
+    try:
+        obj = json.loads(t)
+    except (json.JSONDecodeError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.strip().lower().split())
