@@ -81,6 +81,10 @@ class PackedLMData(LMData):
         self.positions = [[p for i in b for p in range(len(ids[i]))] for b in bins]
         super().__init__([[t for i in b for t in ids[i]] for b in bins], [[t for i in b for t in labels[i]] for b in bins])
 
+    def examples(self, rows: list[int]) -> int:
+        """Samples (not rows) in these rows: what samples/s counts."""
+        return sum(len(self.bins[r]) for r in rows)
+
     def batch(self, rows: list[int], pad_id: int, with_labels: bool = True) -> dict[str, torch.Tensor]:
         width = _pad_to(max(self.lengths[r] for r in rows))
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

@@ -61,7 +61,7 @@ def lint(tokenizer, samples: list[Sample], task: str, max_length: int, add_eos: 
             truncated.append((s.row, len(r.ids)))
         elif not trained:
             empty.append(s.row)
-        elif trained[-1] not in stops and not (s.text is not None and not add_eos):
+        elif not stops.intersection(trained) and not (s.text is not None and not add_eos):
             no_eos.append(s.row)
         for marker, name in TEMPLATE_MARKERS.items():
             if marker in _raw_text(s) and marker not in scaffold:

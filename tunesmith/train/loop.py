@@ -218,8 +218,9 @@ def fit(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
-                state.samples += n_step
-                samples_window += n_step
+                n_examples = sum(train.examples(b) if hasattr(train, "examples") else len(b) for b in micro_batches)
+                state.samples += n_examples
+                samples_window += n_examples
 
                 if state.step % cfg.log_every == 0 or state.step == total_steps:
                     # The only host sync of a training step, every `log_every` steps.
