@@ -97,8 +97,8 @@ def write_yaml(path: Path, cfg: dict) -> Path:
     return path
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600, input: str | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
+        [sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout, input=input
     )

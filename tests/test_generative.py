@@ -1,0 +1,257 @@
+"""Generative tasks on tiny random Llama / GPT-2 / T5 models: rendering and loss masks, lint, packing,
+training through the one loop, generation, scores, and the CLI (train / data lint / generate / chat)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from gen_fixtures import ANSWER, build_tiny_lm, build_tokenizer, toy_pairs, write_jsonl
+from tunesmith.config import load_config
+from tunesmith.errors import DataError
+from tunesmith.generative.batches import LMData, PackedLMData, causal_lm_loss, packing_is_exact
+from tunesmith.generative.formats import DEFAULT_CHAT_TEMPLATE, IGNORE, Sample, prompt_ids, render
+from tunesmith.generative.generation import generation_scores, json_scores, parse_json_object
+from tunesmith.generative.lint import lint
+
+from conftest import ROOT, run_cli, write_yaml
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    t = build_tokenizer(tmp_path_factory.mktemp("tok"))
+    t.chat_template = DEFAULT_CHAT_TEMPLATE
+    return t
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return build_tiny_lm(tmp_path_factory.mktemp("llama"), "llama")
+
+
+def trained_text(tok, r) -> str:
+    return tok.decode([t for t in r.labels if t != IGNORE])
+
+
+# ---- rendering: what trains
+
+
+def test_completion_trains_completion_and_eos_only(tok):
+    s = Sample(0, prompt="What colour is the cat?", completion=" The cat is red.")
+    r = render(tok, s, "causal-lm", 64, add_eos=True)
+    assert trained_text(tok, r) == " The cat is red.</s>"
+    assert r.ids[: len(prompt_ids(tok, s))] == prompt_ids(tok, s)  # the inference prompt, token for token
+    assert r.labels[0] == IGNORE
+
+
+def test_chat_trains_every_assistant_turn_and_nothing_else(tok):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "cat?"}, {"role": "assistant", "content": "red"},
+            {"role": "user", "content": "dog?"}, {"role": "assistant", "content": "blue"}]
+    r = render(tok, Sample(0, messages=msgs), "causal-lm", 128, add_eos=True)
+    pieces = tok.decode([t if l != IGNORE else tok.pad_token_id for t, l in zip(r.ids, r.labels)], skip_special_tokens=False)
+    trained = [p for p in pieces.split("<pad>") if p]
+    assert trained == ["red</s>\n\n", "blue</s>\n\n"]
+    assert "Be brief" not in trained_text(tok, r) and "cat?" not in trained_text(tok, r)
+
+
+def test_truncation_inside_the_completion_is_flagged(tok):
+    s = Sample(0, prompt="What colour is the cat? " * 6, completion=" The cat is red.")
+    assert render(tok, s, "causal-lm", 20, add_eos=True).truncated_target
+    assert not render(tok, s, "causal-lm", 200, add_eos=True).truncated_target
+
+
+# ---- lint: the planted mistakes
+
+
+def pairs(n=12):
+    return [Sample(i, prompt=r["prompt"], completion=" " + r["completion"]) for i, r in enumerate(toy_pairs(n))]
+
+
+def test_lint_passes_clean_data(tok):
+    rep = lint(tok, pairs(), "causal-lm", 64, add_eos=True)
+    assert rep.ok, rep.errors
+    assert "[[" in rep.shown[0] and rep.stats["no_eos"] == 0
+
+
+def test_lint_catches_missing_eos(tok):
+    rep = lint(tok, pairs(), "causal-lm", 64, add_eos=False)
+    assert not rep.ok and "end-of-sequence" in rep.errors[0] and "12 of 12" in rep.errors[0]
+
+
+def test_lint_catches_a_template_that_drops_eos(tok):
+    template = DEFAULT_CHAT_TEMPLATE.replace("{{ eos_token }}", "")
+    tok2 = type(tok).from_pretrained(tok.name_or_path) if tok.name_or_path else tok
+    tok2.chat_template = template
+    chats = [Sample(i, messages=[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}])
+             for i, r in enumerate(toy_pairs(5))]
+    rep = lint(tok2, chats, "causal-lm", 64, add_eos=True)
+    assert any("end-of-sequence" in e for e in rep.errors)
+
+
+def test_lint_catches_a_template_mismatch(tok):
+    # Prompts pre-rendered with the Llama-2 template, while this run renders with its own template.
+    data = [Sample(i, prompt=f"[INST] {r['prompt']} [/INST]", completion=" " + r["completion"]) for i, r in enumerate(toy_pairs(6))]
+    rep = lint(tok, data, "causal-lm", 64, add_eos=True)
+    assert any("Llama-2" in e and "chat template" in e for e in rep.errors)
+
+
+def test_lint_catches_a_boundary_that_tokenizes_differently(tok):
+    # A trailing space in the prompt: at inference the model sees " " as its own token, in training it merges.
+    data = [Sample(i, prompt=r["prompt"] + " ", completion=r["completion"]) for i, r in enumerate(toy_pairs(6))]
+    rep = lint(tok, data, "causal-lm", 64, add_eos=True)
+    assert any("differ from the prompt tokens at inference" in e for e in rep.errors)
+
+
+def test_lint_catches_truncation_and_empty_targets(tok):
+    long = [Sample(0, prompt="What colour is the cat? " * 8, completion=" red")]
+    assert any("truncated inside the completion" in e for e in lint(tok, long, "causal-lm", 24, True).errors)
+    assert lint(tok, long, "causal-lm", 24, True, long_samples="drop").ok
+    empty = [Sample(0, prompt="What colour is the cat? " * 8, completion="")]
+    rep = lint(tok, empty, "causal-lm", 24, add_eos=False)
+    assert any("train no token" in e or "truncated" in e for e in rep.errors)
+
+
+# ---- packing
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_packed_loss_equals_unpacked_loss(tmp_path, kind):
+    from transformers import AutoModelForCausalLM
+
+    folder = build_tiny_lm(tmp_path / kind, kind)
+    tok = build_tokenizer(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert packing_is_exact(model, "cpu")
+    rendered = [render(tok, s, "causal-lm", 64, True) for s in pairs(10)]
+    ids, labels = [r.ids for r in rendered], [r.labels for r in rendered]
+    plain, packed = LMData(ids, labels), PackedLMData(ids, labels, 64)
+    assert len(packed) < len(plain) and packed.units(range(len(packed))) == plain.units(range(len(plain)))
+    with torch.no_grad():
+        a = causal_lm_loss(model, plain.batch(list(range(len(plain))), tok.pad_token_id))
+        b = causal_lm_loss(model, packed.batch(list(range(len(packed))), tok.pad_token_id))
+    assert math.isclose(a.item(), b.item(), rel_tol=1e-4)
+
+
+# ---- scores
+
+
+def test_generation_scores_on_constructed_cases():
+    refs = ["The cat is red.", "The dog is blue."]
+    perfect = generation_scores(refs, refs)
+    assert perfect["exact_match"] == 1.0 and perfect["rougeL"] == 1.0 and perfect["bleu"] > 99 and perfect["chrf"] > 99
+    wrong = generation_scores(["no", "no"], refs)
+    assert wrong["exact_match"] == 0.0 and wrong["rougeL"] == 0.0
+
+
+def test_json_scores():
+    refs = [json.dumps({"name": "a", "kind": "x"}), json.dumps({"name": "b", "kind": "y"}), json.dumps({"name": "c", "kind": "z"})]
+    preds = ['{"name": "a", "kind": "x"}', '```json\n{"name": "b", "kind": "q"}\n```', '{"name": "c"']
+    s = json_scores(preds, refs, ["name", "kind"])
+    assert s["json_valid"] == pytest.approx(2 / 3)
+    assert s["field_name"] == pytest.approx(2 / 3) and s["field_kind"] == pytest.approx(1 / 3)
+    assert parse_json_object("[1, 2]") is None and parse_json_object(' {"a": 1} ') == {"a": 1}
+
+
+# ---- end to end through the CLI
+
+
+def gen_config(tmp_path, model, data_path, **sections):
+    cfg = {
+        "name": "gen", "task": "causal-lm", "output_dir": str(tmp_path / "runs"),
+        "data": {"path": str(data_path), "max_length": 64, "validation_size": 0.1, "test_size": 0.1},
+        "model": {"name": str(model)}, "strategy": {"name": "full"},
+        "train": {"epochs": 12, "lr": 3e-3, "batch_size": 16, "precision": "fp32", "patience": None, "log_every": 5},
+        "generate": {"samples": 12, "max_new_tokens": 10},
+        "tracking": {"backend": "none"},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return cfg
+
+
+def test_causal_lm_chat_sft_learns_and_generates(tmp_path, llama):
+    rows = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]} for r in toy_pairs(320)]
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)
+    cfg = write_yaml(tmp_path / "c.yaml", gen_config(tmp_path, llama, data, data={"packing": True}, train={"epochs": 30}))
+    res = run_cli("train", str(cfg))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "packing: 256 samples in" in res.stdout
+    run_dir = next((tmp_path / "runs").iterdir())
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["test"]["loss"] < 0.5 * m["before"]["loss"]
+    assert m["test"]["generation"]["exact_match"] >= 0.5 > m["before"]["generation"]["exact_match"]
+    report = (run_dir / "report.md").read_text()
+    assert "| prompt | reference | before | after |" in report and "What colour is the" in report
+    out = run_cli("generate", str(run_dir), "--prompt", "What colour is the owl?")
+    assert out.returncode == 0 and out.stdout.strip() == f"The owl is {ANSWER['owl']}."
+    chat = run_cli("chat", str(run_dir), input="What colour is the fox?\n")
+    assert chat.returncode == 0 and f"The fox is {ANSWER['fox']}." in chat.stdout
+
+
+def test_data_lint_cli_and_train_refuse_a_missing_eos(tmp_path, llama):
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(60)])
+    good = write_yaml(tmp_path / "good.yaml", gen_config(tmp_path, llama, data))
+    res = run_cli("data", "lint", str(good))
+    assert res.returncode == 0 and "lint: ok" in res.stdout and "[[" in res.stdout
+    bad = write_yaml(tmp_path / "bad.yaml", gen_config(tmp_path, llama, data, data={"add_eos": False}))
+    res = run_cli("data", "lint", str(bad))
+    assert res.returncode == 1 and "end-of-sequence" in res.stderr
+    res = run_cli("train", str(bad))
+    assert res.returncode == 2 and "end-of-sequence" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "runs").exists()  # refused before the run folder exists
+
+
+def test_seq2seq_config_runs_on_a_tiny_t5(tmp_path):
+    """configs/examples/seq2seq-t5.yaml with the model and data swapped for tiny local ones."""
+    t5 = build_tiny_lm(tmp_path / "t5", "t5")
+    data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(160))
+    res = run_cli("train", str(ROOT / "configs/examples/seq2seq-t5.yaml"), f"model.name={t5}", f"data.path={data}",
+                  f"output_dir={tmp_path / 'runs'}", "tracking.backend=none", "train.epochs=10", "train.lr=3e-3", "train.precision=fp32",
+                  "generate.samples=8")
+    assert res.returncode == 0, res.stderr[-2000:]
+    run_dir = next((tmp_path / "runs").iterdir())
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["test"]["loss"] < m["before"]["loss"] and m["test"]["generation"]["n"] == 8
+    out = run_cli("generate", str(run_dir), "--prompt", "What colour is the cat?")
+    assert out.returncode == 0 and out.stdout.strip()
+
+
+def test_lora_on_a_causal_lm_saves_an_adapter_and_reloads(tmp_path, llama):
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(80)])
+    cfg = load_config(gen_config(tmp_path, llama, data, strategy={"name": "lora", "r": 4}, train={"epochs": 2, "precision": "bf16"}))
+    from tunesmith.pipeline import finetune
+
+    run = finetune(cfg)
+    assert (run.path / "model" / "adapter_model.safetensors").is_file()
+    assert run.info["parameters"]["trainable"] < run.info["parameters"]["total"] / 5
+    again = type(run)(run.path).generate(["What colour is the cat?"], max_new_tokens=4)
+    assert len(again) == 1 and isinstance(again[0], str)
+
+
+def test_unknown_sample_format_is_one_clear_error(tmp_path, llama):
+    data = write_jsonl(tmp_path / "odd.jsonl", [{"question": "a", "answer": "b"}] * 20)
+    cfg = write_yaml(tmp_path / "c.yaml", gen_config(tmp_path, llama, data))
+    res = run_cli("train", str(cfg))
+    assert res.returncode == 2 and "cannot tell the sample format" in res.stderr
+
+
+def test_linear_probe_is_refused_for_generation(tmp_path, llama):
+    data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(40))
+    cfg = load_config(gen_config(tmp_path, llama, data, strategy={"name": "linear-probe"}))
+    from tunesmith.errors import ConfigError
+    from tunesmith.pipeline import finetune
+
+    with pytest.raises(ConfigError, match="for causal-lm use lora"):
+        finetune(cfg)
+
+
+def test_bad_messages_name_the_row(tmp_path, llama):
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    cfg = load_config(gen_config(tmp_path, llama, data))
+    from tunesmith.generative.formats import load_gen_splits
+
+    with pytest.raises(DataError, match="row 1: the last message must be the assistant"):
+        load_gen_splits(cfg)
