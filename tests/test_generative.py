@@ -255,3 +255,27 @@ def test_bad_messages_name_the_row(tmp_path, llama):
 
     with pytest.raises(DataError, match="row 1: the last message must be the assistant"):
         load_gen_splits(cfg)
+
+
+def test_generative_run_resumes_after_interrupt_with_its_before_generations(tmp_path, llama):
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(96)])
+    cfg = write_yaml(tmp_path / "c.yaml", gen_config(tmp_path, llama, data, train={"epochs": 3, "eval_every": 2}))
+    res = run_cli("train", str(cfg), env={"TUNESMITH_FAULT_AT_STEP": "3:INT"})
+    assert res.returncode == 130, res.stderr[-1500:]
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    res = run_cli("train", "--resume", str(run_dir))
+    assert res.returncode == 0, res.stderr[-1500:]
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["steps"] == 15 and m["before"]["generation"]["n"] == m["test"]["generation"]["n"] == 10 and "_before" not in json.loads((run_dir / "run.json").read_text())
+
+
+def test_qlora_nf4_and_gradient_checkpointing_on_a_causal_lm(tmp_path, llama):
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(48)])
+    cfg = load_config(gen_config(tmp_path, llama, data, strategy={"name": "lora", "r": 4, "quantize": "nf4"},
+                                 train={"epochs": 1, "precision": "bf16", "gradient_checkpointing": True}, generate={"samples": 2, "max_new_tokens": 4}))
+    from tunesmith.pipeline import finetune
+
+    run = finetune(cfg)
+    m = run.metrics
+    assert math.isfinite(m["test"]["loss"]) and m["steps"] == 3

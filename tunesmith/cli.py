@@ -101,7 +101,9 @@ def cmd_export(args) -> int:
     from .run import Run, export_run
 
     out = export_run(Run(args.run), args.out)
-    print(f"wrote {out}: a plain transformers folder (AutoModelForSequenceClassification.from_pretrained)")
+    from .models.loading import auto_class_for
+
+    print(f"wrote {out}: a plain transformers folder ({auto_class_for(out).__name__}.from_pretrained)")
     return 0
 
 

@@ -96,6 +96,8 @@ class Run:
         self._model.to(self._device)
         precision, _ = choose_precision("auto", self._device.type)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if dtype and cfg.task != "text-classification":
+            self._model.to(dtype)  # inference only: weights in the compute dtype, no cast per generated token
         self._autocast = (lambda: torch.autocast(self._device.type, dtype=dtype)) if dtype else nullcontext
 
     # ---- generative runs

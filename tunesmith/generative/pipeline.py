@@ -208,11 +208,14 @@ def _frozen_to_compute_dtype(model, strategy, precision: str) -> int:
     """Store frozen float weights in the autocast dtype: autocast would cast them at every forward anyway.
 
     Saves memory and the per-step casts (generation, with one forward per token, gains most). Trained
-    weights stay fp32 (the optimizer's master copy). Not done when what trains changes during the run.
+    weights stay fp32 (the optimizer's master copy). Only for adapter strategies, which save the adapter
+    alone: a full/freeze run saves every weight, and those must stay as pretrained.
     Returns the bytes saved.
     """
+    from ..strategies.peft_base import PeftStrategy
+
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None or strategy.name == "gradual-unfreeze":
+    if dtype is None or not isinstance(strategy, PeftStrategy):  # full/freeze save the frozen weights too: keep them exact
         return 0
     saved = 0
     for p in model.parameters():
