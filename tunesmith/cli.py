@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_data import add_data_commands
 
     add_data_commands(sub)
+    __import__("tunesmith.cli_plan", fromlist=["*"]).add_plan_command(sub)  # `tunesmith plan`
     from .cli_generate import add_generate_commands
 
     add_generate_commands(sub)
