@@ -92,7 +92,7 @@ def finetune_generative(cfg: Config, run_dir: Path | None, resume: bool) -> Run:
     before: list[str] | None = info.get("_before") if resume else None
     gen_samples = splits.test.samples[: cfg.generate.samples]
     if acc.is_main_process and not resume:
-        test_loss_before = _lm_loss(pretrained, data["test"], cfg, acc, tokenizer.pad_token_id, loss_fn(cfg.task))
+        test_loss_before = _lm_loss(pretrained, data["test"], cfg, acc, tokenizer.pad_token_id, loss_fn(cfg.task), alone=True)
         if gen_samples and cfg.generate.before:
             say(f"generate: {len(gen_samples)} held-out prompts with the model before fine-tuning")
             before = generate_for(pretrained, tokenizer, gen_samples, cfg.generate, cfg.task, acc.autocast, progress=True)
@@ -241,15 +241,15 @@ def _encode(cfg: Config, tokenizer, samples) -> LMData | Seq2SeqData:
 
 
 @torch.no_grad()
-def _lm_loss(model, data, cfg: Config, acc, pad_id: int, lossf) -> float:
-    """Mean loss per trained token over `data` (shared across processes)."""
+def _lm_loss(model, data, cfg: Config, acc, pad_id: int, lossf, alone: bool = False) -> float:
+    """Mean loss per trained token over `data`, shared across processes (`alone`: this process does all of it)."""
     from ..data.batching import plan_eval, shard
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total = torch.zeros(2, dtype=torch.float64, device=device)
-    world, rank = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
+    world, rank = (1, 0) if alone else (acc.num_processes, acc.process_index)
     for global_batch in plan_eval(data.lengths, cfg.eval.batch_size * world):
         rows = shard(global_batch, rank, world)
         if not rows:
