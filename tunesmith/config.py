@@ -80,7 +80,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "minilm"
-    """A packaged alias (`minilm`), a local Hugging Face folder, or a hub id (needs a network)."""
+    """A packaged alias (`minilm`, `smollm2-135m-instruct`), a local Hugging Face folder, a `.gguf` file
+    (converted once to a cached HF folder), or a hub id (needs a network)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) when `name` is a hub id."""
     trust_remote_code: bool = False
