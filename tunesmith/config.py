@@ -149,6 +149,51 @@ class EvalConfig:
     """Examples per process per evaluation batch."""
     baseline: bool = True
     """Also fit a TF-IDF + logistic-regression baseline on the same split and report it side by side."""
+    ci_level: float = 0.95
+    """Confidence level of the bootstrap intervals reported beside every headline test metric."""
+    bootstrap_resamples: int = 1000
+    """Bootstrap resamples per interval (and permutations per significance test in `tunesmith compare`)."""
+    sets: dict[str, str] | None = None
+    """Extra labelled evaluation sets, `{name: file}` (e.g. `{ood: data/other.csv}`), each evaluated with the
+    best weights and reported separately; same text/label columns as `data`."""
+    slice_by: list[str] = field(default_factory=list)
+    """Columns of the test data to report the test metric per value of (the worst slice and its gap are flagged)."""
+    length_buckets: int = 3
+    """Built-in slice: test texts cut into this many word-count buckets of similar size; 0 turns it off."""
+    min_slice_size: int = 20
+    """Slices with fewer test items are reported but never named the worst slice (too noisy)."""
+    sensitive_column: str | None = None
+    """A column of the test data holding a sensitive attribute: demographic-parity and equalized-odds
+    differences (fairlearn, one-vs-rest per class) across its values."""
+    calibration: bool = True
+    """Expected calibration error and a reliability diagram of the test predictions."""
+    temperature_scaling: bool = True
+    """Fit a softmax temperature on the validation set and report the test calibration after scaling."""
+    robustness: bool = True
+    """Evaluate on perturbed test texts (typos, upper case, no punctuation, dropped words); report each drop."""
+    robustness_samples: int = 500
+    """Test items (stratified sample) used per perturbation; 0 = all."""
+    efficiency: bool = True
+    """Measure inference latency (batch 1, p50/p95), throughput (batch 32), size on disk and peak memory."""
+    efficiency_batches: int = 32
+    """Timed batch-1 calls (and a quarter as many batch-32 calls) for the efficiency figures."""
+
+    def check(self) -> None:
+        if not 0.5 <= self.ci_level < 1:
+            raise ConfigError(f"eval.ci_level must be in [0.5, 1) (got {self.ci_level}); e.g. 0.95")
+        for key in ("bootstrap_resamples", "efficiency_batches"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"eval.{key} must be at least 1 (got {getattr(self, key)})")
+        for key in ("length_buckets", "min_slice_size", "robustness_samples"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"eval.{key} must be 0 or more (got {getattr(self, key)})")
+        if self.sets is not None and (not isinstance(self.sets, dict) or not all(isinstance(v, str) for v in self.sets.values())):
+            raise ConfigError(f"eval.sets must map names to files, e.g. {{ood: data/other.csv}} (got {self.sets!r})")
+        from .utils import resolve_path
+
+        for name, spec in (self.sets or {}).items():
+            if not resolve_path(spec).exists():
+                raise ConfigError(f"eval.sets.{name}: file {spec} not found; fix the path (relative paths start at {Path.cwd()})")
 
 
 @dataclass
@@ -209,6 +254,7 @@ class Config:
         """Cross-field rules that no single field can check."""
         self.audit.check()
         self.prepare.check()
+        self.eval.check()
         d, t = self.data, self.train
         if d.path and (d.train or d.validation or d.test):
             raise ConfigError("data: set either `path` (one file, split for you) or `train`/`validation`/`test`, not both")
