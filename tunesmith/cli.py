@@ -86,6 +86,12 @@ def cmd_runs(args) -> int:
         m = run.metrics
         test = m.get("test") or {}
         base = ((m.get("baseline") or {}).get("test") or {}).get("macro_f1")
+        if run.info.get("task", "text-classification") != "text-classification":  # generative: perplexity, before -> after
+            gen = test.get("generation") or {}
+            score = "json_valid" if "json_valid" in gen else "rougeL"
+            print(f"{run.path.name:42} {run.status:11} {run.info.get('strategy', '?'):9} {run.info.get('model', {}).get('name', '?')[-12:]:12} "
+                  f"ppl {_fmt(test.get('perplexity'))}  {score} {_fmt(((m.get('before') or {}).get('generation') or {}).get(score))} -> {_fmt(gen.get(score))}")
+            continue
         print(
             f"{run.path.name:42} {run.status:11} {run.info.get('strategy', '?'):9} {run.info.get('model', {}).get('name', '?')[-12:]:12} "
             f"{_fmt(test.get('macro_f1')):>8} {_fmt(test.get('accuracy')):>7} {_fmt(base):>9}"
