@@ -141,7 +141,11 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
             "test": test, "validation_best": result.best_metrics, "best_step": result.best_step, "steps": result.steps,
             "stopped_early": result.stopped_early, "baseline": {"name": "tfidf-logreg", "test": baseline} if baseline else None,
         }
+        from .evaluate.report import extended_evaluation, tracked_figures  # intervals, sets, slices, calibration, robustness, efficiency
+
+        metrics.update(extended_evaluation(cfg, run_dir, model, trained, data, tokenizer, splits, probs, acc, say))
         write_run_files(run_dir, cfg, info, metrics, result.history, splits, probs)
+        tracker.log_metrics(tracked_figures(metrics))
         tracker.log_metrics({f"test_{k}": v for k, v in headline(test).items()})
         if baseline:
             tracker.log_metrics({f"baseline_test_{k}": v for k, v in headline(baseline).items()})

@@ -206,6 +206,11 @@ def write_run_files(run_dir: Path, cfg, info: dict, metrics: dict, history: list
     plot_confusion(metrics["test"]["confusion_matrix"], names, run_dir / "confusion_matrix.png", f"{info['name']}: test")
     plot_history(history, cfg.train.metric, run_dir / "training_curves.png")
     write_report(run_dir, cfg, info, metrics)
+    from .evaluate.markdown import add_to_report
+    from .tracking.model_card import write_model_card
+
+    add_to_report(run_dir, metrics)
+    write_model_card(run_dir)
 
 
 def export_run(run: Run, out: str | Path) -> Path:

@@ -16,13 +16,15 @@ from .stats import metric_value
 
 
 def typos(text: str, rng: random.Random, rate: float = 0.1) -> str:
-    """Swap two adjacent inner letters in ~rate of the words of 4+ letters (at least one such word)."""
+    """Swap two different adjacent inner letters in ~rate of the words of 4+ letters (at least one such word)."""
     words = text.split(" ")
     long = [i for i, w in enumerate(words) if len(w) >= 4]
     for i in [i for i in long if rng.random() < rate] or long[:1]:
         w = words[i]
-        j = rng.randrange(1, len(w) - 2)
-        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+        spots = [j for j in range(1, len(w) - 2) if w[j] != w[j + 1] and w[j].isalpha() and w[j + 1].isalpha()]
+        if spots:
+            j = rng.choice(spots)
+            words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
     return " ".join(words)
 
 
@@ -75,3 +77,25 @@ def robustness(texts: list[str], y, clean_probs: np.ndarray, predict, k: int, sa
             "flipped": float((pred != clean_pred).mean()), "texts_changed": float(np.mean([c != texts[i] for c, i in zip(changed, rows)])),
         }
     return out
+
+
+def plot_robustness(report: dict, path, title: str) -> None:
+    """Bars: macro-F1 on clean inputs and under each perturbation (same items)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .metrics import _save_fig
+
+    names = ["clean", *report["perturbations"]]
+    values = [report["clean"]["macro_f1"], *(p["macro_f1"] for p in report["perturbations"].values())]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(names, values, color=["C2"] + ["C0"] * (len(names) - 1))
+    for i, v in enumerate(values):
+        ax.text(i, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
+    ax.set_ylabel("macro-F1"), ax.set_ylim(0, 1.05), ax.set_title(f"{title} (n={report['n']})", fontsize=10)
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    _save_fig(fig, path)
+    plt.close(fig)
