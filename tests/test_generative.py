@@ -279,3 +279,17 @@ def test_qlora_nf4_and_gradient_checkpointing_on_a_causal_lm(tmp_path, llama):
     run = finetune(cfg)
     m = run.metrics
     assert math.isfinite(m["test"]["loss"]) and m["steps"] == 3
+
+
+def test_eval_command_scores_a_generative_run_on_another_file(tmp_path, llama):
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(64)])
+    other = write_jsonl(tmp_path / "other.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(10, seed=5)])
+    cfg = load_config(gen_config(tmp_path, llama, data, train={"epochs": 2}, generate={"samples": 4, "max_new_tokens": 6}))
+    from tunesmith.pipeline import finetune
+
+    run = finetune(cfg)
+    res = run_cli("eval", str(run.path), "--data", str(other))
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert "10 rows" in res.stdout and "perplexity" in res.stdout and "rougeL" in res.stdout
+    saved = json.loads(next((run.path / "evals").iterdir()).read_text())
+    assert saved["n"] == 10 and saved["generation"]["n"] == 4 and math.isfinite(saved["loss"])

@@ -39,6 +39,12 @@ def cmd_eval(args) -> int:
 
     metrics = Run(args.run).evaluate(args.data, args.text_column, args.label_column)
     print(f"{args.data}: {metrics['n']} rows")
+    if "generation" in metrics:  # a generative run
+        print(f"  {'loss':18} {metrics['loss']:.4f}\n  {'perplexity':18} {metrics['perplexity']:.4f}")
+        for key, value in metrics["generation"].items():
+            if key != "n":
+                print(f"  {key:18} {value:.4f}   (generation, {metrics['generation']['n']} prompts)")
+        return 0
     for key in ("macro_f1", "accuracy", "weighted_f1", "macro_precision", "macro_recall", "loss"):
         print(f"  {key:18} {metrics[key]:.4f}")
     return 0

@@ -7,6 +7,7 @@ runs/<name>-<timestamp>/
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import time
@@ -153,6 +154,13 @@ class Run:
         from .data.loaders import load_table
         from .evaluate.metrics import classification_metrics
 
+        if self.config.task != "text-classification":
+            from .generative.pipeline import evaluate_generative
+
+            metrics = evaluate_generative(self, data)
+            if save:
+                atomic_write_json(self.path / "evals" / f"{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}.json", metrics)
+            return metrics
         cfg = self.config.data
         text_column, label_column = text_column or cfg.text_column, label_column or cfg.label_column
         df = load_table(data, "auto", cfg.encoding, cfg.encoding_errors)
@@ -202,7 +210,8 @@ def write_run_files(run_dir: Path, cfg, info: dict, metrics: dict, history: list
         "predicted": [names[i] for i in probs.argmax(axis=1)],
         **{f"p_{n}": probs[:, k].round(5) for k, n in enumerate(names)},
     })
-    atomic_write_text(run_dir / "test_predictions.csv", preds.to_csv(index=False))
+    # Quote every text: pandas leaves a field with a bare "\r" unquoted, and readers split the row there.
+    atomic_write_text(run_dir / "test_predictions.csv", preds.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
     plot_confusion(metrics["test"]["confusion_matrix"], names, run_dir / "confusion_matrix.png", f"{info['name']}: test")
     plot_history(history, cfg.train.metric, run_dir / "training_curves.png")
     write_report(run_dir, cfg, info, metrics)

@@ -293,3 +293,29 @@ def _print_summary(say, metrics: dict, info: dict, keys) -> None:
 
 def _f(v) -> str:
     return "-" if v is None else f"{v:.4f}"
+
+
+def evaluate_generative(run, data: str, samples: int | None = None) -> dict:
+    """Loss/perplexity and generation scores of a saved generative run on another file (`tunesmith eval`)."""
+    from ..data.loaders import load_table
+    from .formats import detect_format, to_samples
+    from .generation import generation_scores
+
+    cfg = run.config
+    df = load_table(data, "auto", cfg.data.encoding, cfg.data.encoding_errors)
+    if isinstance(df, dict):
+        df = df.get("test", next(iter(df.values())))
+    fmt = detect_format(df.columns, cfg.data, cfg.task)
+    items = to_samples(df, cfg.data, fmt, cfg.task, data)
+    run._load()
+    encoded = _encode(cfg, run._tokenizer, items)
+
+    class _Solo:  # one process, the run's autocast
+        num_processes, process_index = 1, 0
+        autocast = staticmethod(run._autocast)
+
+    loss = _lm_loss(run._model, encoded, cfg, _Solo, run._tokenizer.pad_token_id, loss_fn(cfg.task), alone=True)
+    chosen = items[: samples if samples is not None else cfg.generate.samples]
+    out = generate_for(run._model, run._tokenizer, chosen, cfg.generate, cfg.task, run._autocast, progress=True)
+    return {"data": str(data), "n": len(items), "loss": loss, "perplexity": _ppl(loss),
+            "generation": generation_scores(out, [s.reference for s in chosen], cfg.generate.json_keys)}
