@@ -98,9 +98,9 @@ def _weaknesses(run_dir: Path, metrics: dict, confusions: int = 3, errors: int =
         lines.append("Top confusions (true -> predicted): " + "; ".join(f"{a} -> {b} ({n})" for n, a, b in pairs[:confusions]) + ".")
     preds = run_dir / "test_predictions.csv"
     if preds.is_file():
-        import pandas as pd
+        from ..evaluate.compare import read_predictions
 
-        df = pd.read_csv(preds, keep_default_na=False, dtype={"label": str, "predicted": str})
+        df = read_predictions(preds)
         wrong = df[df["label"] != df["predicted"]].copy()
         if len(wrong):
             wrong["confidence"] = [float(row[f"p_{row['predicted']}"]) for _, row in wrong.iterrows()]
