@@ -35,9 +35,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .run import Run
+    from .run import load_run
 
-    metrics = Run(args.run).evaluate(args.data, args.text_column, args.label_column)
+    metrics = load_run(args.run).evaluate(args.data, args.text_column, args.label_column)
     print(f"{args.data}: {metrics['n']} rows")
     if "generation" in metrics:  # a generative run
         print(f"  {'loss':18} {metrics['loss']:.4f}\n  {'perplexity':18} {metrics['perplexity']:.4f}")
@@ -54,10 +54,10 @@ def cmd_predict(args) -> int:
 
     from .data.loaders import load_table
     from .errors import DataError
-    from .run import Run
+    from .run import load_run
     from .utils import atomic_write_text
 
-    run = Run(args.run)
+    run = load_run(args.run)  # a run folder or models:/NAME@ALIAS
     if bool(args.text) == bool(args.file):
         raise DataError("predict: give --text \"...\" (repeatable) or --file in.csv [--out preds.csv]")
     if args.text:
@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_data import add_data_commands
 
     add_data_commands(sub)
+    __import__("tunesmith.cli_eval", fromlist=["*"]).add_eval_commands(sub)  # cv, compare, register, models, promote
     __import__("tunesmith.cli_plan", fromlist=["*"]).add_plan_command(sub)  # `tunesmith plan`
     from .cli_generate import add_generate_commands
 

@@ -22,3 +22,7 @@ class ModelError(TunesmithError):
 
 class RunError(TunesmithError):
     """A run folder that does not exist, is incomplete, or does not match the request."""
+
+
+class RegistryError(TunesmithError):
+    """A registered model, version or alias that does not exist, or a model registry that cannot be used."""

@@ -184,6 +184,11 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
+    """A run folder, or a registered version: `models:/NAME@ALIAS` / `models:/NAME/VERSION` (registry at $MLFLOW_TRACKING_URI, default runs/mlflow.db)."""
+    if str(path).startswith("models:/"):
+        from .tracking.registry import resolve
+
+        path = resolve(str(path))
     return Run(path)
 
 
