@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from ..config import TrainConfig
 from ..data.batching import collate, plan_epoch, plan_eval, shard
 from ..evaluate.metrics import classification_metrics, headline, is_better
 from .checkpoint import load_checkpoint, save_checkpoint
+from .stop import StopFlag, fault_injection
 from .checkpoint import load_weights as load_checkpoint_weights
 from .optim import build_optimizer, build_scheduler
 
@@ -180,8 +180,8 @@ def fit(
         f"training: {len(train)} examples, {steps_per_epoch} steps/epoch, {total_steps} steps, "
         f"global batch {global_micro * cfg.grad_accum} ({world} process(es) x {cfg.batch_size} x {cfg.grad_accum} accumulation)"
     )
-    stop = _StopFlag()
-    fault = _fault_injection()
+    stop = StopFlag()
+    fault = fault_injection()
     progress = _progress(acc, total_steps, state.step)
     running_loss = torch.zeros((), dtype=torch.float64, device=acc.device)  # stays on the device: no per-step sync
     running_n, t_window, samples_window = 0, time.perf_counter(), 0
@@ -382,54 +382,3 @@ def _progress(acc: Accelerator, total: int, initial: int):
         total=total, initial=initial, desc="train", unit="step", disable=not acc.is_main_process,
         mininterval=1.0 if os.environ.get("CI") is None else 10.0, dynamic_ncols=True,
     )
-
-
-class _StopFlag:
-    """Ctrl-C / SIGTERM ask the loop to stop after the current optimizer step and checkpoint."""
-
-    def __init__(self):
-        self._requested = False
-        self._old = {}
-        if _is_main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self._requested:  # a second Ctrl-C stops at once
-            self.restore()
-            raise KeyboardInterrupt
-        self._requested = True
-
-    def requested(self, acc: Accelerator, step: int, sync_every: int) -> bool:
-        if acc.num_processes == 1:
-            return self._requested
-        if step % sync_every:
-            return False
-        flag = torch.tensor([1.0 if self._requested else 0.0])
-        return bool(acc.reduce(flag, "sum").item() > 0)  # all processes stop at the same step
-
-    def restore(self):
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._old = {}
-
-
-def _is_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _fault_injection() -> Callable[[int], None]:
-    """For tests of resume: TUNESMITH_FAULT_AT_STEP='6:INT' (or ':KILL') signals this process after step 6."""
-    spec = os.environ.get("TUNESMITH_FAULT_AT_STEP")
-    if not spec:
-        return lambda step: None
-    at, _, sig = spec.partition(":")
-    signum = signal.SIGKILL if sig.upper() == "KILL" else signal.SIGINT
-
-    def maybe(step: int) -> None:
-        if step == int(at):
-            os.kill(os.getpid(), signum)
-
-    return maybe
