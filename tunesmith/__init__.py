@@ -20,7 +20,18 @@ def finetune(config=None, overrides=None, resume=None) -> "Run":
     return _finetune(config, overrides, resume)
 
 
+def compare(*runs, out=None, **options) -> dict:
+    """Compare run folders on the same test set (the first is the reference); with `out`, also write compare.md/.html there."""
+    from .evaluate.compare import compare_runs
+    from .evaluate.compare_html import write_comparison
+
+    result = compare_runs(list(runs), **options)
+    if out is not None:
+        write_comparison(result, out)
+    return result
+
+
 __all__ = [
     "Config", "ConfigError", "DataError", "ModelError", "Run", "RunError", "TunesmithError",
-    "finetune", "list_runs", "load_config", "load_run",
+    "compare", "finetune", "list_runs", "load_config", "load_run",
 ]
