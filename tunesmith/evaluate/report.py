@@ -39,10 +39,13 @@ def extended_evaluation(cfg, run_dir: Path, model, trained, data: dict, tokenize
     if ev.calibration:
         from ..train.loop import predict_probs
 
-        val = None
-        if ev.temperature_scaling and len(splits.validation):
-            val = predict_probs(trained, data["validation"], tokenizer.pad_token_id, ev.batch_size, acc.autocast)
-        part("calibration", lambda: _calibration(y, probs, splits.validation.labels, val, run_dir))
+        def calibration():  # the validation pass (for the temperature) counts in this part's time
+            val = None
+            if ev.temperature_scaling and len(splits.validation):
+                val = predict_probs(trained, data["validation"], tokenizer.pad_token_id, ev.batch_size, acc.autocast)
+            return _calibration(y, probs, splits.validation.labels, val, run_dir)
+
+        part("calibration", calibration)
     if ev.robustness:
         from .robustness import plot_robustness, robustness
 
