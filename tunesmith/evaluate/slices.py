@@ -88,7 +88,7 @@ def plot_slices(slices: dict, overall: float, path, title: str) -> None:
 
     from .metrics import _save_fig
 
-    fig, axes = plt.subplots(1, len(slices), figsize=(4.2 * len(slices), 0.5 + 0.35 * max(len(s["slices"]) for s in slices.values())),
+    fig, axes = plt.subplots(1, len(slices), figsize=(4.2 * len(slices), 1.3 + 0.35 * max(len(s["slices"]) for s in slices.values())),
                              squeeze=False)
     for ax, (name, s) in zip(axes[0], slices.items()):
         keys = list(s["slices"])[:25]
