@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from ..utils import atomic_write_json, atomic_write_text, human_bytes
+from .stats import p_text
 
 PLOTS = {"metrics.png": "Test metrics with 95% confidence intervals", "per_class.png": "Per-class F1 delta vs the reference",
          "loss_curves.png": "Loss curves"}
@@ -36,7 +37,7 @@ def headlines(result: dict) -> list[str]:
         line = f"{c['b']} vs {c['a']}: {c['verdict']}"
         if "mcnemar" in c:
             mc = c["mcnemar"]
-            line += f"; McNemar: fixed {mc['fixed']}, broke {mc['broke']}, p={_p(mc['p'])}"
+            line += f"; McNemar: fixed {mc['fixed']}, broke {mc['broke']}, {p_text(mc['p'])}"
         lines.append(line)
     return lines
 

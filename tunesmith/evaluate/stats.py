@@ -116,11 +116,11 @@ def verdict(delta: dict, scale: float = 100.0, unit: str = "points", alpha: floa
     """One line: "B is better by 2.1 macro-F1 points (95% CI 0.8-3.4, p=0.003)" or "no significant difference (...)"."""
     label = delta["metric"].replace("_f1", "-F1").replace("_", "-")
     d, lo, hi = (scale * delta[k] for k in ("delta", "low", "high"))
-    ci = f"{delta['level']:.0%} CI {lo:+.1f} to {hi:+.1f}, p={_p(delta['p'])}"
+    ci = f"{delta['level']:.0%} CI {lo:+.1f} to {hi:+.1f}, {p_text(delta['p'])}"
     if delta["p"] < alpha and (lo > 0 or hi < 0):
         return f"{name_b} is {'better' if d > 0 else 'worse'} by {abs(d):.1f} {label} {unit} ({ci})"
     return f"no significant difference in {label} ({name_b} {d:+.1f} {unit}, {ci})"
 
 
-def _p(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+def p_text(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
