@@ -31,7 +31,7 @@ def main(args) -> None:
             continue
         strategy = CONFIGS[name]["strategy"]
         probe = strategy["name"] == "linear-probe"
-        seq = args.max_length if probe else m["mean_padded_len"]
+        seq = m["probe_tokens"] / args.samples if probe else m["mean_padded_len"]
         wl = Workload.from_model_name("minilm", strategy, batch_size=batch, seq_len=seq, precision=m["precision"], device=args.device,
                                       max_length=args.max_length, n_examples=args.samples)
         p = predict(wl, peak_flops=peak)

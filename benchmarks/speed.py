@@ -186,17 +186,20 @@ def worker_hf(name: str, spec: dict, settings: dict) -> dict:
         return out
 
     bf16 = tuned and (torch.cuda.is_bf16_supported() if device == "cuda" else _fast_cpu_bf16())
+    bf16 = bf16 and os.environ.get("SPEED_HF_BF16", "1") == "1"  # for debugging the recipe
     args = TrainingArguments(
         output_dir=settings["workdir"], per_device_train_batch_size=settings["batch_size"], per_device_eval_batch_size=128,
         learning_rate=spec["lr"], max_steps=settings["steps"], warmup_steps=int(settings["warmup_ratio"] * settings["steps"]),
         lr_scheduler_type="linear", weight_decay=0.01, max_grad_norm=1.0, seed=settings["seed"], save_strategy="no",
         eval_strategy="no", report_to="none", disable_tqdm=True, bf16=bf16, use_cpu=device == "cpu",
         # group_by_length=True before transformers 5
-        train_sampling_strategy="group_by_length" if tuned else "random",
+        train_sampling_strategy="group_by_length" if tuned and os.environ.get("SPEED_HF_GROUP", "1") == "1" else "random",
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collate, processing_class=tok)
     trainer.train()
     rec.handle.remove()
+    if os.environ.get("SPEED_DEBUG"):
+        print("DEBUG dtypes", {str(p.dtype) for p in model.parameters()}, "sampler", type(trainer._get_train_sampler()).__name__, file=sys.stderr)
     out = trainer.predict(test)
     pred = np.argmax(out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions, axis=-1)
     f1 = f1_score(splits.test.labels, pred, average="macro")
@@ -425,18 +428,19 @@ def ratios(runs: list[dict]) -> dict:
 
 def plan_rows(agg: dict, runs: list[dict], settings: dict, peak: dict) -> list[dict]:
     """`tunesmith plan` for each tunesmith row, at the measured mean sequence length, against the measurement."""
-    from tunesmith.plan import Workload, predict
+    from tunesmith.plan import Workload, measured_gpu, predict
 
+    device = measured_gpu(settings.get("device_name", "h100"), peak) if settings["device"] == "cuda" else None
     rows = []
     for name, spec in CONFIGS.items():
         if spec["kind"] != "ts" or name not in agg or "error" in agg[name]:
             continue
         measured = [r[name] for r in runs if name in r and "error" not in r[name]]
-        seq = statistics.median(m["mean_padded_len"] for m in measured) if spec["strategy"]["name"] != "linear-probe" else settings["max_length"]
+        seq = statistics.median(m["mean_padded_len"] if spec["strategy"]["name"] != "linear-probe" else m["probe_tokens"] / settings["samples"] for m in measured)
         wl = Workload.from_model_name("minilm", spec["strategy"], batch_size=settings["batch_size"], seq_len=seq,
                                       precision=agg[name]["precision"], device=settings["device"], max_length=settings["max_length"],
                                       n_examples=settings["samples"])
-        p = predict(wl, peak_flops=peak)
+        p = predict(wl, peak_flops=peak, device=device)
         m_ms = agg[name]["ms_per_step"]["median"] if spec["strategy"]["name"] != "linear-probe" else None
         m_mb = agg[name]["peak_train_mb"]["median"]
         rows.append({"config": name, "seq_len": round(seq, 1), "predicted_ms_per_step": p.ms_per_step, "measured_ms_per_step": m_ms,
@@ -498,11 +502,20 @@ def main() -> None:
     p.add_argument("--configs", default=",".join(DEFAULT), help="comma-separated; NAME+fast-dropout runs a prototype of a proposed change")
     p.add_argument("--tag", default="", help="suffix of the result files")
     p.add_argument("--plan-grid", action="store_true", help="validate `tunesmith plan` on full/lora/freeze/linear-probe at two sizes")
+    p.add_argument("--replan", metavar="RESULT_JSON", help="recompute the plan rows and the Markdown of a saved result")
     p.add_argument("--worker")
     p.add_argument("--settings")
     args = p.parse_args()
     if args.worker:
         return worker_main(args.worker, json.loads(args.settings))
+    if args.replan:
+        path = Path(args.replan)
+        result = json.loads(path.read_text())
+        result["settings"].setdefault("device_name", result["device"])
+        result["plan"] = plan_rows(result["configs"], result["runs"], result["settings"], result["peak_flops"])
+        path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        path.with_suffix(".md").write_text(markdown(result))
+        return print(markdown(result))
     if args.plan_grid:
         from plan_check import main as plan_check  # benchmarks/plan_check.py
 
@@ -529,8 +542,13 @@ def main() -> None:
             r = runs[-1][name]
             brief = {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k in ("samples_per_s", "peak_train_mb", "macro_f1", "wall_s", "error")}
             print(f"rep {rep + 1}/{args.reps} {name}: {json.dumps(brief)}", flush=True)
+        write_results(args, settings, names, runs, peaks, t0, final=rep == args.reps - 1)  # partial results survive a kill
+
+
+def write_results(args, settings: dict, names: list[str], runs: list[dict], peaks: list[dict], t0: float, final: bool) -> None:
     peak = {k: max(pk["peak_flops"][k] for pk in peaks if "peak_flops" in pk) for k in ("float32", "bfloat16")}
     agg = aggregate(runs, names, peak)
+    settings = {**settings, "reps": len(runs), "device_name": _device_name(args.device)}
     result = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]), "device": _device_name(args.device), "settings": settings,
               "peak_flops": peak, "configs": agg, "ratios": ratios(runs), "runs": runs, "total_s": time.perf_counter() - t0}
     try:
@@ -543,8 +561,9 @@ def main() -> None:
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     md = markdown(result)
     (out / f"{stem}.md").write_text(md)
-    print(md)
-    print(f"total {result['total_s'] / 60:.1f} min")
+    if final:
+        print(md)
+        print(f"total {result['total_s'] / 60:.1f} min")
 
 
 def _device_name(device: str) -> str:

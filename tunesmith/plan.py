@@ -45,18 +45,32 @@ GPUS: dict[str, Device] = {
     "v100": Device("NVIDIA V100 SXM2", "cuda", {"fp16": 125e12, "fp32": 15.7e12}, 32, 0.9e12, "NVIDIA V100 data sheet (no bf16)"),
 }
 
-# ---- CPU constants, measured on the 2-core AVX512-BF16 machine of benchmarks/speed.py (see README).
-CPU_BANDWIDTH = 20e9
-"""Bytes/s: fused AdamW on MiniLM's 22.7M parameters took 29 ms/step in the profile (28 bytes per parameter)."""
-CPU_BASE_MB = 620.0
-"""Resident memory before the model trains: python + torch + transformers + peft + accelerate + tunesmith imports
-(530 MB measured) + tokenizer and the quickstart corpus (~90 MB once pandas' transient copies are gone)."""
+# ---- CPU constants, fitted on the 2-core AVX512-BF16 machine of benchmarks/speed.py from `--plan-grid` at batch 16
+# and 64 (MiniLM, quickstart tweets, bf16); the benchmark's batch-32 rows and the GPU are predictions, not fits.
+CPU_BANDWIDTH = 17e9
+"""Bytes/s the per-step work on every trainable parameter sees (AdamW, clipping, fresh gradients): the fixed part of
+a full fine-tuning step (83 ms for 22.7M parameters at 40 bytes each; the 29 ms fused AdamW alone in the profile)."""
+STEP_OVERHEAD_MS = {"cpu": 30.0, "cuda": 5.0}
+"""Per optimizer step whatever the batch: Python, the schedule, launching operators. CPU: the fixed part of freeze
+and LoRA steps (36 ms). CUDA: + GPU_MS_PER_MODULE per linear layer and per adapter (below)."""
+GPU_MS_PER_MODULE = 0.68
+"""CUDA, eager PyTorch: a small model's step is bound by launching kernels, not by FLOPs. Fitted to one H100 run
+(benchmarks/results/speed-gpu.json: MiniLM full 31 ms/step with 38 linear layers, LoRA 56 ms with 37 adapters more);
+not validated on another GPU or model."""
+CPU_BASE_MB = 690.0
+"""Resident memory that is not the model: python + torch + transformers + accelerate + tunesmith imports (530 MB
+measured), tokenizer, the quickstart corpus and its pandas copies (~115 MB), the allocator's arenas."""
+PEFT_IMPORT_MB = 130.0
+"""PEFT (and bitsandbytes, which it imports) when the strategy wraps the model with an adapter."""
 GPU_BASE_MB = 0.0
 """GPU memory is reported as torch.cuda.max_memory_allocated: the CUDA context is not in it."""
-EFFICIENCY = {("cpu", "bf16"): 0.36, ("cpu", "fp32"): 0.55, ("cuda", "bf16"): 0.35, ("cuda", "fp16"): 0.35, ("cuda", "fp32"): 0.5}
-"""Share of the matmul peak a training step reaches. CPU: fitted to one measurement each (MiniLM, full fine-tuning,
-batch 32, benchmarks/speed.py); the other strategies, sizes and lengths are predictions. Dropout, layer norm,
-GELU and autocast casts run beside the matrix products; their time is folded into this share."""
+EFFICIENCY = {
+    ("cpu", "full"): 0.66, ("cpu", "freeze"): 0.56, ("cpu", "lora"): 0.36, ("cpu", "probe"): 0.55,
+    ("cuda", "full"): 0.30, ("cuda", "freeze"): 0.30, ("cuda", "lora"): 0.20, ("cuda", "probe"): 0.30,
+}
+"""Share of the matmul peak (of the precision used) reached by the batch-proportional part of a step. CPU: fitted
+(see above); dropout, layer norms, GELU and autocast casts run beside the products, and LoRA's many small adapter
+operators cost it most. fp32 uses the same shares (not fitted). CUDA: typical eager PyTorch for a small encoder."""
 OPTIMIZER_BYTES = 40
 """Memory traffic per trainable parameter and step: AdamW reads param, grad, 2 moments and writes 3 (28 bytes),
 gradient clipping reads the grads (4), the new grads are zero-filled and written (8)."""
@@ -73,10 +87,10 @@ ACTIVATIONS = {
     ("lora", "fp32"): (39.3, 9, 12),
     ("lora", "bf16"): (33.1, 5, 12),
 }
-CPU_TRANSIENT = 1.0
-"""CPU resident memory grows beyond the saved tensors: forward temporaries (fp32 scores before softmax, casts),
-oneDNN scratch per distinct shape, and glibc keeping freed blocks. Multiplies the activation term; fitted once
-(full, bf16, batch 32 on the benchmark data) and validated elsewhere (benchmarks/speed.py --plan-grid)."""
+TRANSIENT = {"full": 2.1, "lora": 2.8}
+"""Peak memory grows beyond the saved tensors: forward temporaries (fp32 scores before softmax, casts, PEFT's
+adapter sums), gradients of activations in backward, and on CPU oneDNN scratch and glibc keeping freed blocks.
+Multiplies the activation term; fitted on CPU (see the CPU constants above) and used unchanged on GPUs."""
 
 
 @dataclass
@@ -130,7 +144,8 @@ class Workload:
     strategy: dict
     batch_size: int
     seq_len: float
-    """Mean padded length of a batch (length-grouped dynamic padding: about the mean text length, rounded up to 8)."""
+    """Mean padded length of a batch (length-grouped dynamic padding: about the mean text length, rounded up to 8);
+    linear-probe: the mean text length (its feature pass sorts examples by length)."""
     precision: str = "bf16"
     device: str = "cpu"
     max_length: int = 128
@@ -158,6 +173,15 @@ class Prediction:
     params: dict = field(default_factory=dict)
     device: str = ""
     sources: list = field(default_factory=list)
+
+
+def _lora_targets(strategy: dict) -> list[tuple[int, int]]:
+    """(in, out) multipliers of the hidden size per adapted module of one layer (BERT names)."""
+    targets = strategy.get("target_modules") or ["query", "value"]
+    sizes = {"query": [(1, 1)], "key": [(1, 1)], "value": [(1, 1)], "dense": [(1, 1), (1, 4), (4, 1)]}
+    if targets in (["all-linear"], "all-linear"):
+        targets = list(sizes)
+    return [x for t in targets for x in sizes.get(t, [])]
 
 
 def trainable(shape: Shape, strategy: dict) -> tuple[int, int, int]:
@@ -197,7 +221,8 @@ def predict(w: Workload, peak_flops: dict | None = None, device: Device | None =
     tokens = w.batch_size * w.seq_len
 
     # ---- memory
-    mem = {"framework": CPU_BASE_MB if cpu else GPU_BASE_MB, "weights": 4 * P / MB, "gradients": 4 * P_t / MB, "adamw_states": 8 * P_t / MB}
+    peft = name in ("lora", "ia3", "prompt-tuning", "prefix-tuning")
+    mem = {"framework": (CPU_BASE_MB + (PEFT_IMPORT_MB if peft else 0)) if cpu else GPU_BASE_MB, "weights": 4 * P / MB, "gradients": 4 * P_t / MB, "adamw_states": 8 * P_t / MB}
     kind = "lora" if name == "lora" else "full"
     a, b, c = ACTIVATIONS[(kind, "fp32" if prec == "fp32" else "bf16")]
     per_token_layer = a * s.hidden + b * s.ffn + (c if cpu else 0) * s.heads * w.seq_len
@@ -207,7 +232,7 @@ def predict(w: Workload, peak_flops: dict | None = None, device: Device | None =
         mem["features"] = 4 * s.hidden * max(w.n_examples, 0) / MB
     else:
         act = back_layers * tokens * per_token_layer + tokens * 12 * s.hidden  # + the embeddings' output and norm
-        mem["activations"] = act * (CPU_TRANSIENT if cpu else 1.0) / MB
+        mem["activations"] = act * TRANSIENT[kind] / MB
         if prec != "fp32":
             # autocast keeps a low-precision copy of each trained weight it casts until the forward+backward ends
             mem["autocast_weight_copies"] = 2 * P_t_lin / MB
@@ -216,11 +241,13 @@ def predict(w: Workload, peak_flops: dict | None = None, device: Device | None =
         sources.append(f"does not fit: {peak:.0f} MB > {dev.memory_gb} GB")
 
     # ---- time
-    eff = EFFICIENCY.get(("cpu" if cpu else "cuda", prec), 0.35)
+    family = {"lora": "lora", "freeze": "freeze", "gradual-unfreeze": "freeze", "linear-probe": "probe"}.get(name, "full")
+    eff = EFFICIENCY[("cpu" if cpu else "cuda", family)]
     attn = 12 * s.layers * s.hidden * w.seq_len * tokens  # per step, fwd+bwd (QK^T and AV)
     frozen_lin = P_lin - P_t_lin
     if name == "linear-probe":
         flops = 6 * P_t_lin * w.batch_size
+        # the feature pass: forward only, over every example, batches sorted by length (seq_len = mean text length)
         feature_flops = (2 * P_lin * w.seq_len + 4 * s.layers * s.hidden * w.seq_len**2) * w.n_examples
     elif name in ("freeze", "gradual-unfreeze"):
         top = back_layers * s.layer_linear()
@@ -230,11 +257,16 @@ def predict(w: Workload, peak_flops: dict | None = None, device: Device | None =
         flops = 6 * P_t_lin * tokens + 4 * frozen_lin * tokens + attn
         feature_flops = 0
     t_matmul = flops / (dev.peak_flops[prec] * eff)
-    t_opt = OPTIMIZER_BYTES * P_t / dev.bandwidth
-    tm = {"compute_ms": 1000 * t_matmul, "optimizer_ms": 1000 * t_opt}
+    overhead_ms = STEP_OVERHEAD_MS["cpu" if cpu else "cuda"]
+    if not cpu:
+        adapters = s.layers * len(_lora_targets(w.strategy)) if name == "lora" else 0
+        overhead_ms += GPU_MS_PER_MODULE * (s.layers * 6 + 2 + adapters)
+    t_opt = OPTIMIZER_BYTES * P_t / dev.bandwidth + overhead_ms / 1000
+    tm = {"compute_ms": 1000 * t_matmul, "per_step_ms": 1000 * t_opt}
     if feature_flops:
         tm["feature_pass_s"] = feature_flops / (dev.peak_flops[prec] * eff)
-    sources.append(f"efficiency {eff:.2f} of peak ({'fitted on CPU, see EFFICIENCY' if cpu else 'typical eager PyTorch on GPUs'})")
+    sources.append(f"efficiency {eff:.2f} of peak for {family} ({'fitted on a 2-core CPU, see EFFICIENCY' if cpu else 'typical eager PyTorch on GPUs'})")
+    sources.append("activations: bytes per token and layer measured with autograd's saved-tensor hooks (ACTIVATIONS)")
     return Prediction(
         peak_mb=peak, ms_per_step=1000 * (t_matmul + t_opt), memory=mem, time=tm, device=dev.name,
         params={"total": P, "trainable": P_t, "matmul": P_lin, "training_flops_per_step": flops}, sources=sources,
@@ -272,6 +304,13 @@ def cpu_device(peak_flops: dict | None = None) -> Device:
     else:
         peaks, source = dict(measure_cpu_peak()), "measured now (1024^3 matrix products)"
     return Device(f"this CPU ({os.cpu_count()} cores)", "cpu", peaks, None, CPU_BANDWIDTH, source)
+
+
+def measured_gpu(name: str, peak_flops: dict) -> Device:
+    """A known GPU (memory, bandwidth) with matmul peaks measured on it (e.g. by benchmarks/speed.py)."""
+    base = next((d for key, d in GPUS.items() if key.split("-")[0] in name.lower().replace(" ", "")), GPUS["h100"])
+    peaks = {"fp32": peak_flops.get("fp32", peak_flops.get("float32")), "bf16": peak_flops.get("bf16", peak_flops.get("bfloat16"))}
+    return Device(name, "cuda", peaks, base.memory_gb, base.bandwidth, f"measured on the {name}")
 
 
 def gpu_device(name: str) -> Device:
