@@ -65,15 +65,6 @@ def test_run_folder_has_plots_report_sections_and_model_card(finished_run):
     assert json.loads((path / "run.json").read_text())["data"]["splits"]["test"]["fingerprint"] in card
 
 
-def test_missing_slice_column_is_reported_not_fatal(tmp_path, tiny_model, toy_csv):
-    from tunesmith.pipeline import finetune
-
-    cfg = tiny_config(tmp_path, tiny_model, toy_csv, train={"max_steps": 2},
-                      eval={"slice_by": ["nope"], "robustness": False, "efficiency": False, "bootstrap_resamples": 50})
-    m = finetune(cfg).metrics
-    assert "no column ['nope']" in m["slices"]["error"] and "test_ci" in m
-
-
 def test_eval_config_is_checked(tmp_path, tiny_model, toy_csv):
     from tunesmith.config import load_config
 
@@ -110,3 +101,12 @@ def test_length_buckets_and_perturbations():
     text = "Hello, wonderful world! Flights delayed again."
     for name, fn in PERTURBATIONS.items():
         assert fn(text, random.Random(0)) != text, name
+
+
+def test_a_wrong_slice_column_stops_the_run_before_training(tmp_path, tiny_model, toy_csv):
+    from conftest import run_cli, tiny_config, write_yaml
+
+    cfg = write_yaml(tmp_path / "c.yaml", tiny_config(tmp_path, tiny_model, toy_csv, eval={"slice_by": ["sourse"]}))
+    res = run_cli("train", str(cfg))
+    assert res.returncode == 2 and "no column ['sourse'] for eval.slice_by" in res.stderr
+    assert not (tmp_path / "runs").exists()

@@ -49,6 +49,7 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source, cfg.model.revision, cfg.model.trust_remote_code)
     report = _audit(cfg, splits, tokenizer)
+    _check_slice_columns(cfg)
     strategy = build_strategy(cfg.strategy.name, cfg.strategy.options)
     precision, why = choose_precision(cfg.train.precision, "cuda" if torch.cuda.is_available() else "cpu")
     AcceleratorState._reset_state(reset_partial_state=False)  # a second finetune() in one process may pick another precision
@@ -221,6 +222,15 @@ def _audit(cfg: Config, splits: Splits, tokenizer):
     if report.blocking:
         raise DataError(f"{report.blocking[0]} (or pass --allow-leakage)")
     return report
+
+
+def _check_slice_columns(cfg: Config) -> None:
+    """eval.slice_by / eval.sensitive_column name columns of the test data: a typo stops the run before training."""
+    columns = [*cfg.eval.slice_by, *([cfg.eval.sensitive_column] if cfg.eval.sensitive_column else [])]
+    if columns:
+        from .evaluate.slices import column_values
+
+        column_values(cfg.data, [], columns)
 
 
 def _audit_line(report) -> str:
