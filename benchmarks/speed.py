@@ -51,7 +51,8 @@ CONFIGS = {
     "ts-freeze": {"kind": "ts", "strategy": {"name": "freeze", "layers": 2}, "lr": 1e-4},  # --plan-grid only
 }
 DEFAULT = ["hf-plain", "hf-tuned", "hf-tuned-lora", "ts-full", "ts-lora", "ts-probe"]
-PAIRS = [("ts-full", "hf-plain"), ("ts-full", "hf-tuned"), ("ts-lora", "hf-plain"), ("ts-lora", "hf-tuned-lora"), ("ts-lora", "hf-tuned")]
+PAIRS = [("ts-full", "hf-plain"), ("ts-full", "hf-tuned"), ("ts-lora", "hf-plain"), ("ts-lora", "hf-tuned-lora"), ("ts-lora", "hf-tuned"),
+         ("ts-full+fast-dropout", "ts-full"), ("ts-full+fast-dropout", "hf-tuned")]
 
 
 # ============================================================================================
@@ -66,6 +67,7 @@ class Recorder:
 
         self.steps, self.warmup, self.device = steps, warmup, device
         self.times: dict[int, float] = {}
+        self.cpu: dict[int, float] = {}  # process CPU time (all threads): less sensitive to other jobs on the machine
         self.n = 0
         self.batches: list[tuple[int, int, object]] = []  # (rows, padded tokens, real lengths per row: tensor)
         self.peak_train_mb = 0.0
@@ -85,6 +87,7 @@ class Recorder:
         if self.n in (self.warmup, self.steps) or self.device == "cpu":
             self._sync()  # on GPUs only at the two ends of the window: no per-step host sync
             self.times[self.n] = time.perf_counter()
+            self.cpu[self.n] = time.process_time()
         if self.n == self.steps:
             self.peak_train_mb = peak_memory_mb(self.device)
 
@@ -107,6 +110,7 @@ class Recorder:
             "sum_len_sq": sum(n * n for n in lengths), "padded_len_sq": sum(b[1] * b[1] / max(1, b[0]) for b in rows),
             "samples_per_s": samples / window, "tokens_per_s": (sum(lengths) or padded) / window, "ms_per_step": 1000 * window / (s - w),
             "mean_len": (sum(lengths) / len(lengths)) if lengths else None, "mean_padded_len": padded / max(1, samples),
+            "samples_per_cpu_s": samples / max(1e-9, self.cpu[s] - self.cpu[w]),
         }
 
 
@@ -396,7 +400,7 @@ def aggregate(runs: list[dict], names: list[str], peak: dict) -> dict:
             out[name] = {"error": next((r[name]["error"] for r in runs if name in r), "no runs")}
             continue
         agg = {"n": len(rows), "precision": rows[0].get("precision")}
-        for key in ("samples_per_s", "tokens_per_s", "ms_per_step", "peak_train_mb", "peak_mb", "macro_f1", "wall_s", "features_s", "mean_len", "mean_padded_len"):
+        for key in ("samples_per_s", "samples_per_cpu_s", "tokens_per_s", "ms_per_step", "peak_train_mb", "peak_mb", "macro_f1", "wall_s", "features_s", "mean_len", "mean_padded_len"):
             vals = [r[key] for r in rows if r.get(key) is not None]
             if vals:
                 agg[key] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
@@ -420,9 +424,12 @@ def ratios(runs: list[dict]) -> dict:
     for a, b in PAIRS:
         sp = [r[a]["samples_per_s"] / r[b]["samples_per_s"] for r in runs if a in r and b in r and "error" not in r[a] and "error" not in r[b]]
         mem = [r[a]["peak_train_mb"] / r[b]["peak_train_mb"] for r in runs if a in r and b in r and "error" not in r[a] and "error" not in r[b]]
+        cpu = [r[a]["samples_per_cpu_s"] / r[b]["samples_per_cpu_s"] for r in runs if a in r and b in r and "samples_per_cpu_s" in r[a] and "samples_per_cpu_s" in r[b]]
         if sp:
             out[f"{a} / {b}"] = {"samples_per_s": {"median": statistics.median(sp), "min": min(sp), "max": max(sp)},
                                  "peak_memory": {"median": statistics.median(mem), "min": min(mem), "max": max(mem)}}
+            if cpu:
+                out[f"{a} / {b}"]["samples_per_cpu_s"] = {"median": statistics.median(cpu), "min": min(cpu), "max": max(cpu)}
     return out
 
 
@@ -463,18 +470,18 @@ def markdown(result: dict) -> str:
              f"{s['batch_size']} examples, max_length {s['max_length']}, {s['samples']} examples ({s['split']}), seed {s['seed']}; "
              f"throughput timed over steps {s['warmup_steps'] + 1}-{s['steps']}. Matmul peak measured here: fp32 "
              f"{peak.get('float32', 0) / 1e9:.0f} GFLOP/s, bf16 {peak.get('bfloat16', 0) / 1e9:.0f} GFLOP/s.", "",
-             f"| configuration | precision | samples/s | tokens/s | ms/step | peak {'GPU' if s['device'] == 'cuda' else 'RSS'} MB (training) | test macro-F1 | MFU (HFU) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| configuration | precision | samples/s | samples per CPU-s | tokens/s | ms/step | peak {'GPU' if s['device'] == 'cuda' else 'RSS'} MB (training) | test macro-F1 | MFU (HFU) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, a in agg.items():
         if "error" in a:
-            lines.append(f"| {name} | error: {a['error'][:100]} | | | | | | |")
+            lines.append(f"| {name} | error: {a['error'][:100]} | | | | | | | |")
             continue
         mfu = f"{100 * a['mfu']:.1f}% ({100 * a['hfu']:.1f}%)" if "mfu" in a else ""
-        lines.append(f"| {name} | {a['precision']} | {fmt(a.get('samples_per_s'))} | {fmt(a.get('tokens_per_s'))} | {fmt(a.get('ms_per_step'))} | "
+        lines.append(f"| {name} | {a['precision']} | {fmt(a.get('samples_per_s'))} | {fmt(a.get('samples_per_cpu_s'), 1)} | {fmt(a.get('tokens_per_s'))} | {fmt(a.get('ms_per_step'))} | "
                      f"{fmt(a.get('peak_train_mb'))} | {fmt(a.get('macro_f1'), 4)} | {mfu} |")
-    lines += ["", "Ratios, pair by pair within each repetition: median (min-max).", "", "| pair | samples/s | peak memory |", "|---|---|---|"]
+    lines += ["", "Ratios, pair by pair within each repetition: median (min-max).", "", "| pair | samples/s | samples per CPU-second | peak memory |", "|---|---|---|---|"]
     for pair, r in result["ratios"].items():
-        lines.append(f"| {pair} | {fmt(r['samples_per_s'], 2)} | {fmt(r['peak_memory'], 2)} |")
+        lines.append(f"| {pair} | {fmt(r['samples_per_s'], 2)} | {fmt(r.get('samples_per_cpu_s'), 2)} | {fmt(r['peak_memory'], 2)} |")
     if result.get("plan"):
         lines += ["", "`tunesmith plan` against the measurement (plan at the measured mean padded length).", "",
                   "| configuration | seq len | predicted ms/step | measured | error | predicted peak MB | measured | error |", "|---|---|---|---|---|---|---|---|"]
@@ -485,7 +492,9 @@ def markdown(result: dict) -> str:
     lines += ["", "MFU: model FLOPs (real tokens) per second over the measured matmul peak of the precision used; HFU counts the padded "
               "tokens the machine actually computed. Full: 6 x matmul parameters per token + attention 12 x layers x hidden x n^2 per "
               "sequence; LoRA: 4 x frozen + 6 x trained matmul parameters per token (frozen weights need no weight gradient); "
-              "linear probe: its samples/s includes the one forward pass over all examples that computes the features."]
+              "linear probe: its samples/s includes the one forward pass over all examples that computes the features. "
+              "Samples per CPU-second: samples over the process's CPU time (all threads) in the same window; other jobs on a shared "
+              "machine inflate it much less than wall time."]
     return "\n".join(lines) + "\n"
 
 
@@ -512,6 +521,8 @@ def main() -> None:
         path = Path(args.replan)
         result = json.loads(path.read_text())
         result["settings"].setdefault("device_name", result["device"])
+        names = list(result["configs"])
+        result["configs"], result["ratios"] = aggregate(result["runs"], names, result["peak_flops"]), ratios(result["runs"])
         result["plan"] = plan_rows(result["configs"], result["runs"], result["settings"], result["peak_flops"])
         path.write_text(json.dumps(result, indent=2, default=str) + "\n")
         path.with_suffix(".md").write_text(markdown(result))
