@@ -63,3 +63,32 @@ def main(args) -> None:
               f"largest {100 * summary['max_abs_time_error']:.0f}%."]
     (out / "speed-plan.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def refit_table(path=None) -> str:
+    """The stored grid measurements against the current constants (fit residuals: these runs fitted the CPU constants)."""
+    from tunesmith.plan import Workload, predict
+
+    path = path or ROOT / "benchmarks" / "results" / "speed-plan.json"
+    data = json.loads(path.read_text())
+    lines = ["| strategy | batch | seq len | predicted ms/step | measured | residual | predicted peak MB | measured | residual |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        if "error" in r:
+            continue
+        strategy = CONFIGS[r["config"]]["strategy"]
+        probe = strategy["name"] == "linear-probe"
+        seq = data.get("probe_mean_len", 32.7) if probe else r["seq_len"]
+        wl = Workload.from_model_name("minilm", strategy, batch_size=r["batch"], seq_len=seq, precision=r["precision"], device="cpu",
+                                      max_length=96, n_examples=4000)
+        p = predict(wl, peak_flops=data["peak_flops"])
+        if probe:
+            t = f"feature pass {p.time['feature_pass_s']:.1f} s | {r['measured_feature_s']:.1f} s | {100 * (p.time['feature_pass_s'] / r['measured_feature_s'] - 1):+.0f}%"
+        else:
+            t = f"{p.ms_per_step:.0f} | {r['measured_ms']:.0f} | {100 * (p.ms_per_step / r['measured_ms'] - 1):+.0f}%"
+        lines.append(f"| {r['config']} | {r['batch']} | {seq:.1f} | {t} | {p.peak_mb:.0f} | {r['measured_mb']:.0f} | {100 * (p.peak_mb / r['measured_mb'] - 1):+.0f}% |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(refit_table())

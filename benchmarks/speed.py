@@ -286,7 +286,7 @@ def worker_ts(name: str, spec: dict, settings: dict) -> dict:
         head_s = rec.times[rec.steps] - rec.t_first_batch
         seconds = features_s[0] + head_s
         row.update(features_s=features_s[0], head_train_s=head_s, window_s=seconds, samples_per_s=settings["steps"] * settings["batch_size"] / seconds,
-                   tokens_per_s=None, ms_per_step=None)
+                   tokens_per_s=None, ms_per_step=None, samples_per_cpu_s=None)
     return row
 
 
@@ -424,7 +424,7 @@ def ratios(runs: list[dict]) -> dict:
     for a, b in PAIRS:
         sp = [r[a]["samples_per_s"] / r[b]["samples_per_s"] for r in runs if a in r and b in r and "error" not in r[a] and "error" not in r[b]]
         mem = [r[a]["peak_train_mb"] / r[b]["peak_train_mb"] for r in runs if a in r and b in r and "error" not in r[a] and "error" not in r[b]]
-        cpu = [r[a]["samples_per_cpu_s"] / r[b]["samples_per_cpu_s"] for r in runs if a in r and b in r and "samples_per_cpu_s" in r[a] and "samples_per_cpu_s" in r[b]]
+        cpu = [r[a]["samples_per_cpu_s"] / r[b]["samples_per_cpu_s"] for r in runs if a in r and b in r and r[a].get("samples_per_cpu_s") and r[b].get("samples_per_cpu_s")]
         if sp:
             out[f"{a} / {b}"] = {"samples_per_s": {"median": statistics.median(sp), "min": min(sp), "max": max(sp)},
                                  "peak_memory": {"median": statistics.median(mem), "min": min(mem), "max": max(mem)}}
