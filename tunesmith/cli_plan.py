@@ -31,7 +31,8 @@ def cmd_plan(args) -> int:
     if seq_len is None or cfg.strategy.name == "linear-probe":
         lens, n_examples, labels = _lengths(cfg)
         if seq_len is None:
-            seq_len = _mean_padded(lens, cfg.train.batch_size, cfg.seed, cfg.train.group_by_length)
+            seq_len = (sum(lens) / len(lens) if cfg.strategy.name == "linear-probe"
+                       else _mean_padded(lens, cfg.train.batch_size, cfg.seed, cfg.train.group_by_length))
     from transformers import AutoConfig
 
     shape = Shape.from_config(AutoConfig.from_pretrained(resolve_model(cfg.model.name).location, revision=cfg.model.revision), labels)
