@@ -128,16 +128,7 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
         baseline = None
         if cfg.eval.baseline:
             baseline = tfidf_baseline(splits.train.texts, splits.train.labels, splits.test.texts, splits.test.labels, splits.label_names, cfg.seed)
-        with atomic_dir(run_dir / "model") as tmp:
-            strategy.save(model, tmp)
-            tokenizer.save_pretrained(tmp)
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        info["timings"] = {
-            "train_seconds": round(result.train_seconds, 2), "samples_per_second": round(result.samples_per_second, 2),
-            "tokens_per_second": round(result.tokens_per_second, 1), "peak_rss_mb": round(peak_mb, 1),
-            **({"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if torch.cuda.is_available() else {}),
-        }
-        info["saved_bytes"] = folder_size(run_dir / "model")
+        peak_mb = save_model(run_dir, strategy, model, tokenizer, result, info)
         metrics = {
             "test": test, "validation_best": result.best_metrics, "best_step": result.best_step, "steps": result.steps,
             "stopped_early": result.stopped_early, "baseline": {"name": "tfidf-logreg", "test": baseline} if baseline else None,
@@ -160,6 +151,21 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
         _print_summary(say, test, baseline, info)
     acc.wait_for_everyone()
     return Run(run_dir)
+
+
+def save_model(run_dir: Path, strategy, model, tokenizer, result, info: dict) -> float:
+    """The trained model (as the strategy saves it) + tokenizer into model/, and the run's timings into info; returns peak MB."""
+    with atomic_dir(run_dir / "model") as tmp:
+        strategy.save(model, tmp)
+        tokenizer.save_pretrained(tmp)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    info["timings"] = {
+        "train_seconds": round(result.train_seconds, 2), "samples_per_second": round(result.samples_per_second, 2),
+        "tokens_per_second": round(result.tokens_per_second, 1), "peak_rss_mb": round(peak_mb, 1),
+        **({"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if torch.cuda.is_available() else {}),
+    }
+    info["saved_bytes"] = folder_size(run_dir / "model")
+    return peak_mb
 
 
 def _resolve_config(config, overrides, run_dir: Path | None) -> Config:

@@ -107,7 +107,6 @@ class Run:
         """Completions for prompts: strings (chat models: one user turn each) or message lists, rendered as in training."""
         import dataclasses
 
-        from .generative.formats import Sample
         from .generative.generation import generate_for
 
         cfg = self.config

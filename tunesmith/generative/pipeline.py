@@ -8,7 +8,6 @@ config -> samples -> lint -> model (+ GGUF conversion) -> strategy -> generation
 from __future__ import annotations
 
 import math
-import resource
 import shutil
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from ..strategies import build_strategy, count_parameters
 from ..tracking import make_tracker
 from ..train.loop import Interrupted, fit
 from ..train.precision import choose_precision
-from ..utils import atomic_dir, atomic_write_json, atomic_write_text, folder_size
+from ..utils import atomic_write_json, atomic_write_text
 from .batches import LMData, PackedLMData, Seq2SeqData, causal_lm_loss, packing_is_exact, seq2seq_loss
 from .formats import GenSplits, chat_template_for, load_gen_splits, render, render_seq2seq
 from .generation import generate_for, generation_scores
@@ -47,7 +46,7 @@ def finetune_generative(cfg: Config, run_dir: Path | None, resume: bool) -> Run:
     from accelerate.state import AcceleratorState
     from accelerate.utils import broadcast_object_list, set_seed
 
-    from ..pipeline import _finish, _new_run_dir, _now, _tracking_uri
+    from ..pipeline import _finish, _new_run_dir, _now, _tracking_uri, save_model
 
     # ---- cheap checks first: data, the lint of its rendering, model availability
     splits = load_gen_splits(cfg)
@@ -161,16 +160,7 @@ def finetune_generative(cfg: Config, run_dir: Path | None, resume: bool) -> Run:
         refs = [s.reference for s in gen_samples]
         before = info.pop("_before", None)
         loss_before = info.pop("_test_loss_before", None)
-        with atomic_dir(run_dir / "model") as tmp:
-            strategy.save(model, tmp)
-            tokenizer.save_pretrained(tmp)
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        info["timings"] = {
-            "train_seconds": round(result.train_seconds, 2), "samples_per_second": round(result.samples_per_second, 2),
-            "tokens_per_second": round(result.tokens_per_second, 1), "peak_rss_mb": round(peak_mb, 1),
-            **({"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if torch.cuda.is_available() else {}),
-        }
-        info["saved_bytes"] = folder_size(run_dir / "model")
+        peak_mb = save_model(run_dir, strategy, model, tokenizer, result, info)
         keys = cfg.generate.json_keys
         metrics = {
             "test": {"loss": test_loss, "perplexity": _ppl(test_loss), "n": len(splits.test),
