@@ -142,15 +142,20 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
         if baseline:
             tracker.log_metrics({f"baseline_test_{k}": v for k, v in headline(baseline).items()})
         tracker.log_metrics({"samples_per_second": result.samples_per_second, "peak_rss_mb": peak_mb})
-        if not cfg.train.keep_checkpoints:
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        info.update(status="complete", finished=_now())
-        atomic_write_json(run_dir / "run.json", info)
-        tracker.log_artifacts(run_dir)
-        tracker.finish("FINISHED")
+        complete_run(cfg, run_dir, info, tracker)
         _print_summary(say, test, baseline, info)
     acc.wait_for_everyone()
     return Run(run_dir)
+
+
+def complete_run(cfg: Config, run_dir: Path, info: dict, tracker) -> None:
+    """Drop the checkpoints (unless kept), mark the run complete, hand the folder to the tracker."""
+    if not cfg.train.keep_checkpoints:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    info.update(status="complete", finished=_now())
+    atomic_write_json(run_dir / "run.json", info)
+    tracker.log_artifacts(run_dir)
+    tracker.finish("FINISHED")
 
 
 def save_model(run_dir: Path, strategy, model, tokenizer, result, info: dict) -> float:

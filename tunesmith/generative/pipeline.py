@@ -7,8 +7,8 @@ config -> samples -> lint -> model (+ GGUF conversion) -> strategy -> generation
 
 from __future__ import annotations
 
+import json
 import math
-import shutil
 from pathlib import Path
 
 import torch
@@ -46,7 +46,7 @@ def finetune_generative(cfg: Config, run_dir: Path | None, resume: bool) -> Run:
     from accelerate.state import AcceleratorState
     from accelerate.utils import broadcast_object_list, set_seed
 
-    from ..pipeline import _finish, _new_run_dir, _now, _tracking_uri, save_model
+    from ..pipeline import _finish, _new_run_dir, _now, _tracking_uri, complete_run, save_model
 
     # ---- cheap checks first: data, the lint of its rendering, model availability
     splits = load_gen_splits(cfg)
@@ -175,20 +175,15 @@ def finetune_generative(cfg: Config, run_dir: Path | None, resume: bool) -> Run:
         from .report import write_generative_report
 
         atomic_write_json(run_dir / "metrics.json", metrics)
-        atomic_write_text(run_dir / "history.jsonl", "".join(__import__("json").dumps(h) + "\n" for h in result.history))
-        atomic_write_text(run_dir / "generations.jsonl", "".join(__import__("json").dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in result.history))
+        atomic_write_text(run_dir / "generations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         plot_history(result.history, cfg.train.metric, run_dir / "training_curves.png")
         write_generative_report(run_dir, cfg, info, metrics, rows)
         tracker.log_metrics({"test_loss": test_loss, "test_perplexity": _ppl(test_loss)})
         for when, block in (("before", metrics["before"]), ("test", metrics["test"])):
             tracker.log_metrics({f"{when}_gen_{k}": v for k, v in (block.get("generation") or {}).items() if isinstance(v, (int, float))})
         tracker.log_metrics({"samples_per_second": result.samples_per_second, "peak_rss_mb": peak_mb})
-        if not cfg.train.keep_checkpoints:
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        info.update(status="complete", finished=_now())
-        atomic_write_json(run_dir / "run.json", info)
-        tracker.log_artifacts(run_dir)
-        tracker.finish("FINISHED")
+        complete_run(cfg, run_dir, info, tracker)
         _print_summary(say, metrics, info, keys)
     acc.wait_for_everyone()
     return Run(run_dir)

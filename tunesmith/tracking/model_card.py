@@ -38,7 +38,7 @@ def _details(info: dict, cfg: dict) -> list[str]:
                                                  "scheduler", "max_grad_norm", "precision", "metric", "patience") if t.get(k) is not None)
     timings = info.get("timings", {})
     return ["## Model details", "",
-            f"- **Base model**: `{m['name']}` ({m['kind']}: `{m['location']}`)",
+            f"- **Base model**: `{m['name']}` ({_source(m)})",
             f"- **Task**: {info.get('task', 'text-classification')}, labels {', '.join(f'`{x}`' for x in info['data']['labels'])}",
             f"- **Strategy**: `{name}` ({opts}); trainable parameters {p['trainable']:,} of {p['total']:,} ({100 * p['trainable'] / p['total']:.2f}%)",
             f"- **Hyperparameters**: {hyper}; seed {cfg.get('seed')}",
@@ -119,3 +119,13 @@ def _how_to_load(run_dir: Path, info: dict) -> list[str]:
 
 def _json(path: Path):
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _source(model: dict) -> str:
+    """Where the base model came from, without machine-specific install paths for packaged aliases."""
+    if model["kind"].startswith("alias"):
+        from ..models.loading import ALIASES
+
+        alias = ALIASES.get(model["name"])
+        return f"packaged alias: {alias.about}; `{alias.pip}`" if alias else "packaged alias"
+    return f"{model['kind']}: `{model['location']}`"
