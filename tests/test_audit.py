@@ -10,7 +10,7 @@ import pytest
 
 from dirty_corpus import build
 from tunesmith.cli import build_parser
-from tunesmith.cli_data import load_prepare_config
+from tunesmith.cli.data import load_prepare_config
 from tunesmith.config import DataConfig
 from tunesmith.data.audit import AuditConfig, audit, audit_splits
 from tunesmith.data.dedup import NearIndex, exact_groups, near_clusters, normalize_text

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_config
 from tunesmith.errors import RunError
-from tunesmith.evaluate.compare import compare_runs
+from tunesmith.tools.compare import compare_runs
 from tunesmith.evaluate.compare_html import headlines, write_comparison
 
 FAST_EVAL = {"robustness": False, "efficiency": False, "bootstrap_resamples": 200}
@@ -17,7 +17,7 @@ FAST_EVAL = {"robustness": False, "efficiency": False, "bootstrap_resamples": 20
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model, toy_csv):
-    from tunesmith.pipeline import finetune
+    from tunesmith import finetune
 
     tmp = tmp_path_factory.mktemp("compare")
     weak = tiny_config(tmp, tiny_model, toy_csv, name="weak", train={"max_steps": 3}, eval=FAST_EVAL)

@@ -101,7 +101,7 @@ def test_impossible_combinations(raw, message):
 
 def test_every_config_field_has_a_docstring():
     """The dataclass field docstrings are the settings reference: none may be missing."""
-    import tunesmith.config as module
+    import tunesmith.config.schema as module
     import tunesmith.strategies.freeze as freeze
     import tunesmith.strategies.lora as lora
 

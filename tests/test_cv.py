@@ -11,7 +11,7 @@ from tunesmith.errors import ConfigError, DataError
 
 
 def test_assign_folds_stratified_and_keeps_duplicates_together():
-    from tunesmith.cv import assign_folds
+    from tunesmith.tools.cv import assign_folds
 
     texts = [f"text number {i} about {'abc'[i % 3]}" for i in range(60)] + ["the very same sentence again"] * 4
     y = np.array([i % 3 for i in range(60)] + [0] * 4)
@@ -27,7 +27,7 @@ def test_assign_folds_stratified_and_keeps_duplicates_together():
 def test_cv_runs_folds_as_children_of_a_parent_run(tmp_path, tiny_model, toy_csv):
     from mlflow import MlflowClient
 
-    from tunesmith.cv import cross_validate
+    from tunesmith.tools.cv import cross_validate
 
     cfg = tiny_config(tmp_path, tiny_model, toy_csv, train={"epochs": 2}, tracking={"backend": "mlflow"},
                       eval={"robustness": False, "efficiency": False, "calibration": False, "bootstrap_resamples": 50},
@@ -50,7 +50,7 @@ def test_cv_runs_folds_as_children_of_a_parent_run(tmp_path, tiny_model, toy_csv
 
 
 def test_cv_refuses_bad_requests(tmp_path, tiny_model, toy_csv):
-    from tunesmith.cv import cross_validate
+    from tunesmith.tools.cv import cross_validate
 
     with pytest.raises(ConfigError, match="--folds must be at least 2"):
         cross_validate(tiny_config(tmp_path, tiny_model, toy_csv), folds=1)

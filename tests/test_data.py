@@ -5,7 +5,8 @@ import pytest
 
 from conftest import toy_rows, write_csv
 from tunesmith.config import DataConfig
-from tunesmith.data.batching import collate, plan_epoch, shard
+from tunesmith.engine.batches import plan_epoch, shard
+from tunesmith.tasks.classification.batches import collate
 from tunesmith.data.splits import load_splits
 from tunesmith.errors import DataError
 

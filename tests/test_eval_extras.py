@@ -17,7 +17,7 @@ from tunesmith.evaluate.slices import length_buckets
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model):
-    from tunesmith.pipeline import finetune
+    from tunesmith import finetune
 
     tmp = tmp_path_factory.mktemp("extras")
     rows = toy_rows(300)

@@ -12,10 +12,10 @@ import torch
 from gen_fixtures import ANSWER, build_tiny_lm, build_tokenizer, toy_pairs, write_jsonl
 from tunesmith.config import load_config
 from tunesmith.errors import DataError
-from tunesmith.generative.batches import LMData, PackedLMData, causal_lm_loss, packing_is_exact
-from tunesmith.generative.formats import DEFAULT_CHAT_TEMPLATE, IGNORE, Sample, prompt_ids, render
-from tunesmith.generative.generation import generation_scores, json_scores, parse_json_object
-from tunesmith.generative.lint import lint
+from tunesmith.tasks.generative.batches import LMData, PackedLMData, causal_lm_loss, packing_is_exact
+from tunesmith.tasks.generative.formats import DEFAULT_CHAT_TEMPLATE, IGNORE, Sample, prompt_ids, render
+from tunesmith.tasks.generative.generation import generation_scores, json_scores, parse_json_object
+from tunesmith.tasks.generative.lint import lint
 
 from conftest import ROOT, run_cli, write_yaml
 
@@ -222,7 +222,7 @@ def test_seq2seq_config_runs_on_a_tiny_t5(tmp_path):
 def test_lora_on_a_causal_lm_saves_an_adapter_and_reloads(tmp_path, llama):
     data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(80)])
     cfg = load_config(gen_config(tmp_path, llama, data, strategy={"name": "lora", "r": 4}, train={"epochs": 2, "precision": "bf16"}))
-    from tunesmith.pipeline import finetune
+    from tunesmith import finetune
 
     run = finetune(cfg)
     assert (run.path / "model" / "adapter_model.safetensors").is_file()
@@ -242,7 +242,7 @@ def test_linear_probe_is_refused_for_generation(tmp_path, llama):
     data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(40))
     cfg = load_config(gen_config(tmp_path, llama, data, strategy={"name": "linear-probe"}))
     from tunesmith.errors import ConfigError
-    from tunesmith.pipeline import finetune
+    from tunesmith import finetune
 
     with pytest.raises(ConfigError, match="for causal-lm use lora"):
         finetune(cfg)
@@ -251,7 +251,7 @@ def test_linear_probe_is_refused_for_generation(tmp_path, llama):
 def test_bad_messages_name_the_row(tmp_path, llama):
     data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
     cfg = load_config(gen_config(tmp_path, llama, data))
-    from tunesmith.generative.formats import load_gen_splits
+    from tunesmith.tasks.generative.formats import load_gen_splits
 
     with pytest.raises(DataError, match="row 1: the last message must be the assistant"):
         load_gen_splits(cfg)
@@ -274,7 +274,7 @@ def test_qlora_nf4_and_gradient_checkpointing_on_a_causal_lm(tmp_path, llama):
     data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(48)])
     cfg = load_config(gen_config(tmp_path, llama, data, strategy={"name": "lora", "r": 4, "quantize": "nf4"},
                                  train={"epochs": 1, "precision": "bf16", "gradient_checkpointing": True}, generate={"samples": 2, "max_new_tokens": 4}))
-    from tunesmith.pipeline import finetune
+    from tunesmith import finetune
 
     run = finetune(cfg)
     m = run.metrics
@@ -285,7 +285,7 @@ def test_eval_command_scores_a_generative_run_on_another_file(tmp_path, llama):
     data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(64)])
     other = write_jsonl(tmp_path / "other.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(10, seed=5)])
     cfg = load_config(gen_config(tmp_path, llama, data, train={"epochs": 2}, generate={"samples": 4, "max_new_tokens": 6}))
-    from tunesmith.pipeline import finetune
+    from tunesmith import finetune
 
     run = finetune(cfg)
     res = run_cli("eval", str(run.path), "--data", str(other))

@@ -19,7 +19,7 @@ def _tiny_classifier(folder, labels=3):
 def _shape(folder, labels=3):
     from transformers import AutoConfig
 
-    from tunesmith.plan import Shape
+    from tunesmith.tools.plan import Shape
 
     return Shape.from_config(AutoConfig.from_pretrained(folder), labels)
 
@@ -34,7 +34,7 @@ def test_parameter_counts_match_the_model(tiny_model):
 @pytest.mark.parametrize("strategy", [{"name": "full"}, {"name": "freeze", "layers": 1}, {"name": "linear-probe"},
                                       {"name": "lora", "r": 4, "target_modules": ["query", "key", "value", "dense"]}])
 def test_trainable_counts_match_the_strategies(tiny_model, strategy):
-    from tunesmith.plan import trainable
+    from tunesmith.tools.plan import trainable
     from tunesmith.strategies import build_strategy, count_parameters
 
     cls = build_strategy(strategy["name"])
@@ -45,7 +45,7 @@ def test_trainable_counts_match_the_strategies(tiny_model, strategy):
 
 
 def test_prediction_parts_and_monotonicity(tiny_model):
-    from tunesmith.plan import Workload, predict
+    from tunesmith.tools.plan import Workload, predict
 
     shape = _shape(tiny_model)
     peaks = {"fp32": 1e11, "bf16": 2e11}
@@ -61,7 +61,7 @@ def test_prediction_parts_and_monotonicity(tiny_model):
 
 def test_known_gpus_and_unknown_one():
     from tunesmith.errors import ConfigError
-    from tunesmith.plan import gpu_device
+    from tunesmith.tools.plan import gpu_device
 
     assert gpu_device("H100").peak_flops["bf16"] == 989e12
     assert gpu_device("a100").memory_gb == 80 and "bf16" not in gpu_device("t4").peak_flops

@@ -11,7 +11,7 @@ from tunesmith.errors import RegistryError
 
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory, tiny_model, toy_csv):
-    from tunesmith.pipeline import finetune
+    from tunesmith import finetune
 
     tmp = tmp_path_factory.mktemp("registry")
     cfg = tiny_config(tmp, tiny_model, toy_csv, train={"epochs": 3}, tracking={"backend": "mlflow"},
@@ -21,8 +21,8 @@ def tracked_run(tmp_path_factory, tiny_model, toy_csv):
 
 def test_register_promote_and_load_by_alias(tracked_run, monkeypatch, capsys):
     from tunesmith.cli import main
-    from tunesmith.run import load_run
-    from tunesmith.tracking.registry import list_models, promote, register
+    from tunesmith.runs.run import load_run
+    from tunesmith.runs.registry import list_models, promote, register
 
     uri = tracked_run.info["mlflow_uri"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -48,8 +48,8 @@ def test_register_promote_and_load_by_alias(tracked_run, monkeypatch, capsys):
 
 
 def test_registry_errors(tracked_run, monkeypatch, tmp_path):
-    from tunesmith.run import load_run
-    from tunesmith.tracking.registry import register
+    from tunesmith.runs.run import load_run
+    from tunesmith.runs.registry import register
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
     with pytest.raises(RegistryError, match="no such model version"):

@@ -10,7 +10,7 @@ import tunesmith
 from conftest import run_cli, tiny_config
 from tunesmith.strategies import build_strategy, get_strategy_class, register, strategy_names
 from tunesmith.strategies.base import Strategy
-from tunesmith.train.loop import Interrupted
+from tunesmith.errors import Interrupted
 
 LR = {"lora": 1e-2, "ia3": 3e-2, "prompt-tuning": 3e-2, "prefix-tuning": 3e-2, "linear-probe": 3e-2}
 TEXTS = ["good table", "awful river", "stone paper", "great great fine", "dire bad nasty"]

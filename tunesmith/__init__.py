@@ -6,24 +6,17 @@
     tunesmith.load_run(run.path).metrics["test"]["macro_f1"]
 """
 
-__version__ = "0.1.0"
-
-from .config import Config, load_config  # noqa: E402
-from .errors import ConfigError, DataError, ModelError, RunError, TunesmithError  # noqa: E402
-from .run import Run, list_runs, load_run  # noqa: E402
-
-
-def finetune(config=None, overrides=None, resume=None) -> "Run":
-    """Fine-tune as configured (a YAML path, a dict or a Config) and return the finished Run."""
-    from .pipeline import finetune as _finetune
-
-    return _finetune(config, overrides, resume)
+from .config import Config, load_config
+from .engine.pipeline import finetune
+from .errors import ConfigError, DataError, Interrupted, ModelError, RunError, TunesmithError
+from .runs.run import Run, list_runs, load_run
+from .version import __version__
 
 
 def compare(*runs, out=None, **options) -> dict:
     """Compare run folders on the same test set (the first is the reference); with `out`, also write compare.md/.html there."""
-    from .evaluate.compare import compare_runs
     from .evaluate.compare_html import write_comparison
+    from .tools.compare import compare_runs
 
     result = compare_runs(list(runs), **options)
     if out is not None:
@@ -32,6 +25,6 @@ def compare(*runs, out=None, **options) -> dict:
 
 
 __all__ = [
-    "Config", "ConfigError", "DataError", "ModelError", "Run", "RunError", "TunesmithError",
+    "Config", "ConfigError", "DataError", "Interrupted", "ModelError", "Run", "RunError", "TunesmithError", "__version__",
     "compare", "finetune", "list_runs", "load_config", "load_run",
 ]

@@ -26,3 +26,11 @@ class RunError(TunesmithError):
 
 class RegistryError(TunesmithError):
     """A registered model, version or alias that does not exist, or a model registry that cannot be used."""
+
+
+class Interrupted(Exception):
+    """Training stopped on request (Ctrl-C / SIGTERM) after writing a checkpoint (not a mistake: exit 130)."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted after step {step}")
+        self.step = step

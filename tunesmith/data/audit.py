@@ -18,56 +18,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from ..config.schema import AuditConfig
 from ..errors import DataError
 from ..utils import atomic_write_text
 from .audit_markdown import warnings_of
+from .loaders import label_str
 from .dedup import Match, NearIndex, cross_matches, exact_groups, near_clusters, normalize_text
 from .label_noise import LabelNoiseFindings, find_label_errors
-
-
-@dataclass
-class AuditConfig:
-    enabled: bool = True
-    """Audit the data before every training run (the report lands in the run folder as audit.md/json)."""
-    near_duplicates: bool = True
-    """Look for near duplicates (MinHash LSH) besides exact ones (after case/whitespace/NFKC normalisation)."""
-    near_threshold: float = 0.7
-    """Jaccard similarity of shingle sets at or above which two texts are near duplicates (0.5-1). 0.7 catches a
-    dropped word in a tweet-length text; long documents tolerate 0.8-0.9."""
-    num_perm: int = 128
-    """MinHash permutations: more is more precise and slower."""
-    shingle_size: int = 5
-    """Length of the shingles compared for near duplicates (characters, or words with `shingle_unit: word`)."""
-    shingle_unit: Literal["char", "word"] = "char"
-    """`char` (robust to small edits in short texts) or `word` (long documents)."""
-    label_errors: bool = True
-    """Rank likely label errors in the training set (cleanlab on out-of-fold TF-IDF + logistic-regression probabilities)."""
-    label_error_folds: int = 5
-    """Cross-validation folds of the label-error model."""
-    max_examples: int = 20
-    """Clusters, pairs and suspects listed in the Markdown report (the JSON lists every row number)."""
-    block_on_leakage: bool = True
-    """Leakage between train and validation/test (or between validation and test) is a blocking problem."""
-    leakage_tolerance: float = 0.0
-    """Share of a validation/test set that may overlap an earlier set before it blocks (0 = any overlap blocks)."""
-    imbalance_warning: float = 10.0
-    """Warn when the largest class has this many times the rows of the smallest."""
-    truncation_warning: float = 0.05
-    """Warn when more than this share of texts is longer than the max length."""
-    seed: int = 42
-    """Seed of the MinHash permutations and the cross-validation folds."""
-
-    def check(self) -> None:
-        from ..errors import ConfigError
-
-        if not 0.5 <= self.near_threshold <= 1:
-            raise ConfigError(f"audit.near_threshold={self.near_threshold} must be between 0.5 and 1")
-        if self.shingle_unit not in ("char", "word"):
-            raise ConfigError(f"audit.shingle_unit='{self.shingle_unit}' must be char or word")
-        if self.num_perm < 16 or self.shingle_size < 1 or self.label_error_folds < 2:
-            raise ConfigError("audit: num_perm must be at least 16, shingle_size at least 1, label_error_folds at least 2")
-        if not 0 <= self.leakage_tolerance < 1:
-            raise ConfigError(f"audit.leakage_tolerance={self.leakage_tolerance} must be in [0, 1)")
 
 
 @dataclass
@@ -300,7 +257,7 @@ class _Table:
     @classmethod
     def read(cls, df: pd.DataFrame, text_column: str, label_column: str) -> "_Table":
         text = df[text_column].reset_index(drop=True)
-        labels = pd.Series([_label_str(v) for v in df[label_column]], dtype=object)  # None stays None (not NaN)
+        labels = pd.Series([label_str(v) for v in df[label_column]], dtype=object)  # None stays None (not NaN)
         usable = [i for i, v in enumerate(text) if isinstance(v, str) and v.strip()]
         texts = [text[i] for i in usable]
         return cls(text, labels, usable, texts, [normalize_text(s) for s in texts], [i + 1 for i in usable], [labels[i] for i in usable])
@@ -324,15 +281,6 @@ class _Table:
             s.unseen_labels = {y: n for y, n in counts.items() if y not in train_labels}
             s.singleton_labels = {}
         return s
-
-
-def _label_str(v) -> str | None:
-    if v is None or (not isinstance(v, (str, list, dict)) and pd.isna(v)):
-        return None
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    v = str(v).strip()
-    return v or None
 
 
 def _bad_encoding(text: str) -> bool:

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .audit import AuditReport
-
 
 def render(r: "AuditReport") -> str:
     n = r.config.max_examples

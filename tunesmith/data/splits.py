@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from ..config import DataConfig
+from ..config.schema import AuditConfig, DataConfig
 from ..errors import DataError
 from ..utils import fingerprint
-from .loaders import load_table
+from .loaders import label_str, load_table, pick_split, require_columns
 
 
 @dataclass
@@ -110,33 +110,24 @@ def _load(cfg: DataConfig, spec: str):
 
 
 def _clean(df: pd.DataFrame, cfg: DataConfig, src: str, notes: list[str]) -> pd.DataFrame:
-    for role, col in (("text", cfg.text_column), ("label", cfg.label_column)):
-        if col not in df.columns:
-            cols = ", ".join(map(str, df.columns[:20]))
-            raise DataError(f"{src}: no {role} column '{col}' (columns: {cols}); set data.{role}_column")
+    require_columns(df, {"text": cfg.text_column, "label": cfg.label_column}, src)
     text, label = df[cfg.text_column], df[cfg.label_column]
     non_text = text.map(lambda v: v is not None and not isinstance(v, str) and not pd.isna(v))
     if non_text.any():
         rows = (non_text[non_text].index[:5] + 1).tolist()
         raise DataError(f"{src}: column '{cfg.text_column}' holds non-text values at rows {rows}; it must hold strings")
-    empty = text.isna() | (text.fillna("").str.strip() == "") | label.isna()
+    empty = text.isna() | (text.fillna("").str.strip() == "") | label.map(label_str).isna()
     if empty.all():
         raise DataError(f"{src}: every row lacks a text or a label; check data.text_column and data.label_column")
     if empty.any():
         rows = (empty[empty].index[:5] + 1).tolist()
         notes.append(f"{src}: dropped {int(empty.sum())} rows with empty text or missing label (first rows: {rows})")
     kept = df.loc[~empty]
-    labels = kept[cfg.label_column].map(_label_str)
+    labels = kept[cfg.label_column].map(label_str)
     out = pd.DataFrame({"__text": kept[cfg.text_column].astype(str).to_numpy(), "__label": labels.to_numpy()})
     if cfg.group_column and cfg.group_column in kept.columns:
         out[cfg.group_column] = kept[cfg.group_column].to_numpy()
     return out
-
-
-def _label_str(v) -> str:
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    return str(v)
 
 
 def _require_two_classes(df: pd.DataFrame, src: str) -> None:
@@ -168,7 +159,6 @@ def _groups(df: pd.DataFrame, cfg: DataConfig, seed: int):
     """Group ids that must not be split: near-duplicate clusters and/or a source column."""
     if not cfg.group_near_duplicates and not cfg.group_column:
         return None
-    from .audit import AuditConfig
     from .splitting import near_duplicate_groups
 
     table = pd.DataFrame({"text": df["__text"], "label": df["__label"]})

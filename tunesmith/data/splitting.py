@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from ..config.schema import AuditConfig
 from ..errors import DataError
 from .dedup import NearIndex, near_clusters, normalize_text
 
-if TYPE_CHECKING:
-    from .audit import AuditConfig
 
 
 def near_duplicate_groups(t: pd.DataFrame, group_column: str | None, near: "AuditConfig | None") -> np.ndarray:

@@ -12,6 +12,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from ..utils import atomic_write_figure
+
 
 def reliability_bins(y_true, probs: np.ndarray, bins: int = 10) -> list[dict]:
     """Equal-width bins of top-label confidence: items, mean confidence and accuracy per bin."""
@@ -69,7 +71,6 @@ def plot_reliability(report: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .metrics import _save_fig
 
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
@@ -80,7 +81,7 @@ def plot_reliability(report: dict, path: Path, title: str) -> None:
     ax.set_xlabel("confidence (top label)"), ax.set_ylabel("accuracy"), ax.set_xlim(0, 1), ax.set_ylim(0, 1.02)
     ax.set_title(title), ax.legend(fontsize=8, loc="upper left"), ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save_fig(fig, path)
+    atomic_write_figure(fig, path)
     plt.close(fig)
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, log_loss, precision_recall_fscore_support
 
+from ..utils import atomic_write_figure
+
 METRIC_NAMES = [
     "accuracy", "macro_f1", "macro_precision", "macro_recall",
     "weighted_f1", "weighted_precision", "weighted_recall", "loss",
@@ -61,15 +63,5 @@ def plot_confusion(matrix: list[list[int]], label_names: list[str], path: Path, 
         for j in range(m.shape[1]):
             ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black")
     fig.tight_layout()
-    _save_fig(fig, path)
+    atomic_write_figure(fig, path)
     plt.close(fig)
-
-
-def _save_fig(fig, path: Path) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)

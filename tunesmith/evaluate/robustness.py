@@ -12,6 +12,7 @@ import unicodedata
 
 import numpy as np
 
+from ..utils import atomic_write_figure
 from .stats import metric_value
 
 
@@ -86,7 +87,6 @@ def plot_robustness(report: dict, path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .metrics import _save_fig
 
     names = ["clean", *report["perturbations"]]
     values = [report["clean"]["macro_f1"], *(p["macro_f1"] for p in report["perturbations"].values())]
@@ -97,5 +97,5 @@ def plot_robustness(report: dict, path, title: str) -> None:
     ax.set_ylabel("macro-F1"), ax.set_ylim(0, 1.05), ax.set_title(f"{title} (n={report['n']})", fontsize=10)
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
-    _save_fig(fig, path)
+    atomic_write_figure(fig, path)
     plt.close(fig)

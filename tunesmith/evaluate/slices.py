@@ -7,6 +7,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from ..utils import atomic_write_figure
+from ..data.loaders import load_table, pick_split
 from ..errors import DataError
 from .stats import metric_value
 
@@ -28,12 +30,8 @@ def length_buckets(texts: list[str], buckets: int = 3) -> list[str]:
 
 def column_values(data_cfg, texts: list[str], columns: list[str]) -> dict[str, list[str]]:
     """The value of each column for each test text, looked up by text in the data file the test split came from."""
-    from ..data.loaders import load_table
-
     source = data_cfg.test or data_cfg.path or data_cfg.train
-    table = load_table(source, data_cfg.format, data_cfg.encoding, data_cfg.encoding_errors)
-    if isinstance(table, dict):
-        table = table.get("test", next(iter(table.values())))
+    table = pick_split(load_table(source, data_cfg.format, data_cfg.encoding, data_cfg.encoding_errors), "test", source)
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise DataError(f"{source}: no column {missing} for eval.slice_by/eval.sensitive_column (columns: "
@@ -86,7 +84,6 @@ def plot_slices(slices: dict, overall: float, path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .metrics import _save_fig
 
     fig, axes = plt.subplots(1, len(slices), figsize=(4.2 * len(slices), 1.3 + 0.35 * max(len(s["slices"]) for s in slices.values())),
                              squeeze=False)
@@ -100,7 +97,7 @@ def plot_slices(slices: dict, overall: float, path, title: str) -> None:
         ax.tick_params(axis="y", labelsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _save_fig(fig, path)
+    atomic_write_figure(fig, path)
     plt.close(fig)
 
 

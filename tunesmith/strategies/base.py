@@ -31,16 +31,32 @@ class Strategy:
     summary: ClassVar[str] = ""
     """One line: when to use it (shown by `tunesmith strategies`)."""
     Options: ClassVar[type] = NoOptions
+    # ---- capabilities: what the engine, the tasks and the planner ask instead of testing the name
     features_only: ClassVar[bool] = False
-    """True when only the head trains on cached backbone features (the backbone runs once)."""
+    """True when only the head trains on cached backbone features (the backbone runs once): `training_view`."""
     supports_distributed: ClassVar[bool] = True
+    virtual_tokens: ClassVar[bool] = False
+    """True when the strategy prepends trained virtual tokens to every row (prompt/prefix tuning): packing is off."""
+    saves_base: ClassVar[bool] = True
+    """True when `save` writes the frozen weights too (they must then stay exactly as pretrained: no dtype casts)."""
+    plan_family: ClassVar[str | None] = None
+    """How `tunesmith plan` models it: full | freeze | gradual | probe | lora | adapter (None: planned as full, with a note)."""
 
     def __init__(self, options=None):
         self.options = options if options is not None else self.Options()
 
+    @property
+    def quantize(self) -> str:
+        """none | nf4 | int8: the precision the frozen base is loaded in (QLoRA)."""
+        return getattr(self.options, "quantize", "none")
+
     def prepare(self, model: nn.Module) -> nn.Module:
         """Return the model to train (possibly wrapped); set requires_grad on what trains."""
         return model
+
+    def training_view(self, model: nn.Module, batches: dict, ctx) -> tuple[nn.Module, dict]:
+        """What the loop trains and on which batches; default: the prepared model on the task's batches."""
+        return model, batches
 
     def trainable_names(self, model: nn.Module) -> set[str]:
         """Every parameter that trains at some point of the run (what the optimizer and checkpoints hold)."""

@@ -12,6 +12,7 @@ class FullOptions(LayerDecayOptions):
 
 class FullStrategy(Strategy):
     name = "full"
+    plan_family = "full"
     summary = "All weights train. Best accuracy with enough data; most memory; saves the whole model."
     Options = FullOptions
 
@@ -24,5 +25,6 @@ class DiscriminativeOptions(LayerDecayOptions):
 
 class DiscriminativeLrStrategy(Strategy):
     name = "discriminative-lr"
+    plan_family = "full"
     summary = "All weights train, lower layers at lower lr (lr x decay^depth). Guards pretrained features; also an option of full/freeze/gradual-unfreeze."
     Options = DiscriminativeOptions

@@ -8,6 +8,9 @@ example instead of once per example per epoch.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..engine.batches import Features, map_batches
 from ..errors import ConfigError
 from .base import Strategy, set_trainable
 
@@ -53,6 +57,8 @@ class LinearProbeStrategy(Strategy):
     summary = "Backbone frozen, head trains on cached features. Fastest by far; a strong baseline; weakest when the domain shifts."
     Options = LinearProbeOptions
     features_only = True
+    saves_base = False
+    plan_family = "probe"
 
     def prepare(self, model: nn.Module) -> nn.Module:
         name = head_name(model)
@@ -79,6 +85,27 @@ class LinearProbeStrategy(Strategy):
     def head_model(self, model: nn.Module) -> HeadOnly:
         return HeadOnly(getattr(model, head_name(model)))
 
+    def training_view(self, model: nn.Module, batches: dict, ctx) -> tuple[nn.Module, dict]:
+        """Run the frozen backbone once per split (or read the cache), then train the head on the features."""
+        model.to(ctx.device).eval()
+        out = {}
+        for split, tok in batches.items():
+            key = cache_key(ctx.model_key, tok.fingerprint)
+
+            def compute(tok=tok):
+                def fn(inputs):
+                    with ctx.autocast():
+                        return self.features(model, {k: v.to(ctx.device) for k, v in inputs.items()})
+
+                return torch.from_numpy(map_batches(tok, ctx.cfg.eval.batch_size, fn, ctx.rank, ctx.world))
+
+            t0 = time.perf_counter()
+            use = self.options.cache
+            x, hit = cached_features(ctx.cache_dir / "features", key, compute, read=use, write=use and ctx.is_main)
+            ctx.say(f"linear-probe: {split} features {tuple(x.shape)} {'from cache' if hit else f'computed in {time.perf_counter() - t0:.1f}s'}")
+            out[split] = Features(x, tok.targets)
+        return self.head_model(model), out
+
     def save(self, model: nn.Module, folder: Path) -> None:
         """Only the head is new: save it (a few KB), not the unchanged backbone."""
         name = head_name(model)
@@ -90,8 +117,9 @@ class LinearProbeStrategy(Strategy):
         return model
 
 
-def cache_key(model_location: str, revision: str | None, max_length: int, fingerprint: str) -> str:
-    return hashlib.sha256(f"{model_location}|{revision}|{max_length}|{fingerprint}".encode()).hexdigest()[:20]
+def cache_key(model_key: str, fingerprint: str) -> str:
+    """Features depend on the weights and the encoding (`model_key`: location, revision, max length) and the data."""
+    return hashlib.sha256(f"{model_key}|{fingerprint}".encode()).hexdigest()[:20]
 
 
 def cached_features(folder: Path, key: str, compute: Callable[[], torch.Tensor], read: bool, write: bool) -> tuple[torch.Tensor, bool]:
@@ -101,9 +129,6 @@ def cached_features(folder: Path, key: str, compute: Callable[[], torch.Tensor],
         return load_file(str(path))["features"], True
     x = compute()
     if write:
-        import os
-        import tempfile
-
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)

@@ -38,6 +38,7 @@ def default_targets(model: nn.Module) -> list[str] | str:
 
 class LoraStrategy(PeftStrategy):
     name = "lora"
+    plan_family = "lora"
     summary = "Low-rank adapters + head train (~1-3% of weights). Little memory, tiny saves, little forgetting; quantize: nf4 = QLoRA."
     Options = LoraOptions
 

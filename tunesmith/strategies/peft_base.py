@@ -12,6 +12,7 @@ from .base import Strategy
 
 
 class PeftStrategy(Strategy):
+    saves_base = False  # the adapter (+ head) alone is saved; the base is loaded from its source
     mergeable = True
     """Whether the adapter can be folded into the base weights (LoRA, IA3: yes; soft prompts: no)."""
 

@@ -17,6 +17,8 @@ class PrefixTuningOptions:
 
 class PrefixTuningStrategy(PeftStrategy):
     name = "prefix-tuning"
+    plan_family = "adapter"
+    virtual_tokens = True
     summary = "Learned key/value prefixes in every layer + head; the model stays frozen. Between prompt tuning and LoRA."
     Options = PrefixTuningOptions
     mergeable = False

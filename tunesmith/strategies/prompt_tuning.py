@@ -19,6 +19,8 @@ class PromptTuningOptions:
 
 class PromptTuningStrategy(PeftStrategy):
     name = "prompt-tuning"
+    plan_family = "adapter"
+    virtual_tokens = True
     summary = "Learned soft-prompt tokens + head; the model stays frozen. Tiny saves; shines on large models, weak on small ones."
     Options = PromptTuningOptions
     mergeable = False

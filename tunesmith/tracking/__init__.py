@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import TrackingConfig
+from ..config.schema import TrackingConfig
 from .base import NullTracker, Tracker
 
 BACKENDS = {"mlflow", "none"}

@@ -12,6 +12,8 @@ from pathlib import Path
 import yaml
 
 from ..evaluate.markdown import calibration_section, ci_table, efficiency_section, robustness_section, sets_section, slices_section
+from ..evaluate.predictions import read_predictions
+from ..models.loading import ALIASES
 from ..utils import atomic_write_text, human_bytes
 
 
@@ -98,8 +100,6 @@ def _weaknesses(run_dir: Path, metrics: dict, confusions: int = 3, errors: int =
         lines.append("Top confusions (true -> predicted): " + "; ".join(f"{a} -> {b} ({n})" for n, a, b in pairs[:confusions]) + ".")
     preds = run_dir / "test_predictions.csv"
     if preds.is_file():
-        from ..evaluate.compare import read_predictions
-
         df = read_predictions(preds)
         wrong = df[df["label"] != df["predicted"]].copy()
         if len(wrong):
@@ -124,8 +124,6 @@ def _json(path: Path):
 def _source(model: dict) -> str:
     """Where the base model came from, without machine-specific install paths for packaged aliases."""
     if model["kind"].startswith("alias"):
-        from ..models.loading import ALIASES
-
         alias = ALIASES.get(model["name"])
         return f"packaged alias: {alias.about}; `{alias.pip}`" if alias else "packaged alias"
     return f"{model['kind']}: `{model['location']}`"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..utils import atomic_write_text, human_bytes
+from ..utils import atomic_write_figure, atomic_write_text, human_bytes
 
 
 def plot_history(history: list[dict], metric: str, path: Path) -> None:
@@ -13,7 +13,6 @@ def plot_history(history: list[dict], metric: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..evaluate.metrics import _save_fig
 
     train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
     val = [(h["step"], h.get("val_loss"), h.get(f"val_{metric}")) for h in history if "val_loss" in h]
@@ -26,7 +25,7 @@ def plot_history(history: list[dict], metric: str, path: Path) -> None:
     a.set_xlabel("optimizer step"), a.set_ylabel("cross-entropy"), a.legend(), a.grid(alpha=0.3)
     b.set_xlabel("optimizer step"), b.set_ylabel(f"validation {metric}"), b.grid(alpha=0.3)
     fig.tight_layout()
-    _save_fig(fig, path)
+    atomic_write_figure(fig, path)
     plt.close(fig)
 
 
@@ -64,3 +63,14 @@ def write_report(run_dir: Path, cfg, info: dict, metrics: dict) -> None:
 
 def _row(name: str, m: dict) -> str:
     return f"| {name} | {m['macro_f1']:.4f} | {m['accuracy']:.4f} | {m['weighted_f1']:.4f} | {m['macro_precision']:.4f} | {m['macro_recall']:.4f} |"
+
+
+def write_basic_artifacts(run_dir: Path, metrics: dict, history: list[dict], metric: str) -> None:
+    """What every run folder holds whatever its task: metrics.json, history.jsonl and training_curves.png."""
+    import json
+
+    from ..utils import atomic_write_json
+
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    plot_history(history, metric, run_dir / "training_curves.png")

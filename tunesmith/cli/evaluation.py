@@ -1,0 +1,100 @@
+"""`tunesmith cv|compare|register|models|promote`: thin calls of tunesmith.cv, evaluate.compare and tracking.registry.
+
+    tunesmith cv config.yaml --folds 5                       # stratified k-fold: mean, std, per-fold table
+    tunesmith compare RUN_A RUN_B [RUN_C ...] --out cmp/      # paired significance, Markdown + HTML
+    tunesmith register RUN --name sentiment                   # a version in the MLflow model registry
+    tunesmith models                                          # registered names, versions, aliases, metrics
+    tunesmith promote sentiment 3 --to production             # alias; then predict models:/sentiment@production
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_eval_commands(subparsers) -> None:
+    c = subparsers.add_parser("cv", help="stratified k-fold cross-validation of a config (parent + child runs)")
+    c.add_argument("config")
+    c.add_argument("overrides", nargs="*", help="dotted overrides, as for train")
+    c.add_argument("--folds", type=int, default=5)
+    c.set_defaults(func=cmd_cv)
+
+    m = subparsers.add_parser("compare", help="compare runs on the same test set: deltas with CIs, significance, what changed")
+    m.add_argument("runs", nargs="+", help="run folders; the first is the reference")
+    m.add_argument("--out", help="folder for compare.md, compare.html, compare.json and plots (default: compare-<A>-vs-<B>)")
+    m.add_argument("--metric", default="macro_f1", help="headline metric: macro_f1, accuracy or weighted_f1")
+    m.add_argument("--allow-different-data", action="store_true", help="compare runs tested on different data (unpaired figures only)")
+    m.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples and permutations per test")
+    m.set_defaults(func=cmd_compare)
+
+    r = subparsers.add_parser("register", help="register a run's model as a new version in the MLflow model registry")
+    r.add_argument("run")
+    r.add_argument("--name", required=True, help="registered model name")
+    r.add_argument("--tracking-uri", help="MLflow store (default: the run's own, e.g. sqlite:///runs/mlflow.db)")
+    r.set_defaults(func=cmd_register)
+
+    ls = subparsers.add_parser("models", help="list registered models: versions, aliases, headline metrics")
+    ls.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
+    ls.set_defaults(func=cmd_models)
+
+    p = subparsers.add_parser("promote", help="point an alias (e.g. production) at a registered model version")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("--to", default="production", help="alias name (default: production)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
+    p.set_defaults(func=cmd_promote)
+
+
+def cmd_cv(args) -> int:
+    from ..tools.cv import cross_validate
+
+    result = cross_validate(args.config, args.overrides, args.folds)
+    print(f"\n{args.folds}-fold cross-validation: " + ", ".join(
+        f"{m} {s['mean']:.4f} +- {s['std']:.4f}" for m, s in result["summary"].items()))
+    print(f"wrote {result['path']}/cv.md")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ..evaluate.compare_html import headlines, write_comparison
+    from ..tools.compare import compare_runs
+
+    result = compare_runs(args.runs, args.metric, args.allow_different_data, args.resamples)
+    out = args.out or f"compare-{Path(args.runs[0]).name}-vs-{Path(args.runs[1]).name}"
+    md, html = write_comparison(result, out)
+    for line in headlines(result):
+        print(line)
+    print(f"wrote {md} and {html}")
+    return 0
+
+
+def cmd_register(args) -> int:
+    from ..runs.registry import register
+
+    v = register(args.run, args.name, args.tracking_uri)
+    print(f"registered {v['name']} version {v['version']} (source {v['source']}) in {v['uri']}")
+    print(f"promote it: tunesmith promote {v['name']} {v['version']} --to production")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from ..runs.registry import list_models, registry_uri
+
+    rows = list_models(args.tracking_uri)
+    if not rows:
+        print(f"no registered models in {registry_uri(args.tracking_uri)}")
+        return 0
+    print(f"{'name':20} {'ver':>4} {'aliases':14} {'test F1':>8} {'95% CI':15} {'acc':>7} {'strategy':9} run")
+    for r in rows:
+        t = r["tags"]
+        print(f"{r['name']:20} {r['version']:>4} {','.join(r['aliases']) or '-':14} {t.get('test_macro_f1', '-'):>8} "
+              f"{t.get('test_macro_f1_ci', '-'):15} {t.get('test_accuracy', '-'):>7} {t.get('strategy', '-'):9} {Path(t.get('run_folder', '-')).name}")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from ..runs.registry import promote
+
+    promote(args.name, args.version, args.to, args.tracking_uri)
+    print(f"{args.name}@{args.to} -> version {args.version}; load it with: tunesmith predict models:/{args.name}@{args.to} --text \"...\"")
+    return 0

@@ -1,0 +1,243 @@
+"""The one training loop. It reads top to bottom; every strategy and task goes through it.
+
+Shape of one optimizer step:
+    plan global micro-batches from (seed, epoch)  ->  each process takes its share
+    forward under autocast  ->  the task's loss, summed over units / units in the whole step
+    backward (gradients synced only on the last micro-batch)  ->  clip  ->  AdamW  ->  schedule
+    every `eval_every` steps (or each epoch): evaluate, keep the best, checkpoint, early stop
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate.utils import gather_object
+from safetensors.torch import save_file
+from torch import nn
+
+from ..config.schema import TrainConfig
+from ..errors import ConfigError, Interrupted
+from ..evaluate.metrics import is_better
+from ..strategies.base import trainable_state
+from ..utils import atomic_dir, atomic_write_json, read_json
+from .batches import Batches, plan_steps, shard
+from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_weights as load_checkpoint_weights
+from .context import Context
+from .optim import build_optimizer, build_scheduler
+from .stop import StopFlag, fault_injection
+
+
+@dataclass
+class FitResult:
+    best_step: int
+    best_metrics: dict
+    steps: int
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    samples_per_second: float = 0.0
+    tokens_per_second: float = 0.0
+
+
+@dataclass
+class LoopState:
+    """Everything about the loop's position that a checkpoint must restore (JSON-serialisable)."""
+
+    step: int = 0
+    best: float | None = None
+    best_step: int = 0
+    bad_evals: int = 0
+    samples: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    stopped_early: bool = False
+    history: list = field(default_factory=list)
+
+
+def fit(
+    model: nn.Module,
+    strategy,
+    train: Batches,
+    loss: Callable[[nn.Module, dict], torch.Tensor],
+    validate: Callable[[nn.Module], dict],
+    cfg: TrainConfig,
+    ctx: Context,
+) -> FitResult:
+    """Train `model` as `strategy` says; returns with the best checkpoint's weights loaded.
+
+    The task enters through two functions: `loss(model, inputs)` returns the loss SUMMED over the
+    batch's units (examples for classification, trained tokens for language models: `train.units`),
+    and `validate(model)` returns validation metrics, `cfg.metric` among them.
+    """
+    acc, seed, run_dir = ctx.acc, ctx.cfg.seed, ctx.run_dir
+    world, rank = acc.num_processes, acc.process_index
+    ckpt_dir, best_dir = run_dir / "checkpoints" / "last", run_dir / "checkpoints" / "best"
+
+    # ---- how long: optimizer steps are planned globally (batch_size x processes x grad_accum examples)
+    global_micro = cfg.batch_size * world
+    steps_per_epoch = max(1, len(plan_steps(train, global_micro, cfg.grad_accum, seed, 0, cfg.group_by_length, world)))
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    eval_every = cfg.eval_every or steps_per_epoch
+
+    if world > 1 and not strategy.supports_distributed:
+        raise ConfigError(f"strategy {strategy.name} does not support several processes yet; run it in one process")
+    names = strategy.trainable_names(model)  # everything that trains at some step: optimizer + checkpoints
+    optimizer = build_optimizer(strategy.param_groups(model, cfg.lr, cfg.weight_decay), cfg.lr)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps)
+    model, optimizer = acc.prepare(model, optimizer)  # DDP wrapping when there are several processes
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    state = LoopState()
+    if ctx.resume and ckpt_dir.exists():
+        saved, rng = load_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler)
+        state = LoopState(**saved)
+        torch.set_rng_state(rng[rank] if rank < len(rng) else rng[0])
+        acc.print(f"resumed from step {state.step} of {total_steps}")
+    else:
+        torch.manual_seed(seed + rank)
+
+    acc.print(
+        f"training: {len(train)} examples, {steps_per_epoch} steps/epoch, {total_steps} steps, "
+        f"global batch {global_micro * cfg.grad_accum} ({world} process(es) x {cfg.batch_size} x {cfg.grad_accum} accumulation)"
+    )
+    stop = StopFlag()
+    fault = fault_injection()
+    progress = _progress(acc, total_steps, state.step)
+    running_loss = torch.zeros((), dtype=torch.float64, device=acc.device)  # stays on the device: no per-step sync
+    running_n, t_window, samples_window = 0, time.perf_counter(), 0
+    t_start = time.perf_counter() - state.train_seconds
+    model.train()
+
+    try:
+        while state.step < total_steps and not state.stopped_early:
+            epoch = state.step // steps_per_epoch
+            steps = plan_steps(train, global_micro, cfg.grad_accum, seed, epoch, cfg.group_by_length, world)
+            for micro_batches in steps[state.step - epoch * steps_per_epoch :]:
+                changed = strategy.on_step(acc.unwrap_model(model), state.step, steps_per_epoch)
+                if changed:
+                    acc.print(f"\n{changed}")
+                    state.history.append({"step": state.step, "event": changed})
+                # Normalise by the units (examples, or trained tokens) in the whole optimizer step (all
+                # micro-batches, all processes), so accumulation and uneven last batches weigh every unit equally.
+                n_step = sum(train.units(b) for b in micro_batches)
+                for k, global_batch in enumerate(micro_batches):
+                    rows = shard(global_batch, rank, world)
+                    inputs = {k: v.to(acc.device) for k, v in train.batch(rows).items()}
+                    # In DDP only the last micro-step needs to all-reduce gradients.
+                    sync = k == len(micro_batches) - 1
+                    with nullcontext() if sync else acc.no_sync(model), acc.autocast():
+                        loss_sum = loss(model, inputs)
+                    # DDP averages gradients over processes; multiply by `world` to get the global sum.
+                    acc.backward(loss_sum * world / n_step)
+                    running_loss += loss_sum.detach().double()
+                    running_n += train.units(rows)
+                    state.tokens += train.tokens(global_batch)
+                if cfg.max_grad_norm:
+                    acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                n_examples = sum(train.examples(b) for b in micro_batches)
+                state.samples += n_examples
+                samples_window += n_examples
+
+                if state.step % cfg.log_every == 0 or state.step == total_steps:
+                    # The only host sync of a training step, every `log_every` steps.
+                    total, units = acc.reduce(torch.stack([running_loss, running_loss.new_tensor(float(running_n))]), "sum").tolist()
+                    mean = total / max(1.0, units)
+                    rate = samples_window / max(1e-9, time.perf_counter() - t_window)
+                    lr = scheduler.get_last_lr()[0]
+                    ctx.log({"train_loss": mean, "lr": lr, "samples_per_s": rate}, state.step)
+                    state.history.append({"step": state.step, "train_loss": mean, "lr": lr})
+                    progress.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
+                    running_loss.zero_()
+                    running_n, t_window, samples_window = 0, time.perf_counter(), 0
+                progress.update(1)
+
+                evaluate_now = state.step % eval_every == 0 or state.step == total_steps
+                if evaluate_now:
+                    state.train_seconds = time.perf_counter() - t_start
+                    metrics = validate(model)
+                    value = metrics[cfg.metric]
+                    scalars = {f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}
+                    record = {"step": state.step, "epoch": state.step / steps_per_epoch, **scalars}
+                    state.history.append(record)
+                    ctx.log({k: v for k, v in record.items() if k.startswith("val_")}, state.step)
+                    if is_better(cfg.metric, value, state.best):
+                        state.best, state.best_step, state.bad_evals = value, state.step, 0
+                        _save_best(acc, model, best_dir, state, metrics, names)
+                    else:
+                        state.bad_evals += 1
+                        if cfg.patience and state.bad_evals >= cfg.patience:
+                            state.stopped_early = True
+                            acc.print(f"\nearly stopping at step {state.step}: val {cfg.metric} did not improve for {cfg.patience} evaluations")
+                    if acc.is_main_process:
+                        progress.write(f"step {state.step}: val {cfg.metric} {value:.4f} (best {state.best:.4f} at step {state.best_step})")
+                    model.train()
+                    _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state, names)
+
+                fault(state.step)
+                if stop.requested(acc, state.step, sync_every=1 if world == 1 else cfg.log_every):
+                    state.train_seconds = time.perf_counter() - t_start
+                    if not evaluate_now:
+                        _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state, names)
+                    raise Interrupted(state.step)
+                if state.stopped_early or state.step >= total_steps:
+                    break
+    finally:
+        progress.close()
+        stop.restore()
+
+    state.train_seconds = time.perf_counter() - t_start
+    # Continue with the best weights (every process loads them: test evaluation is distributed too).
+    acc.wait_for_everyone()
+    load_checkpoint_weights(best_dir, acc.unwrap_model(model))
+    best_metrics = read_json(best_dir / "metrics.json")
+    seconds = max(1e-9, state.train_seconds)
+    return FitResult(
+        best_step=state.best_step,
+        best_metrics=best_metrics,
+        steps=state.step,
+        history=state.history,
+        stopped_early=state.stopped_early,
+        train_seconds=state.train_seconds,
+        samples_per_second=state.samples / seconds,
+        tokens_per_second=state.tokens / seconds,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _save_best(acc, model, best_dir: Path, state: LoopState, metrics: dict, names: set[str]) -> None:
+    if acc.is_main_process:
+        with atomic_dir(best_dir) as tmp:
+            save_file(trainable_state(acc.unwrap_model(model), names), str(tmp / "trainable.safetensors"))
+            atomic_write_json(tmp / "metrics.json", {"step": state.step, **metrics})
+    acc.wait_for_everyone()
+
+
+def _checkpoint(acc, folder: Path, model, optimizer, scheduler, state: LoopState, names: set[str]) -> None:
+    rng = gather_object([torch.get_rng_state()]) if acc.num_processes > 1 else [torch.get_rng_state()]
+    if acc.is_main_process:
+        save_checkpoint(folder, acc.unwrap_model(model), optimizer, scheduler, state.__dict__, rng, names)
+    acc.wait_for_everyone()
+
+
+def _progress(acc, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, initial=initial, desc="train", unit="step", disable=not acc.is_main_process,
+        mininterval=1.0 if os.environ.get("CI") is None else 10.0, dynamic_ncols=True,
+    )

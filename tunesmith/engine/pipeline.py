@@ -1,0 +1,149 @@
+"""finetune(): the one path of every run, whatever the task and the strategy.
+
+config -> task.load_data -> task.check_data (audit / lint) -> model -> strategy.prepare -> run folder
+(running -> failed | interrupted | complete, for EVERY phase below) -> task.encode -> fit -> task.test
+-> task.write_artifacts -> tracking -> complete.
+
+Everything a user can get wrong (config, data, model availability) is checked before the run folder
+exists, so a failed start leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config.dump import config_to_dict, flatten
+from ..config.loader import load_config
+from ..config.schema import Config
+from ..errors import ConfigError, RunError
+from ..models.loading import resolve_model
+from ..runs.folder import RunFolder
+from ..runs.record import read_info
+from ..runs.run import Run
+from ..strategies import build_strategy, count_parameters
+from ..tasks.registry import build_task
+from ..tracking import make_tracker
+from ..version import __version__
+from .context import Context
+from .loop import fit
+from .precision import cast_frozen_weights, choose_precision
+
+# Settings that may change when a run is resumed (everything else must match the saved run).
+RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.patience", "train.keep_checkpoints", "audit.block_on_leakage")
+
+
+def finetune(config: Config | str | Path | dict | None = None, overrides: list[str] | None = None, resume: str | Path | None = None) -> Run:
+    """Fine-tune as configured and return the finished Run. `resume` continues an interrupted run folder."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed
+
+    resume_dir = Path(resume) if resume else None
+    cfg = resolve_config(config, overrides, resume_dir)
+    task = build_task(cfg)
+
+    # ---- cheap checks first: data, its audit/lint, the strategy, model availability
+    data = task.load_data()
+    source = resolve_model(cfg.model.name)
+    tokenizer = task.load_tokenizer(source)
+    findings = task.check_data(data, tokenizer)
+    strategy = build_strategy(cfg.strategy.name, cfg.strategy.options)
+    task.check_strategy(strategy)
+    precision, why = choose_precision(cfg.train.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    AcceleratorState._reset_state(reset_partial_state=False)  # a second finetune() in one process may pick another precision
+    # cpu=True lets Accelerate see a torchrun launch on a machine without GPUs (gloo backend).
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if precision == "fp32" else precision)
+    ctx = Context(acc, cfg, precision, resume=resume_dir is not None,
+                  model_key=f"{source.location}|{cfg.model.revision}|{cfg.data.max_length}")
+
+    # ---- model + strategy
+    set_seed(cfg.seed)  # the head's initialisation depends on it
+    model = task.load_model(source, tokenizer, strategy, data.labels)
+    if strategy.quantize == "none":  # a quantized base is placed by bitsandbytes
+        model.to(acc.device)
+    model = strategy.prepare(model)
+    trainable, total = count_parameters(model)
+    frozen_cast = cast_frozen_weights(model, precision) if task.cast_frozen_weights and not strategy.saves_base else 0
+
+    # ---- the run folder: from here on, whatever happens is recorded in run.json
+    folder = RunFolder.open(cfg, acc, resume_dir, lambda name, run_id: make_tracker(cfg.tracking, cfg.output_dir, name, acc.is_main_process, run_id))
+    ctx.run_dir, ctx.log = folder.path, folder.tracker.log_metrics
+    say = ctx.say
+    say(f"tunesmith {__version__} | run {folder.path}")
+    split_rows = " / ".join(f"{k} {v['rows']}" for k, v in data.summary.items())
+    say(f"data: {cfg.task}, {split_rows} rows" + (f", labels {data.labels}" if data.labels else ""))
+    for line in [*(f"data: {n}" for n in data.notes), *findings.lines]:
+        say(line)
+    say(f"model: {cfg.model.name} ({source.kind}: {source.location})")
+    say(f"strategy: {strategy.name} | trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    if frozen_cast:
+        say(f"precision: frozen weights stored in {precision} ({frozen_cast / 2**20:.0f} MiB saved; no per-step casts), trained ones in fp32")
+    say(f"precision: {precision} ({why}) | device {acc.device} | processes {acc.num_processes}"
+        f"{' | gradient checkpointing' if cfg.train.gradient_checkpointing else ''}")
+    folder.start(cfg, model={"name": cfg.model.name, "kind": source.kind, "location": source.location}, strategy=strategy.name,
+                 precision=precision, processes=acc.num_processes, parameters={"trainable": trainable, "total": total},
+                 data={"splits": data.summary, "labels": data.labels, "notes": data.notes, **data.record}, **findings.record)
+
+    with folder.lifecycle():
+        if acc.is_main_process:
+            if findings.save:
+                findings.save(folder.path)
+            if not ctx.resume:
+                folder.tracker.log_params({**flatten(config_to_dict(cfg)), "trainable_parameters": trainable, "total_parameters": total,
+                                           "precision": precision})
+                folder.tracker.log_metrics(findings.metrics)
+
+        # ---- encode, score the pretrained model (once: a resumed run keeps the first scores), train
+        batches = task.encode(data, tokenizer)
+        state = folder.info.get("task_state")
+        if state is None:
+            state = {"before": task.before_training(model, data, batches, ctx)}
+            folder.update(task_state=state)  # kept until the run completes
+        trained, batches = strategy.training_view(model, batches, ctx)
+        train = task.train_batches(trained, batches, strategy, ctx)
+        folder.update(**ctx.record)
+        result = fit(trained, strategy, train, task.loss, lambda m: task.validate(m, batches, ctx), cfg.train, ctx)
+
+        # ---- with the best weights: save, test, write, track
+        model, trained = acc.unwrap_model(model), acc.unwrap_model(trained)
+        if acc.is_main_process:
+            peak_mb = folder.save_model(strategy, model, tokenizer, result)
+        acc.wait_for_everyone()
+        metrics = task.test(model, trained, data, batches, state["before"], ctx)
+        if acc.is_main_process:
+            metrics.update(validation_best=result.best_metrics, best_step=result.best_step, steps=result.steps,
+                           stopped_early=result.stopped_early)
+            task.write_artifacts(folder.path, metrics, result.history, data, folder.info, ctx)
+            folder.tracker.log_metrics(task.tracked(metrics))
+            folder.tracker.log_metrics({"samples_per_second": result.samples_per_second, "peak_rss_mb": peak_mb})
+            folder.complete(cfg.train.keep_checkpoints)
+            for line in task.summary_lines(metrics, folder.info):
+                say(line)
+            say(f"run folder: {folder.path}")
+    acc.wait_for_everyone()
+    return Run(folder.path)
+
+
+def resolve_config(config, overrides, run_dir: Path | None) -> Config:
+    """The run's config: a new one, or for --resume the saved one (only RESUMABLE_CHANGES may differ)."""
+    if run_dir is None:
+        if config is None:
+            raise ConfigError("no config given; pass a YAML file (or --resume RUN_DIR)")
+        return config if isinstance(config, Config) else load_config(config, overrides)
+    status = read_info(run_dir).get("status")
+    if status == "complete":
+        raise RunError(f"{run_dir}: this run is already complete; start a new run instead of --resume")
+    if not (run_dir / "checkpoints" / "last").is_dir():
+        raise RunError(f"{run_dir}: no checkpoint to resume from (it stopped before its first checkpoint); start the run again")
+    saved = load_config(run_dir / "config.yaml", strict=False)
+    if config is None:
+        return load_config(run_dir / "config.yaml", overrides, strict=False)
+    given = config if isinstance(config, Config) else load_config(config, overrides)
+    a, b = flatten(config_to_dict(saved)), flatten(config_to_dict(given))
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:4])
+        raise ConfigError(f"--resume {run_dir}: the config differs from the run's ({detail}); only {', '.join(RESUMABLE_CHANGES)} may change")
+    return given

@@ -1,0 +1,131 @@
+"""A run folder, read-only: what ran, its metrics, and its model for predict / generate / evaluate.
+
+`Run.predict`, `Run.generate` and `Run.evaluate` delegate to the task's predictor, so a run answers
+with exactly the data handling its task trained with.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config.loader import load_config
+from ..engine.precision import choose_precision
+from ..errors import RunError
+from ..models.loading import resolve_model
+from ..strategies import build_strategy
+from ..tasks.base import Prediction
+from ..tasks.registry import build_task
+from ..utils import atomic_write_json
+from .record import is_run_folder, read_info, read_labels, read_metrics
+from .registry import resolve
+
+__all__ = ["LoadedModel", "Prediction", "Run", "list_runs", "load_run"]
+
+
+@dataclass
+class LoadedModel:
+    """A run's trained model, ready for inference."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    autocast: object
+    """A no-argument callable giving the autocast context to run the model under."""
+    strategy: object
+
+
+class Run:
+    """A run folder. `Run(path).predict(["great movie"])` loads the model on first use."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.info: dict = read_info(self.path)
+        self.label_names: list[str] = read_labels(self.path)
+        self._loaded: LoadedModel | None = None
+
+    @property
+    def status(self) -> str:
+        return self.info.get("status", "unknown")
+
+    @property
+    def metrics(self) -> dict:
+        return read_metrics(self.path)
+
+    @functools.cached_property
+    def config(self):
+        """The resolved config of the run (read once)."""
+        return load_config(self.path / "config.yaml", strict=False)
+
+    @functools.cached_property
+    def task(self):
+        return build_task(self.config)
+
+    @functools.cached_property
+    def predictor(self):
+        return self.task.predictor(self)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, status={self.status!r})"
+
+    def load(self) -> LoadedModel:
+        """The trained model (the strategy rebuilds it on its pretrained base), its tokenizer, device and autocast."""
+        if self._loaded is not None:
+            return self._loaded
+        if self.status != "complete" or not (self.path / "model").is_dir():
+            raise RunError(f"{self.path}: the run is {self.status}, it has no saved model; resume it with `tunesmith train --resume {self.path}`")
+        from transformers import AutoTokenizer
+
+        cfg, task = self.config, self.task
+        strategy = build_strategy(cfg.strategy.name, cfg.strategy.options)
+        tokenizer = AutoTokenizer.from_pretrained(self.path / "model")
+        model = strategy.load(self.path / "model", lambda: task.load_model(resolve_model(cfg.model.name), tokenizer, strategy, self.label_names))
+        model.eval()
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(choose_precision("auto", device.type)[0])
+        if dtype and task.infer_in_compute_dtype:
+            model.to(dtype)  # inference only: weights in the compute dtype, no cast per generated token
+        autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
+        self._loaded = LoadedModel(model, tokenizer, device, autocast, strategy)
+        return self._loaded
+
+    # ---- what the task's predictor offers
+    def predict(self, texts: str | list[str], batch_size: int = 64) -> list[Prediction]:
+        """Label, its probability, and every label's probability, per text."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self.predictor.predict(texts, batch_size) if texts else []
+
+    def predict_probs(self, texts: list[str], batch_size: int = 64):
+        """Class probabilities, one row per text, columns in `label_names` order."""
+        return self.predictor.predict_probs(list(texts), batch_size)
+
+    def generate(self, prompts: list[str] | list[list[dict]], max_new_tokens: int | None = None, **overrides) -> list[str]:
+        """Completions for prompts: strings (chat models: one user turn each) or message lists, rendered as in training."""
+        return self.predictor.generate(prompts, max_new_tokens, **overrides)
+
+    def evaluate(self, data: str, text_column: str | None = None, label_column: str | None = None, save: bool = True) -> dict:
+        """Metrics of this run's model on another file (written to `evals/` in the run folder)."""
+        metrics = self.predictor.evaluate(data, text_column=text_column, label_column=label_column)
+        if save:
+            atomic_write_json(self.path / "evals" / f"{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}.json", metrics)
+        return metrics
+
+
+def load_run(path: str | Path) -> Run:
+    """A run folder, or a registered version: `models:/NAME@ALIAS` / `models:/NAME/VERSION` (registry at $MLFLOW_TRACKING_URI, default runs/mlflow.db)."""
+    if str(path).startswith("models:/"):
+        path = resolve(str(path))
+    return Run(path)
+
+
+def list_runs(output_dir: str | Path = "runs") -> list[Run]:
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    return [Run(p) for p in sorted(root.iterdir()) if is_run_folder(p)]

@@ -1,0 +1,186 @@
+"""Text classification: a label per text, a classification head on a pretrained encoder (or decoder).
+
+data -> audit (duplicates, near duplicates, leakage, label errors) -> leak-proof stratified split ->
+cross-entropy -> validation macro-F1 (or another metric) -> test metrics with intervals, the TF-IDF
+baseline beside them, slices, calibration, robustness, efficiency -> report, model card, predictions.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ...data.audit import audit_splits
+from ...data.balance import class_weights
+from ...data.splits import Splits, load_splits
+from ...errors import DataError
+from ...evaluate.baseline import tfidf_baseline
+from ...evaluate.markdown import add_to_report
+from ...evaluate.metrics import METRIC_NAMES, classification_metrics, headline, plot_confusion
+from ...evaluate.slices import column_values
+from ...models.loading import load_classifier
+from ...tracking.model_card import write_model_card
+from ...tracking.report import write_report
+from ...utils import atomic_write_json, atomic_write_text
+from ..base import Findings, Prediction, Predictor, Task, TaskData
+from .batches import Tokenized, cross_entropy_sum, predict_probs, tokenize
+from .evaluation import extended_evaluation, load_labelled, tracked_figures
+
+
+class ClassificationTask(Task):
+    name = "text-classification"
+    summary = "A label per text: sentiment, topic, intent, spam, ... (a classification head on a pretrained encoder)."
+    metrics = ("macro_f1", *[m for m in METRIC_NAMES if m != "macro_f1"])
+    uses = frozenset({"data.label_column", "data.labels", "train.class_weights", "eval.*"})
+    supports_cv = True
+    supports_compare = True
+
+    # ---- data
+    def load_data(self) -> TaskData:
+        splits = load_splits(self.cfg.data, self.cfg.seed)
+        self._check_slice_columns()
+        return TaskData(splits, splits.summary(), splits.label_names, splits.notes)
+
+    def _check_slice_columns(self) -> None:
+        """eval.slice_by / eval.sensitive_column name columns of the test data: a typo stops the run before training."""
+        ev = self.cfg.eval
+        columns = [*ev.slice_by, *([ev.sensitive_column] if ev.sensitive_column else [])]
+        if columns:
+            column_values(self.cfg.data, [], columns)
+
+    def check_data(self, data: TaskData, tokenizer) -> Findings:
+        """The audit; leakage between train and validation/test stops the run (unless allowed)."""
+        if not self.cfg.audit.enabled:
+            return Findings()
+        report = audit_splits(data.splits, self.cfg.audit, tokenizer=tokenizer, max_length=self.cfg.data.max_length)
+        if report.blocking:
+            raise DataError(f"{report.blocking[0]} (or pass --allow-leakage)")
+        c = report.counts()
+        line = (f"audit: {c.get('train.exact_duplicate_rows', 0)} duplicate rows, {c.get('train.near_duplicate_clusters', 0)} "
+                f"near-duplicate clusters, {c.get('label_issues', 0)} likely label errors in train; no leakage between splits "
+                f"(audit.md in the run folder)")
+        return Findings(
+            lines=[line, *[f"audit: {w}" for w in report.warnings[:5]]], record={"audit": c},
+            metrics={f"audit.{k}": v for k, v in c.items() if isinstance(v, (int, float))},
+            save=lambda run_dir: report.save(run_dir, "audit"),
+        )
+
+    # ---- model
+    def load_model(self, source, tokenizer, strategy, labels: list[str]):
+        m = self.cfg.model
+        return load_classifier(source, labels, tokenizer.pad_token_id, m.revision, m.trust_remote_code, strategy.quantize)
+
+    # ---- training
+    def encode(self, data: TaskData, tokenizer) -> dict:
+        s: Splits = data.splits
+        self._tokenizer, self._label_names, self._weights = tokenizer, s.label_names, None
+        if self.cfg.train.class_weights != "none":  # n_rows / (n_classes x rows of the class), against imbalance
+            weights = class_weights([s.label_names[y] for y in s.train.labels], s.label_names)
+            self._weights = torch.tensor(weights, dtype=torch.float32)
+        return {
+            split.name: Tokenized(tokenize(tokenizer, split.texts, self.cfg.data.max_length), split.labels, tokenizer.pad_token_id,
+                                  split.fingerprint())
+            for split in (s.train, s.validation, s.test)
+        }
+
+    def loss(self, model, inputs: dict):
+        return cross_entropy_sum(model, inputs, self._weights)
+
+    def validate(self, model, batches: dict, ctx) -> dict[str, float]:
+        data = batches["validation"]
+        probs = predict_probs(model, data, self.cfg.eval.batch_size, ctx.autocast, ctx.rank, ctx.world)
+        return classification_metrics(data.targets, probs, self._label_names)
+
+    # ---- after training
+    def test(self, model, trained, data: TaskData, batches: dict, before: dict, ctx) -> dict:
+        s, ev = data.splits, self.cfg.eval
+        probs = predict_probs(trained, batches["test"], ev.batch_size, ctx.autocast, ctx.rank, ctx.world)
+        if not ctx.is_main:
+            return {}
+        self._probs = probs
+        test = classification_metrics(s.test.labels, probs, s.label_names)
+        baseline = None
+        if ev.baseline:
+            baseline = tfidf_baseline(s.train.texts, s.train.labels, s.test.texts, s.test.labels, s.label_names, self.cfg.seed)
+        metrics = {"test": test, "baseline": {"name": "tfidf-logreg", "test": baseline} if baseline else None}
+        # intervals, extra sets, slices, calibration, robustness, efficiency
+        metrics.update(extended_evaluation(self.cfg, ctx.run_dir, model, trained, batches, self._tokenizer, s, probs, ctx.acc, ctx.say))
+        return metrics
+
+    def write_artifacts(self, run_dir, metrics: dict, history: list[dict], data: TaskData, info: dict, ctx) -> None:
+        """metrics.json, history.jsonl, labels.json, test_predictions.csv, plots, report.md, MODEL_CARD.md (each atomic)."""
+        super().write_artifacts(run_dir, metrics, history, data, info, ctx)
+        s, probs, names = data.splits, self._probs, data.labels
+        atomic_write_json(run_dir / "labels.json", names)
+        preds = pd.DataFrame({
+            "text": s.test.texts,
+            "label": [names[i] for i in s.test.labels],
+            "predicted": [names[i] for i in probs.argmax(axis=1)],
+            **{f"p_{n}": probs[:, k].round(5) for k, n in enumerate(names)},
+        })
+        # Quote every text: pandas leaves a field with a bare "\r" unquoted, and readers split the row there.
+        atomic_write_text(run_dir / "test_predictions.csv", preds.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
+        plot_confusion(metrics["test"]["confusion_matrix"], names, run_dir / "confusion_matrix.png", f"{info['name']}: test")
+        write_report(run_dir, self.cfg, info, metrics)
+        add_to_report(run_dir, metrics)
+        write_model_card(run_dir)
+
+    def headline(self, metrics: dict) -> dict[str, float]:
+        return headline(metrics.get("test") or {})
+
+    def tracked(self, metrics: dict) -> dict[str, float]:
+        out = {f"test_{k}": v for k, v in self.headline(metrics).items()}
+        base = (metrics.get("baseline") or {}).get("test")
+        if base:
+            out.update({f"baseline_test_{k}": v for k, v in headline(base).items()})
+        return {**out, **tracked_figures(metrics)}
+
+    def brief(self, metrics: dict) -> str:
+        test = metrics.get("test") or {}
+        base = ((metrics.get("baseline") or {}).get("test") or {}).get("macro_f1")
+        return f"F1 {_f(test.get('macro_f1'))}  acc {_f(test.get('accuracy'))}  baseline {_f(base)}"
+
+    def summary_lines(self, metrics: dict, info: dict) -> list[str]:
+        t, test, base = info["timings"], metrics["test"], (metrics.get("baseline") or {}).get("test")
+        lines = ["", f"{'':22}{'macro-F1':>10}{'accuracy':>10}", f"{'test (fine-tuned)':22}{test['macro_f1']:>10.4f}{test['accuracy']:>10.4f}"]
+        if base:
+            lines.append(f"{'test (TF-IDF + LR)':22}{base['macro_f1']:>10.4f}{base['accuracy']:>10.4f}")
+            gap = 100 * (test["macro_f1"] - base["macro_f1"])
+            lines.append(f"fine-tuned model {'beats' if gap > 0 else 'trails'} the baseline by {abs(gap):.1f} macro-F1 points")
+        lines.append(f"train {t['train_seconds']:.0f}s, {t['samples_per_second']:.0f} samples/s, peak memory {t['peak_rss_mb']:.0f} MB")
+        return lines
+
+    def predictor(self, run) -> Predictor:
+        return ClassificationPredictor(run)
+
+
+class ClassificationPredictor(Predictor):
+    def predict_probs(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Class probabilities, one row per text, columns in `run.label_names` order."""
+        m = self.run.load()
+        ids = tokenize(m.tokenizer, list(texts), self.run.config.data.max_length)
+        return predict_probs(m.model, Tokenized(ids, [0] * len(ids), m.tokenizer.pad_token_id), batch_size, m.autocast)
+
+    def predict(self, texts: list[str], batch_size: int = 64):
+        names = self.run.label_names
+        out = []
+        for row in self.predict_probs(texts, batch_size):
+            k = int(row.argmax())
+            out.append(Prediction(names[k], float(row[k]), {n: float(p) for n, p in zip(names, row)}))
+        return out
+
+    def evaluate(self, data: str, text_column: str | None = None, label_column: str | None = None, **_) -> dict:
+        """Metrics of the run's model on another labelled file."""
+        names = self.run.label_names
+        texts, y = load_labelled(self.run.config.data, data, names, text_column, label_column)
+        metrics = classification_metrics(y, self.predict_probs(texts), names)
+        metrics["data"] = str(data)
+        return metrics
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+

@@ -1,0 +1,63 @@
+"""report.md of a generative run: loss/perplexity and generation scores before vs after, sample generations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...utils import atomic_write_text, human_bytes
+
+SCORES = [("exact_match", "exact match"), ("rougeL", "ROUGE-L"), ("bleu", "BLEU"), ("chrf", "chrF"), ("json_valid", "valid JSON with the keys"),
+          ("field_exact_match", "JSON fields exact (mean)")]
+
+
+def write_generative_report(run_dir: Path, cfg, info: dict, metrics: dict, rows: list[dict], show: int = 8) -> None:
+    t, p = info["timings"], info["parameters"]
+    test, before = metrics["test"], metrics.get("before") or {}
+    lines = [
+        f"# {info['name']}",
+        "",
+        f"- **Task**: {cfg.task} | **model**: `{cfg.model.name}` ({info['model']['kind']}) | **strategy**: `{info['strategy']}` | "
+        f"**trainable parameters**: {p['trainable']:,} of {p['total']:,} ({100 * p['trainable'] / p['total']:.2f}%)",
+        f"- **Precision**: {info['precision']} | **packing**: {info.get('packing', False)} | **best step**: {metrics['best_step']} of {metrics['steps']}"
+        f"{' (early stop)' if metrics['stopped_early'] else ''}",
+        f"- **Training**: {t['train_seconds']:.0f} s, {t['samples_per_second']:.2f} samples/s, {t['tokens_per_second']:.0f} tokens/s, "
+        f"peak memory {t['peak_rss_mb']:.0f} MB | **saved**: {human_bytes(info['saved_bytes'])}",
+        "- **Data**: " + ", ".join(f"{k} {v['rows']} samples (`{v['fingerprint']}`)" for k, v in info["data"]["splits"].items())
+        + f" | format {info['data']['format']} | lint: `lint.txt`",
+        "",
+        "## Test",
+        "",
+        "| | before fine-tuning | after |",
+        "|---|---|---|",
+        f"| loss (per trained token) | {_f(before.get('loss'))} | {_f(test['loss'])} |",
+        f"| perplexity | {_f(before.get('perplexity'))} | {_f(test['perplexity'])} |",
+    ]
+    gb, ga = before.get("generation") or {}, test.get("generation") or {}
+    for key, label in SCORES:
+        if key in ga:
+            lines.append(f"| generation: {label} | {_f(gb.get(key))} | {_f(ga[key])} |")
+    for key in sorted(k for k in ga if k.startswith("field_") and k != "field_exact_match"):
+        lines.append(f"| JSON field `{key[6:]}` exact | {_f(gb.get(key))} | {_f(ga[key])} |")
+    if ga:
+        lines.append(f"\nGeneration scores over {ga['n']} held-out test prompts ({'sampled' if cfg.generate.do_sample else 'greedy'} decoding, "
+                     f"at most {cfg.generate.max_new_tokens} new tokens).")
+    if rows:
+        lines += ["", "## Sample generations", "", "| prompt | reference | before | after |", "|---|---|---|---|"]
+        for r in rows[:show]:
+            lines.append("| " + " | ".join(_cell(r.get(k)) for k in ("prompt", "reference", "before", "after")) + " |")
+        lines.append(f"\nAll {len(rows)} in `generations.jsonl`.")
+    lines += ["", "![training curves](training_curves.png)", "", "## Use it", "", "```bash",
+              f"tunesmith generate {run_dir} --prompt \"...\"", f"tunesmith chat {run_dir}", "```", ""]
+    atomic_write_text(run_dir / "report.md", "\n".join(lines))
+
+
+def _cell(text, limit: int = 300) -> str:
+    if text is None:
+        return "-"
+    text = str(text)
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.replace("|", "\\|").replace("\n", "<br>")
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.4f}"

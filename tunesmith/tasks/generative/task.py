@@ -1,0 +1,292 @@
+"""The generative tasks: causal-lm (chat / instruction SFT, prompt -> completion, continued pre-training) and seq2seq.
+
+samples -> audit (duplicates, leakage on prompt + response) + lint (rendering, loss masks, EOS, truncation)
+-> loss on trained tokens only -> validation loss/perplexity -> test loss + generations before and after,
+scored (exact match, ROUGE-L, BLEU, chrF, JSON keys) -> report with a before/after table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ...data.audit import audit
+from ...engine.batches import mean_loss
+from ...errors import ConfigError, DataError
+from ...models.loading import load_generative
+from ...utils import atomic_write_text
+from ..base import Findings, Predictor, Task, TaskData
+from .batches import LMData, PackedLMData, Seq2SeqData, causal_lm_loss, packing_is_exact, seq2seq_loss
+from .formats import Sample, chat_template_for, detect_format, load_gen_splits, render, render_seq2seq, sample_text, to_samples
+from .generation import generate_for, generation_scores
+from .lint import LintReport, lint
+
+GENERATIVE_KEYS = frozenset({"data.sample_format", "data.prompt_column", "data.completion_column", "data.add_eos",
+                             "data.long_samples", "generate.*"})
+
+
+class GenerativeTask(Task):
+    metrics = ("loss", "perplexity")
+    infer_in_compute_dtype = True
+    cast_frozen_weights = True
+
+    # ---- data
+    def load_data(self) -> TaskData:
+        splits = load_gen_splits(self.cfg)
+        return TaskData(splits, splits.summary(), [], splits.notes, {"format": splits.format})
+
+    def load_tokenizer(self, source):
+        return super().load_tokenizer(source)
+
+    def lint(self, data: TaskData, tokenizer, show: int = 2, model=None) -> LintReport:
+        s, d = data.splits, self.cfg.data
+        samples = s.train.samples + s.validation.samples + s.test.samples
+        return lint(tokenizer, samples, self.name, d.max_length, d.add_eos, model, show, d.long_samples)
+
+    def check_data(self, data: TaskData, tokenizer) -> Findings:
+        report = self.lint(data, tokenizer)
+        if not report.ok:
+            raise DataError(f"{report.errors[0]} (`tunesmith data lint CONFIG` shows rendered samples)")
+        data.record["lint"] = report.stats
+        findings = Findings(
+            lines=[f"data: {w}" for w in report.warnings]
+            + [f"lint: ok ({report.stats['trained_tokens']:,} trained tokens, mean length {report.stats['mean_length']:.0f}, "
+               f"EOS trained in every sample)"],
+        )
+        audited = self._audit(data)
+
+        def save(run_dir: Path) -> None:
+            atomic_write_text(run_dir / "lint.txt", lint_text(report))
+            if audited is not None:
+                audited.save(run_dir, "audit")
+
+        findings.save = save
+        if audited is not None:
+            c = audited.counts()
+            findings.record["audit"] = c
+            findings.metrics = {f"audit.{k}": v for k, v in c.items() if isinstance(v, (int, float))}
+            findings.lines.append(
+                f"audit: {c.get('train.exact_duplicate_rows', 0)} duplicate samples, {c.get('train.near_duplicate_clusters', 0)} "
+                f"near-duplicate clusters in train (prompt + response); no leakage between splits (audit.md in the run folder)"
+            )
+        return findings
+
+    def _audit(self, data: TaskData):
+        """Duplicates, near duplicates and leakage on prompt + response text (label errors do not apply)."""
+        if not self.cfg.audit.enabled:
+            return None
+        s = data.splits
+        frames = {split.name: pd.DataFrame({"text": [sample_text(x) for x in split.samples], "label": "-"})
+                  for split in (s.train, s.validation, s.test)}
+        sources = {split.name: split.source for split in (s.train, s.validation, s.test)}
+        options = dataclasses.replace(self.cfg.audit, label_errors=False)
+        report = audit(frames.pop("train"), frames, "text", "label", options, sources=sources)
+        if report.blocking:
+            raise DataError(f"{report.blocking[0]} (or pass --allow-leakage)")
+        return report
+
+    def check_strategy(self, strategy) -> None:
+        if strategy.features_only:
+            raise ConfigError(f"strategy {strategy.name} trains a classification head on cached features; for {self.name} use lora, freeze or full")
+
+    # ---- model
+    def load_model(self, source, tokenizer, strategy, labels: list[str]):
+        c = self.cfg
+        return load_generative(source, self.name, c.model.revision, c.model.trust_remote_code, strategy.quantize, c.train.gradient_checkpointing)
+
+    # ---- training
+    def encode(self, data: TaskData, tokenizer) -> dict:
+        s = data.splits
+        return {split.name: self.encode_samples(tokenizer, split.samples) for split in (s.train, s.validation, s.test)}
+
+    def before_training(self, model, data: TaskData, batches: dict, ctx) -> dict:
+        """Test loss and generations of the pretrained model (adapters start as the identity; soft prompts live
+        outside the base model, so the base model inside the wrapper is exactly the pretrained one)."""
+        if not ctx.is_main:
+            return {}
+        pretrained = model.get_base_model() if hasattr(model, "get_base_model") else model
+        out = {"test_loss": self._loss_over(pretrained, batches["test"], ctx, alone=True)}
+        samples = data.splits.test.samples[: self.cfg.generate.samples]
+        if samples and self.cfg.generate.before:
+            ctx.say(f"generate: {len(samples)} held-out prompts with the model before fine-tuning")
+            out["generations"] = generate_for(pretrained, self._tokenizer, samples, self.cfg.generate, self.name, ctx.autocast, progress=True)
+        return out
+
+    def loss(self, model, inputs: dict):
+        return seq2seq_loss(model, inputs) if self.name == "seq2seq" else causal_lm_loss(model, inputs)
+
+    def validate(self, model, batches: dict, ctx) -> dict[str, float]:
+        loss = self._loss_over(model, batches["validation"], ctx)
+        return {"loss": loss, "perplexity": perplexity(loss)}
+
+    # ---- after training
+    def test(self, model, trained, data: TaskData, batches: dict, before: dict, ctx) -> dict:
+        test_loss = self._loss_over(model, batches["test"], ctx)
+        if not ctx.is_main:
+            return {}
+        g, samples = self.cfg.generate, data.splits.test.samples[: self.cfg.generate.samples]
+        after = []
+        if samples:
+            ctx.say(f"generate: {len(samples)} held-out prompts with the fine-tuned model")
+            after = generate_for(model, self._tokenizer, samples, g, self.name, ctx.autocast, progress=True)
+        refs = [s.reference for s in samples]
+        was = before.get("generations")
+        self._rows = [{"prompt": s.prompt_view(), "reference": r, "before": b, "after": a}
+                      for s, r, b, a in zip(samples, refs, was or [None] * len(after), after)]
+        loss_before = before.get("test_loss")
+        return {
+            "test": {"loss": test_loss, "perplexity": perplexity(test_loss), "n": len(data.splits.test),
+                     **({"generation": generation_scores(after, refs, g.json_keys)} if samples else {})},
+            "before": ({"loss": loss_before, "perplexity": perplexity(loss_before)} if loss_before is not None else {})
+            | ({"generation": generation_scores(was, refs, g.json_keys)} if was else {}),
+        }
+
+    def write_artifacts(self, run_dir: Path, metrics: dict, history: list[dict], data: TaskData, info: dict, ctx) -> None:
+        from .report import write_generative_report
+
+        super().write_artifacts(run_dir, metrics, history, data, info, ctx)
+        atomic_write_text(run_dir / "generations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self._rows))
+        write_generative_report(run_dir, self.cfg, info, metrics, self._rows)
+
+    def headline(self, metrics: dict) -> dict[str, float]:
+        test = metrics.get("test") or {}
+        return {k: test[k] for k in ("loss", "perplexity") if isinstance(test.get(k), float)}
+
+    def tracked(self, metrics: dict) -> dict[str, float]:
+        out = {f"test_{k}": v for k, v in self.headline(metrics).items()}
+        for when, block in (("before", metrics.get("before") or {}), ("test", metrics.get("test") or {})):
+            out.update({f"{when}_gen_{k}": v for k, v in (block.get("generation") or {}).items() if isinstance(v, (int, float))})
+        return out
+
+    def brief(self, metrics: dict) -> str:
+        test = metrics.get("test") or {}
+        gen = test.get("generation") or {}
+        score = "json_valid" if "json_valid" in gen else "rougeL"
+        was = ((metrics.get("before") or {}).get("generation") or {}).get(score)
+        return f"ppl {_f(test.get('perplexity'))}  {score} {_f(was)} -> {_f(gen.get(score))}"
+
+    def summary_lines(self, metrics: dict, info: dict) -> list[str]:
+        t, test, before = info["timings"], metrics["test"], metrics.get("before") or {}
+        lines = ["", f"{'':24}{'before':>10}{'after':>10}",
+                 f"{'test loss':24}{_f(before.get('loss')):>10}{_f(test['loss']):>10}",
+                 f"{'test perplexity':24}{_f(before.get('perplexity')):>10}{_f(test['perplexity']):>10}"]
+        gb, ga = before.get("generation") or {}, test.get("generation") or {}
+        for k in ["exact_match", "rougeL", "chrf"] + (["json_valid", "field_exact_match"] if self.cfg.generate.json_keys else []):
+            if k in ga:
+                lines.append(f"{'generation ' + k:24}{_f(gb.get(k)):>10}{_f(ga.get(k)):>10}")
+        lines.append(f"train {t['train_seconds']:.0f}s, {t['samples_per_second']:.1f} samples/s, {t['tokens_per_second']:.0f} tokens/s, "
+                     f"peak memory {t['peak_rss_mb']:.0f} MB")
+        return lines
+
+    def predictor(self, run) -> Predictor:
+        return GenerativePredictor(run)
+
+    # ---- helpers
+    def encode_samples(self, tokenizer, samples: list[Sample]):
+        """Token ids and loss masks (samples cut by truncation are dropped when data.long_samples says so)."""
+        self._tokenizer = tokenizer
+        d = self.cfg.data
+        keep = d.long_samples == "error"  # with "error" the lint has already refused truncated samples
+        if self.name == "seq2seq":
+            pairs = [render_seq2seq(tokenizer, s, d.max_length, d.add_eos) for s in samples]
+            pairs = [(a, r) for a, r in pairs if keep or not r.truncated_target]
+            return Seq2SeqData([a for a, _ in pairs], [r.labels for _, r in pairs], tokenizer.pad_token_id)
+        rendered = [render(tokenizer, s, self.name, d.max_length, d.add_eos) for s in samples]
+        rendered = [r for r in rendered if keep or not r.truncated_target]
+        return LMData([r.ids for r in rendered], [r.labels for r in rendered], tokenizer.pad_token_id)
+
+    def _loss_over(self, model, data, ctx, alone: bool = False) -> float:
+        """Mean loss per trained token, shared across processes (`alone`: this process does all of it)."""
+        world, rank = (1, 0) if alone else (ctx.world, ctx.rank)
+        return mean_loss(model, data, self.loss, self.cfg.eval.batch_size, ctx.autocast, ctx.acc.reduce, rank, world)
+
+
+class CausalLMTask(GenerativeTask):
+    name = "causal-lm"
+    summary = "A decoder-only model's continuation: chat / instruction SFT, prompt -> completion, continued pre-training."
+    uses = GENERATIVE_KEYS | {"data.messages_column", "data.packing", "model.chat_template"}
+    supports_chat = True
+
+    def load_tokenizer(self, source):
+        tokenizer = super().load_tokenizer(source)
+        tokenizer.chat_template = chat_template_for(tokenizer, self.cfg.model.chat_template)
+        return tokenizer
+
+    def train_batches(self, model, batches: dict, strategy, ctx):
+        """Packed rows when data.packing asks and the model really keeps packed samples apart; else padded rows."""
+        train, max_length = batches["train"], self.cfg.data.max_length
+        packed = self.cfg.data.packing
+        if packed and strategy.virtual_tokens:
+            ctx.say(f"packing: off ({strategy.name} prepends virtual tokens to every row); length-grouped padding instead")
+            packed = False
+        if packed and not packing_is_exact(model, ctx.device):
+            ctx.say("packing: off (this model's attention does not keep packed samples apart); length-grouped padding instead")
+            packed = False
+        ctx.record["packing"] = packed
+        if not packed:
+            return train
+        rows = PackedLMData(train.ids, train.labels_, max_length, train.pad_id)
+        ctx.say(f"packing: {len(train)} samples in {len(rows)} rows of <= {max_length} tokens "
+                f"({rows.samples_per_row:.1f} per row; positions restart per sample, no cross-sample attention)")
+        return rows
+
+
+class Seq2SeqTask(GenerativeTask):
+    name = "seq2seq"
+    summary = "An encoder-decoder's target sequence for an input (T5, BART, Marian): summarise, translate, rewrite."
+    uses = GENERATIVE_KEYS
+
+
+class GenerativePredictor(Predictor):
+    def generate(self, prompts: list, max_new_tokens: int | None = None, **overrides) -> list[str]:
+        """Completions for prompts: strings (chat models: one user turn each) or message lists, rendered as in training."""
+        run, cfg = self.run, self.run.config
+        m = run.load()
+        gen = dataclasses.replace(cfg.generate, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}), **overrides)
+        return generate_for(m.model, m.tokenizer, [self.sample(p) for p in prompts], gen, cfg.task, m.autocast)
+
+    def sample(self, prompt: str | list[dict]) -> Sample:
+        """A prompt as the run's training rendered it: a chat turn for chat/instruction runs, raw text otherwise."""
+        fmt = self.run.info.get("data", {}).get("format")
+        if isinstance(prompt, list):
+            return Sample(0, messages=[*prompt, {"role": "assistant", "content": ""}])
+        if self.run.task.supports_chat and fmt in ("chat", "instruction"):
+            return Sample(0, messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}])
+        return Sample(0, prompt=prompt, completion="")
+
+    def evaluate(self, data: str, samples: int | None = None, **columns) -> dict:
+        """Loss/perplexity and generation scores on another file (`tunesmith eval`)."""
+        from ...data.loaders import load_table, pick_split
+
+        run, cfg = self.run, self.run.config
+        task = run.task
+        df = pick_split(load_table(data, "auto", cfg.data.encoding, cfg.data.encoding_errors), "test", data)
+        fmt = detect_format(df.columns, cfg.data, cfg.task)
+        items = to_samples(df, cfg.data, fmt, cfg.task, data)
+        m = run.load()
+        encoded = task.encode_samples(m.tokenizer, items)
+        loss = mean_loss(m.model, encoded, task.loss, cfg.eval.batch_size, m.autocast)
+        chosen = items[: samples if samples is not None else cfg.generate.samples]
+        out = generate_for(m.model, m.tokenizer, chosen, cfg.generate, cfg.task, m.autocast, progress=True)
+        return {"data": str(data), "n": len(items), "loss": loss, "perplexity": perplexity(loss),
+                "generation": generation_scores(out, [s.reference for s in chosen], cfg.generate.json_keys)}
+
+
+def perplexity(loss: float | None) -> float | None:
+    return None if loss is None else float(math.exp(min(loss, 50.0)))
+
+
+def lint_text(report: LintReport) -> str:
+    out = ["# tunesmith data lint", "", *[f"error: {e}" for e in report.errors], *[f"warning: {w}" for w in report.warnings]]
+    out += ["", f"stats: {report.stats}", "", "trained tokens are in [[double brackets]]:"]
+    for k, s in enumerate(report.shown, 1):
+        out += ["", f"--- sample {k} ---", s]
+    return "\n".join(out) + "\n"
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.4f}"

@@ -1,0 +1,51 @@
+"""The one table from task names to classes. Built-ins are imported lazily; `module:Class` names a user's task.
+
+    from tunesmith.tasks import Task, register_task
+    class MyTask(Task):
+        name = "my-task"; ...
+    register_task(MyTask)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_BUILTIN = {
+    "text-classification": "tunesmith.tasks.classification:ClassificationTask",
+    "causal-lm": "tunesmith.tasks.generative:CausalLMTask",
+    "seq2seq": "tunesmith.tasks.generative:Seq2SeqTask",
+}
+_REGISTERED: dict[str, type] = {}
+
+
+def register_task(cls: type) -> type:
+    """Add a task under `cls.name` (usable as a class decorator)."""
+    if not getattr(cls, "name", ""):
+        raise ValueError(f"{cls.__name__} needs a `name`")
+    _REGISTERED[cls.name] = cls
+    return cls
+
+
+def task_names() -> list[str]:
+    return sorted(set(_BUILTIN) | set(_REGISTERED))
+
+
+def get_task_class(name: str) -> type:
+    """The class for `name`; `module:Class` also works (imports a user's file from the Python path)."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    target = _BUILTIN.get(name) or (name if ":" in name else None)
+    if target is None:
+        raise KeyError(name)
+    module, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        raise KeyError(name) from None
+    _REGISTERED.setdefault(name, cls)
+    return cls
+
+
+def build_task(cfg):
+    """The task object for a config (its `task:` key)."""
+    return get_task_class(cfg.task)(cfg)
