@@ -51,8 +51,15 @@ CONFIGS = {
     "ts-freeze": {"kind": "ts", "strategy": {"name": "freeze", "layers": 2}, "lr": 1e-4},  # --plan-grid only
 }
 DEFAULT = ["hf-plain", "hf-tuned", "hf-tuned-lora", "ts-full", "ts-lora", "ts-probe"]
-PAIRS = [("ts-full", "hf-plain"), ("ts-full", "hf-tuned"), ("ts-lora", "hf-plain"), ("ts-lora", "hf-tuned-lora"), ("ts-lora", "hf-tuned"),
-         ("ts-full+fast-dropout", "ts-full"), ("ts-full+fast-dropout", "hf-tuned")]
+PAIRS = [
+    ("ts-full", "hf-plain"),
+    ("ts-full", "hf-tuned"),
+    ("ts-lora", "hf-plain"),
+    ("ts-lora", "hf-tuned-lora"),
+    ("ts-lora", "hf-tuned"),
+    ("ts-full+fast-dropout", "ts-full"),
+    ("ts-full+fast-dropout", "hf-tuned"),
+]
 
 
 # ============================================================================================
@@ -63,7 +70,6 @@ class Recorder:
     """Times optimizer steps (a global post-step hook: the same for every recipe) and records the trained batches."""
 
     def __init__(self, steps: int, warmup: int, device: str):
-        import torch
 
         self.steps, self.warmup, self.device = steps, warmup, device
         self.times: dict[int, float] = {}
@@ -106,10 +112,18 @@ class Recorder:
         padded = sum(b[1] for b in rows)
         lengths = [int(x) for b in rows if b[2] is not None for x in b[2].tolist()]
         return {
-            "window_s": window, "window_steps": s - w, "samples": samples, "padded_tokens": padded, "tokens": sum(lengths) or padded,
-            "sum_len_sq": sum(n * n for n in lengths), "padded_len_sq": sum(b[1] * b[1] / max(1, b[0]) for b in rows),
-            "samples_per_s": samples / window, "tokens_per_s": (sum(lengths) or padded) / window, "ms_per_step": 1000 * window / (s - w),
-            "mean_len": (sum(lengths) / len(lengths)) if lengths else None, "mean_padded_len": padded / max(1, samples),
+            "window_s": window,
+            "window_steps": s - w,
+            "samples": samples,
+            "padded_tokens": padded,
+            "tokens": sum(lengths) or padded,
+            "sum_len_sq": sum(n * n for n in lengths),
+            "padded_len_sq": sum(b[1] * b[1] / max(1, b[0]) for b in rows),
+            "samples_per_s": samples / window,
+            "tokens_per_s": (sum(lengths) or padded) / window,
+            "ms_per_step": 1000 * window / (s - w),
+            "mean_len": (sum(lengths) / len(lengths)) if lengths else None,
+            "mean_padded_len": padded / max(1, samples),
             "samples_per_cpu_s": samples / max(1e-9, self.cpu[s] - self.cpu[w]),
         }
 
@@ -126,7 +140,14 @@ def load_split(settings: dict):
     from tunesmith.config import load_config
     from tunesmith.data.splits import load_splits
 
-    cfg = load_config(QUICKSTART, [f"data.max_samples={settings['samples']}", f"data.max_length={settings['max_length']}", f"seed={settings['seed']}"])
+    cfg = load_config(
+        QUICKSTART,
+        [
+            f"data.max_samples={settings['samples']}",
+            f"data.max_length={settings['max_length']}",
+            f"seed={settings['seed']}",
+        ],
+    )
     return load_splits(cfg.data, settings["seed"])
 
 
@@ -143,7 +164,12 @@ def matmul_counts(model) -> dict:
             else:
                 frozen += w.numel()
     cfg = getattr(model, "config", None) or model.base_model.model.config
-    return {"linear_trained": trained, "linear_frozen": frozen, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size}
+    return {
+        "linear_trained": trained,
+        "linear_frozen": frozen,
+        "layers": cfg.num_hidden_layers,
+        "hidden": cfg.hidden_size,
+    }
 
 
 def worker_hf(name: str, spec: dict, settings: dict) -> dict:
@@ -152,7 +178,14 @@ def worker_hf(name: str, spec: dict, settings: dict) -> dict:
     import torch
     from datasets import Dataset
     from sklearn.metrics import f1_score
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
     from transformers.utils import logging as hf_logging
 
     from tunesmith.models.loading import resolve_model
@@ -170,7 +203,9 @@ def worker_hf(name: str, spec: dict, settings: dict) -> dict:
         return tok(batch["text"], padding="max_length", truncation=True, max_length=ml)
 
     def dataset(split):
-        return Dataset.from_dict({"text": split.texts, "label": split.labels}).map(encode, batched=True, remove_columns=["text"])
+        return Dataset.from_dict({"text": split.texts, "label": split.labels}).map(
+            encode, batched=True, remove_columns=["text"]
+        )
 
     train, test = dataset(splits.train), dataset(splits.test)
     set_seed(settings["seed"])
@@ -178,8 +213,16 @@ def worker_hf(name: str, spec: dict, settings: dict) -> dict:
     if spec["lora"]:
         from peft import LoraConfig, TaskType, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=LORA["r"], lora_alpha=LORA["alpha"],
-                                                 lora_dropout=LORA["dropout"], target_modules=LORA["target_modules"]))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type=TaskType.SEQ_CLS,
+                r=LORA["r"],
+                lora_alpha=LORA["alpha"],
+                lora_dropout=LORA["dropout"],
+                target_modules=LORA["target_modules"],
+            ),
+        )
     counts = matmul_counts(model)
     rec = Recorder(settings["steps"], settings["warmup_steps"], device)
     collator = DataCollatorWithPadding(tok, pad_to_multiple_of=8 if tuned else None)
@@ -192,69 +235,97 @@ def worker_hf(name: str, spec: dict, settings: dict) -> dict:
     bf16 = tuned and (torch.cuda.is_bf16_supported() if device == "cuda" else _fast_cpu_bf16())
     bf16 = bf16 and os.environ.get("SPEED_HF_BF16", "1") == "1"  # for debugging the recipe
     args = TrainingArguments(
-        output_dir=settings["workdir"], per_device_train_batch_size=settings["batch_size"], per_device_eval_batch_size=128,
-        learning_rate=spec["lr"], max_steps=settings["steps"], warmup_steps=int(settings["warmup_ratio"] * settings["steps"]),
-        lr_scheduler_type="linear", weight_decay=0.01, max_grad_norm=1.0, seed=settings["seed"], save_strategy="no",
-        eval_strategy="no", report_to="none", disable_tqdm=True, bf16=bf16, use_cpu=device == "cpu",
+        output_dir=settings["workdir"],
+        per_device_train_batch_size=settings["batch_size"],
+        per_device_eval_batch_size=128,
+        learning_rate=spec["lr"],
+        max_steps=settings["steps"],
+        warmup_steps=int(settings["warmup_ratio"] * settings["steps"]),
+        lr_scheduler_type="linear",
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        seed=settings["seed"],
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        bf16=bf16,
+        use_cpu=device == "cpu",
         # group_by_length=True before transformers 5
-        train_sampling_strategy="group_by_length" if tuned and os.environ.get("SPEED_HF_GROUP", "1") == "1" else "random",
+        train_sampling_strategy="group_by_length"
+        if tuned and os.environ.get("SPEED_HF_GROUP", "1") == "1"
+        else "random",
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collate, processing_class=tok)
     trainer.train()
     rec.handle.remove()
     if os.environ.get("SPEED_DEBUG"):
-        print("DEBUG dtypes", {str(p.dtype) for p in model.parameters()}, "sampler", type(trainer._get_train_sampler()).__name__, file=sys.stderr)
+        print(
+            "DEBUG dtypes",
+            {str(p.dtype) for p in model.parameters()},
+            "sampler",
+            type(trainer._get_train_sampler()).__name__,
+            file=sys.stderr,
+        )
     out = trainer.predict(test)
     pred = np.argmax(out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions, axis=-1)
     f1 = f1_score(splits.test.labels, pred, average="macro")
-    return {**rec.summary(), **counts, "macro_f1": float(f1), "precision": "bf16" if bf16 else "fp32",
-            "peak_train_mb": rec.peak_train_mb, "peak_mb": peak_memory_mb(device)}
+    return {
+        **rec.summary(),
+        **counts,
+        "macro_f1": float(f1),
+        "precision": "bf16" if bf16 else "fp32",
+        "peak_train_mb": rec.peak_train_mb,
+        "peak_mb": peak_memory_mb(device),
+    }
 
 
 def worker_ts(name: str, spec: dict, settings: dict) -> dict:
     """tunesmith through its library API (what `tunesmith train` calls), audit/tracking/baseline off (not training)."""
     import yaml
 
-    import tunesmith.pipeline as pipeline
-    from tunesmith.train import loop
+    import tunesmith.engine.pipeline as pipeline
+    from tunesmith.engine.batches import Features
+    from tunesmith.strategies.linear_probe import LinearProbeStrategy
+    from tunesmith.tasks.classification.batches import Tokenized
 
     device = settings["device"]
     rec = Recorder(settings["steps"], settings["warmup_steps"], device)
     counts: dict = {}
     features_s = [0.0]
 
-    original_batch = loop.Tokenized.batch
+    original_batch = Tokenized.batch
 
-    def batch(self, rows, pad_id, with_labels=True):
-        out = original_batch(self, rows, pad_id, with_labels)
-        if with_labels:
+    def batch(self, rows, with_targets=True):
+        out = original_batch(self, rows, with_targets)
+        if with_targets:
             rec.batch(out["input_ids"], out["attention_mask"])
         return out
 
-    loop.Tokenized.batch = batch
-    original_features_batch = loop.Features.batch
+    Tokenized.batch = batch
+    original_features_batch = Features.batch
 
-    def features_batch(self, rows, pad_id, with_labels=True):
-        out = original_features_batch(self, rows, pad_id, with_labels)
-        if with_labels:
+    def features_batch(self, rows, with_targets=True):
+        out = original_features_batch(self, rows, with_targets)
+        if with_targets:
             import torch
 
             rec.batch(torch.empty(len(rows), 1), None)
         return out
 
-    loop.Features.batch = features_batch
-    original_features = pipeline._features
+    Features.batch = features_batch
+    original_features = LinearProbeStrategy.training_view
 
-    def timed_features(cfg, strategy, model, source, splits, data, *args, **kwargs):
+    def timed_features(self, model, batches, ctx):
         counts.update(matmul_counts(model))
-        lengths = [n for split in data.values() for n in split.lengths]
+        lengths = [n for split in batches.values() for n in split.lengths]
         counts.update(probe_tokens=sum(lengths), probe_len_sq=sum(n * n for n in lengths))
         t0 = time.perf_counter()
-        out = original_features(cfg, strategy, model, source, splits, data, *args, **kwargs)
+        out = original_features(self, model, batches, ctx)
         features_s[0] = time.perf_counter() - t0
         return out
 
-    pipeline._features = timed_features
+    LinearProbeStrategy.training_view = timed_features
     original_fit = pipeline.fit
 
     def fit(model, strategy, *args, **kwargs):
@@ -269,8 +340,16 @@ def worker_ts(name: str, spec: dict, settings: dict) -> dict:
     cfg.update(name=name, output_dir=str(Path(settings["workdir"]) / "runs"), seed=settings["seed"])
     cfg["data"].update(max_samples=settings["samples"], max_length=settings["max_length"])
     cfg["strategy"] = spec["strategy"]
-    cfg["train"] = {"max_steps": settings["steps"], "batch_size": settings["batch_size"], "lr": spec["lr"], "eval_every": settings["steps"],
-                    "patience": None, "warmup_ratio": settings["warmup_ratio"], "weight_decay": 0.01, "max_grad_norm": 1.0}
+    cfg["train"] = {
+        "max_steps": settings["steps"],
+        "batch_size": settings["batch_size"],
+        "lr": spec["lr"],
+        "eval_every": settings["steps"],
+        "patience": None,
+        "warmup_ratio": settings["warmup_ratio"],
+        "weight_decay": 0.01,
+        "max_grad_norm": 1.0,
+    }
     cfg["eval"] = {"baseline": False}
     cfg["tracking"] = {"backend": "none"}
     cfg["audit"] = {"enabled": False}
@@ -279,19 +358,32 @@ def worker_ts(name: str, spec: dict, settings: dict) -> dict:
     run = pipeline.finetune(str(path))
     rec.handle.remove()
     info, metrics = json.loads((run.path / "run.json").read_text()), json.loads((run.path / "metrics.json").read_text())
-    row = {**rec.summary(), **counts, "macro_f1": metrics["test"]["macro_f1"], "precision": info["precision"],
-           "peak_train_mb": rec.peak_train_mb, "peak_mb": peak_memory_mb(device)}
+    row = {
+        **rec.summary(),
+        **counts,
+        "macro_f1": metrics["test"]["macro_f1"],
+        "precision": info["precision"],
+        "peak_train_mb": rec.peak_train_mb,
+        "peak_mb": peak_memory_mb(device),
+    }
     if spec["strategy"]["name"] == "linear-probe":
         # The cheap end pays once for one forward pass over every example: count it in its throughput.
         head_s = rec.times[rec.steps] - rec.t_first_batch
         seconds = features_s[0] + head_s
-        row.update(features_s=features_s[0], head_train_s=head_s, window_s=seconds, samples_per_s=settings["steps"] * settings["batch_size"] / seconds,
-                   tokens_per_s=None, ms_per_step=None, samples_per_cpu_s=None)
+        row.update(
+            features_s=features_s[0],
+            head_train_s=head_s,
+            window_s=seconds,
+            samples_per_s=settings["steps"] * settings["batch_size"] / seconds,
+            tokens_per_s=None,
+            ms_per_step=None,
+            samples_per_cpu_s=None,
+        )
     return row
 
 
 def _fast_cpu_bf16() -> bool:
-    from tunesmith.train.precision import fast_cpu_bf16
+    from tunesmith.engine.precision import fast_cpu_bf16
 
     return fast_cpu_bf16()
 
@@ -299,17 +391,17 @@ def _fast_cpu_bf16() -> bool:
 def _prototype(what: str) -> None:
     """Prototypes of changes proposed for files this benchmark does not own (measured, not shipped)."""
     if "fast-dropout" in what:  # the model's own dropout layers as FastDropout, for every strategy
-        import tunesmith.pipeline as pipeline
+        import tunesmith.tasks.classification.task as classification
         from tunesmith.strategies.lora import use_fast_dropout
 
-        load = pipeline.load_classifier
+        load = classification.load_classifier
 
         def load_classifier(*args, **kwargs):
             model = load(*args, **kwargs)
             use_fast_dropout(model)
             return model
 
-        pipeline.load_classifier = load_classifier
+        classification.load_classifier = load_classifier
 
 
 def worker_peak(settings: dict) -> dict:
@@ -320,7 +412,7 @@ def worker_peak(settings: dict) -> dict:
     out = {}
     for dtype in (torch.float32, torch.bfloat16):
         best = 0.0
-        for n in ((1024, 2048) if device == "cpu" else (4096, 8192)):
+        for n in (1024, 2048) if device == "cpu" else (4096, 8192):
             a = torch.randn(n, n, dtype=dtype, device=device)
             b = torch.randn(n, n, dtype=dtype, device=device)
             for _ in range(2):
@@ -363,8 +455,13 @@ def worker_main(name: str, settings: dict) -> None:
 def run_worker(name: str, settings: dict, timeout: int = 900) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         s = {**settings, "workdir": tmp}
-        proc = subprocess.run([sys.executable, __file__, "--worker", name, "--settings", json.dumps(s)], capture_output=True, text=True,
-                              cwd=ROOT, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", name, "--settings", json.dumps(s)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=timeout,
+        )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -383,7 +480,10 @@ def training_flops(row: dict, name: str) -> dict:
     if "linear_trained" not in row:
         return {}
     if "probe_tokens" in row:  # forward only, over every example once
-        n = 2 * (row["linear_trained"] + row["linear_frozen"]) * row["probe_tokens"] + 4 * row["layers"] * row["hidden"] * row["probe_len_sq"]
+        n = (
+            2 * (row["linear_trained"] + row["linear_frozen"]) * row["probe_tokens"]
+            + 4 * row["layers"] * row["hidden"] * row["probe_len_sq"]
+        )
         return {"model_flops": n, "hardware_flops": n}
     per_token = 6 * row["linear_trained"] + 4 * row["linear_frozen"]
     attn = 12 * row["layers"] * row["hidden"]
@@ -400,7 +500,19 @@ def aggregate(runs: list[dict], names: list[str], peak: dict) -> dict:
             out[name] = {"error": next((r[name]["error"] for r in runs if name in r), "no runs")}
             continue
         agg = {"n": len(rows), "precision": rows[0].get("precision")}
-        for key in ("samples_per_s", "samples_per_cpu_s", "tokens_per_s", "ms_per_step", "peak_train_mb", "peak_mb", "macro_f1", "wall_s", "features_s", "mean_len", "mean_padded_len"):
+        for key in (
+            "samples_per_s",
+            "samples_per_cpu_s",
+            "tokens_per_s",
+            "ms_per_step",
+            "peak_train_mb",
+            "peak_mb",
+            "macro_f1",
+            "wall_s",
+            "features_s",
+            "mean_len",
+            "mean_padded_len",
+        ):
             vals = [r[key] for r in rows if r.get(key) is not None]
             if vals:
                 agg[key] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
@@ -422,20 +534,38 @@ def ratios(runs: list[dict]) -> dict:
     """tunesmith / baseline, pair by pair within each repetition (samples/s and peak training memory)."""
     out = {}
     for a, b in PAIRS:
-        sp = [r[a]["samples_per_s"] / r[b]["samples_per_s"] for r in runs if a in r and b in r and "error" not in r[a] and "error" not in r[b]]
-        mem = [r[a]["peak_train_mb"] / r[b]["peak_train_mb"] for r in runs if a in r and b in r and "error" not in r[a] and "error" not in r[b]]
-        cpu = [r[a]["samples_per_cpu_s"] / r[b]["samples_per_cpu_s"] for r in runs if a in r and b in r and r[a].get("samples_per_cpu_s") and r[b].get("samples_per_cpu_s")]
+        sp = [
+            r[a]["samples_per_s"] / r[b]["samples_per_s"]
+            for r in runs
+            if a in r and b in r and "error" not in r[a] and "error" not in r[b]
+        ]
+        mem = [
+            r[a]["peak_train_mb"] / r[b]["peak_train_mb"]
+            for r in runs
+            if a in r and b in r and "error" not in r[a] and "error" not in r[b]
+        ]
+        cpu = [
+            r[a]["samples_per_cpu_s"] / r[b]["samples_per_cpu_s"]
+            for r in runs
+            if a in r and b in r and r[a].get("samples_per_cpu_s") and r[b].get("samples_per_cpu_s")
+        ]
         if sp:
-            out[f"{a} / {b}"] = {"samples_per_s": {"median": statistics.median(sp), "min": min(sp), "max": max(sp)},
-                                 "peak_memory": {"median": statistics.median(mem), "min": min(mem), "max": max(mem)}}
+            out[f"{a} / {b}"] = {
+                "samples_per_s": {"median": statistics.median(sp), "min": min(sp), "max": max(sp)},
+                "peak_memory": {"median": statistics.median(mem), "min": min(mem), "max": max(mem)},
+            }
             if cpu:
-                out[f"{a} / {b}"]["samples_per_cpu_s"] = {"median": statistics.median(cpu), "min": min(cpu), "max": max(cpu)}
+                out[f"{a} / {b}"]["samples_per_cpu_s"] = {
+                    "median": statistics.median(cpu),
+                    "min": min(cpu),
+                    "max": max(cpu),
+                }
     return out
 
 
 def plan_rows(agg: dict, runs: list[dict], settings: dict, peak: dict) -> list[dict]:
     """`tunesmith plan` for each tunesmith row, at the measured mean sequence length, against the measurement."""
-    from tunesmith.plan import Workload, measured_gpu, predict
+    from tunesmith.tools.plan import Workload, measured_gpu, predict
 
     device = measured_gpu(settings.get("device_name", "h100"), peak) if settings["device"] == "cuda" else None
     rows = []
@@ -443,16 +573,37 @@ def plan_rows(agg: dict, runs: list[dict], settings: dict, peak: dict) -> list[d
         if spec["kind"] != "ts" or name not in agg or "error" in agg[name]:
             continue
         measured = [r[name] for r in runs if name in r and "error" not in r[name]]
-        seq = statistics.median(m["mean_padded_len"] if spec["strategy"]["name"] != "linear-probe" else m["probe_tokens"] / settings["samples"] for m in measured)
-        wl = Workload.from_model_name("minilm", spec["strategy"], batch_size=settings["batch_size"], seq_len=seq,
-                                      precision=agg[name]["precision"], device=settings["device"], max_length=settings["max_length"],
-                                      n_examples=settings["samples"])
+        seq = statistics.median(
+            m["mean_padded_len"]
+            if spec["strategy"]["name"] != "linear-probe"
+            else m["probe_tokens"] / settings["samples"]
+            for m in measured
+        )
+        wl = Workload.from_model_name(
+            "minilm",
+            spec["strategy"],
+            batch_size=settings["batch_size"],
+            seq_len=seq,
+            precision=agg[name]["precision"],
+            device=settings["device"],
+            max_length=settings["max_length"],
+            n_examples=settings["samples"],
+        )
         p = predict(wl, peak_flops=peak, device=device)
         m_ms = agg[name]["ms_per_step"]["median"] if spec["strategy"]["name"] != "linear-probe" else None
         m_mb = agg[name]["peak_train_mb"]["median"]
-        rows.append({"config": name, "seq_len": round(seq, 1), "predicted_ms_per_step": p.ms_per_step, "measured_ms_per_step": m_ms,
-                     "predicted_peak_mb": p.peak_mb, "measured_peak_mb": m_mb,
-                     "time_error": (p.ms_per_step / m_ms - 1) if m_ms else None, "memory_error": p.peak_mb / m_mb - 1})
+        rows.append(
+            {
+                "config": name,
+                "seq_len": round(seq, 1),
+                "predicted_ms_per_step": p.ms_per_step,
+                "measured_ms_per_step": m_ms,
+                "predicted_peak_mb": p.peak_mb,
+                "measured_peak_mb": m_mb,
+                "time_error": (p.ms_per_step / m_ms - 1) if m_ms else None,
+                "memory_error": p.peak_mb / m_mb - 1,
+            }
+        )
     return rows
 
 
@@ -465,36 +616,64 @@ def fmt(stat: dict | None, digits: int = 0) -> str:
 def markdown(result: dict) -> str:
     s, agg = result["settings"], result["configs"]
     peak = result["peak_flops"]
-    lines = [f"Command: `{result['command']}`", "",
-             f"Device: {result['device']}; {s['reps']} repetitions, interleaved; median (min-max). {s['steps']} optimizer steps of "
-             f"{s['batch_size']} examples, max_length {s['max_length']}, {s['samples']} examples ({s['split']}), seed {s['seed']}; "
-             f"throughput timed over steps {s['warmup_steps'] + 1}-{s['steps']}. Matmul peak measured here: fp32 "
-             f"{peak.get('float32', 0) / 1e9:.0f} GFLOP/s, bf16 {peak.get('bfloat16', 0) / 1e9:.0f} GFLOP/s.", "",
-             f"| configuration | precision | samples/s | samples per CPU-s | tokens/s | ms/step | peak {'GPU' if s['device'] == 'cuda' else 'RSS'} MB (training) | test macro-F1 | MFU (HFU) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Command: `{result['command']}`",
+        "",
+        f"Device: {result['device']}; {s['reps']} repetitions, interleaved; median (min-max). {s['steps']} optimizer steps of "
+        f"{s['batch_size']} examples, max_length {s['max_length']}, {s['samples']} examples ({s['split']}), seed {s['seed']}; "
+        f"throughput timed over steps {s['warmup_steps'] + 1}-{s['steps']}. Matmul peak measured here: fp32 "
+        f"{peak.get('float32', 0) / 1e9:.0f} GFLOP/s, bf16 {peak.get('bfloat16', 0) / 1e9:.0f} GFLOP/s.",
+        "",
+        f"| configuration | precision | samples/s | samples per CPU-s | tokens/s | ms/step | peak {'GPU' if s['device'] == 'cuda' else 'RSS'} MB (training) | test macro-F1 | MFU (HFU) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, a in agg.items():
         if "error" in a:
             lines.append(f"| {name} | error: {a['error'][:100]} | | | | | | | |")
             continue
         mfu = f"{100 * a['mfu']:.1f}% ({100 * a['hfu']:.1f}%)" if "mfu" in a else ""
-        lines.append(f"| {name} | {a['precision']} | {fmt(a.get('samples_per_s'))} | {fmt(a.get('samples_per_cpu_s'), 1)} | {fmt(a.get('tokens_per_s'))} | {fmt(a.get('ms_per_step'))} | "
-                     f"{fmt(a.get('peak_train_mb'))} | {fmt(a.get('macro_f1'), 4)} | {mfu} |")
-    lines += ["", "Ratios, pair by pair within each repetition: median (min-max).", "", "| pair | samples/s | samples per CPU-second | peak memory |", "|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {a['precision']} | {fmt(a.get('samples_per_s'))} | {fmt(a.get('samples_per_cpu_s'), 1)} | {fmt(a.get('tokens_per_s'))} | {fmt(a.get('ms_per_step'))} | "
+            f"{fmt(a.get('peak_train_mb'))} | {fmt(a.get('macro_f1'), 4)} | {mfu} |"
+        )
+    lines += [
+        "",
+        "Ratios, pair by pair within each repetition: median (min-max).",
+        "",
+        "| pair | samples/s | samples per CPU-second | peak memory |",
+        "|---|---|---|---|",
+    ]
     for pair, r in result["ratios"].items():
-        lines.append(f"| {pair} | {fmt(r['samples_per_s'], 2)} | {fmt(r.get('samples_per_cpu_s'), 2)} | {fmt(r['peak_memory'], 2)} |")
+        lines.append(
+            f"| {pair} | {fmt(r['samples_per_s'], 2)} | {fmt(r.get('samples_per_cpu_s'), 2)} | {fmt(r['peak_memory'], 2)} |"
+        )
     if result.get("plan"):
-        lines += ["", "`tunesmith plan` against the measurement (plan at the measured mean padded length).", "",
-                  "| configuration | seq len | predicted ms/step | measured | error | predicted peak MB | measured | error |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "`tunesmith plan` against the measurement (plan at the measured mean padded length).",
+            "",
+            "| configuration | seq len | predicted ms/step | measured | error | predicted peak MB | measured | error |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for p in result["plan"]:
-            t = f"{p['measured_ms_per_step']:.0f} | {100 * p['time_error']:+.0f}%" if p["measured_ms_per_step"] else "(one-off feature pass) | "
-            lines.append(f"| {p['config']} | {p['seq_len']} | {p['predicted_ms_per_step']:.0f} | {t} | {p['predicted_peak_mb']:.0f} | "
-                         f"{p['measured_peak_mb']:.0f} | {100 * p['memory_error']:+.0f}% |")
-    lines += ["", "MFU: model FLOPs (real tokens) per second over the measured matmul peak of the precision used; HFU counts the padded "
-              "tokens the machine actually computed. Full: 6 x matmul parameters per token + attention 12 x layers x hidden x n^2 per "
-              "sequence; LoRA: 4 x frozen + 6 x trained matmul parameters per token (frozen weights need no weight gradient); "
-              "linear probe: its samples/s includes the one forward pass over all examples that computes the features. "
-              "Samples per CPU-second: samples over the process's CPU time (all threads) in the same window; other jobs on a shared "
-              "machine inflate it much less than wall time."]
+            t = (
+                f"{p['measured_ms_per_step']:.0f} | {100 * p['time_error']:+.0f}%"
+                if p["measured_ms_per_step"]
+                else "(one-off feature pass) | "
+            )
+            lines.append(
+                f"| {p['config']} | {p['seq_len']} | {p['predicted_ms_per_step']:.0f} | {t} | {p['predicted_peak_mb']:.0f} | "
+                f"{p['measured_peak_mb']:.0f} | {100 * p['memory_error']:+.0f}% |"
+            )
+    lines += [
+        "",
+        "MFU: model FLOPs (real tokens) per second over the measured matmul peak of the precision used; HFU counts the padded "
+        "tokens the machine actually computed. Full: 6 x matmul parameters per token + attention 12 x layers x hidden x n^2 per "
+        "sequence; LoRA: 4 x frozen + 6 x trained matmul parameters per token (frozen weights need no weight gradient); "
+        "linear probe: its samples/s includes the one forward pass over all examples that computes the features. "
+        "Samples per CPU-second: samples over the process's CPU time (all threads) in the same window; other jobs on a shared "
+        "machine inflate it much less than wall time.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -508,9 +687,17 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--configs", default=",".join(DEFAULT), help="comma-separated; NAME+fast-dropout runs a prototype of a proposed change")
+    p.add_argument(
+        "--configs",
+        default=",".join(DEFAULT),
+        help="comma-separated; NAME+fast-dropout runs a prototype of a proposed change",
+    )
     p.add_argument("--tag", default="", help="suffix of the result files")
-    p.add_argument("--plan-grid", action="store_true", help="validate `tunesmith plan` on full/lora/freeze/linear-probe at two sizes")
+    p.add_argument(
+        "--plan-grid",
+        action="store_true",
+        help="validate `tunesmith plan` on full/lora/freeze/linear-probe at two sizes",
+    )
     p.add_argument("--replan", metavar="RESULT_JSON", help="recompute the plan rows and the Markdown of a saved result")
     p.add_argument("--worker")
     p.add_argument("--settings")
@@ -522,7 +709,10 @@ def main() -> None:
         result = json.loads(path.read_text())
         result["settings"].setdefault("device_name", result["device"])
         names = list(result["configs"])
-        result["configs"], result["ratios"] = aggregate(result["runs"], names, result["peak_flops"]), ratios(result["runs"])
+        result["configs"], result["ratios"] = (
+            aggregate(result["runs"], names, result["peak_flops"]),
+            ratios(result["runs"]),
+        )
         result["plan"] = plan_rows(result["configs"], result["runs"], result["settings"], result["peak_flops"])
         path.write_text(json.dumps(result, indent=2, default=str) + "\n")
         path.with_suffix(".md").write_text(markdown(result))
@@ -532,9 +722,18 @@ def main() -> None:
 
         return plan_check(args)
 
-    settings = {"steps": args.steps, "warmup_steps": args.warmup_steps, "reps": args.reps, "samples": args.samples, "batch_size": args.batch_size,
-                "max_length": args.max_length, "seed": args.seed, "device": args.device, "warmup_ratio": 0.06,
-                "split": f"{round(0.7 * args.samples)} train / {round(0.2 * args.samples)} test, stratified, seed {args.seed}"}
+    settings = {
+        "steps": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "reps": args.reps,
+        "samples": args.samples,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "seed": args.seed,
+        "device": args.device,
+        "warmup_ratio": 0.06,
+        "split": f"{round(0.7 * args.samples)} train / {round(0.2 * args.samples)} test, stratified, seed {args.seed}",
+    }
     names = args.configs.split(",")
     for n in names:
         if n.split("+")[0] not in CONFIGS:
@@ -543,7 +742,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for rep in range(args.reps):
         peaks.append(run_worker("peak", settings))
-        order = names[rep % len(names):] + names[: rep % len(names)]  # rotate: no configuration always runs first
+        order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate: no configuration always runs first
         runs.append({})
         for name in order:
             s = dict(settings)
@@ -551,17 +750,33 @@ def main() -> None:
                 s["prototype"] = name.split("+", 1)[1]
             runs[-1][name] = run_worker(name, s)
             r = runs[-1][name]
-            brief = {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k in ("samples_per_s", "peak_train_mb", "macro_f1", "wall_s", "error")}
+            brief = {
+                k: round(v, 4) if isinstance(v, float) else v
+                for k, v in r.items()
+                if k in ("samples_per_s", "peak_train_mb", "macro_f1", "wall_s", "error")
+            }
             print(f"rep {rep + 1}/{args.reps} {name}: {json.dumps(brief)}", flush=True)
-        write_results(args, settings, names, runs, peaks, t0, final=rep == args.reps - 1)  # partial results survive a kill
+        write_results(
+            args, settings, names, runs, peaks, t0, final=rep == args.reps - 1
+        )  # partial results survive a kill
 
 
-def write_results(args, settings: dict, names: list[str], runs: list[dict], peaks: list[dict], t0: float, final: bool) -> None:
+def write_results(
+    args, settings: dict, names: list[str], runs: list[dict], peaks: list[dict], t0: float, final: bool
+) -> None:
     peak = {k: max(pk["peak_flops"][k] for pk in peaks if "peak_flops" in pk) for k in ("float32", "bfloat16")}
     agg = aggregate(runs, names, peak)
     settings = {**settings, "reps": len(runs), "device_name": _device_name(args.device)}
-    result = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]), "device": _device_name(args.device), "settings": settings,
-              "peak_flops": peak, "configs": agg, "ratios": ratios(runs), "runs": runs, "total_s": time.perf_counter() - t0}
+    result = {
+        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]),
+        "device": _device_name(args.device),
+        "settings": settings,
+        "peak_flops": peak,
+        "configs": agg,
+        "ratios": ratios(runs),
+        "runs": runs,
+        "total_s": time.perf_counter() - t0,
+    }
     try:
         result["plan"] = plan_rows(agg, runs, settings, peak)
     except Exception as err:  # the plan must never cost the measurement

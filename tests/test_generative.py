@@ -8,16 +8,15 @@ import math
 
 import pytest
 import torch
-
+from conftest import ROOT, run_cli, write_yaml
 from gen_fixtures import ANSWER, build_tiny_lm, build_tokenizer, toy_pairs, write_jsonl
+
 from tunesmith.config import load_config
 from tunesmith.errors import DataError
 from tunesmith.tasks.generative.batches import LMData, PackedLMData, causal_lm_loss, packing_is_exact
 from tunesmith.tasks.generative.formats import DEFAULT_CHAT_TEMPLATE, IGNORE, Sample, prompt_ids, render
 from tunesmith.tasks.generative.generation import generation_scores, json_scores, parse_json_object
 from tunesmith.tasks.generative.lint import lint
-
-from conftest import ROOT, run_cli, write_yaml
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +47,17 @@ def test_completion_trains_completion_and_eos_only(tok):
 
 
 def test_chat_trains_every_assistant_turn_and_nothing_else(tok):
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "cat?"}, {"role": "assistant", "content": "red"},
-            {"role": "user", "content": "dog?"}, {"role": "assistant", "content": "blue"}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "cat?"},
+        {"role": "assistant", "content": "red"},
+        {"role": "user", "content": "dog?"},
+        {"role": "assistant", "content": "blue"},
+    ]
     r = render(tok, Sample(0, messages=msgs), "causal-lm", 128, add_eos=True)
-    pieces = tok.decode([t if l != IGNORE else tok.pad_token_id for t, l in zip(r.ids, r.labels)], skip_special_tokens=False)
+    pieces = tok.decode(
+        [t if y != IGNORE else tok.pad_token_id for t, y in zip(r.ids, r.labels)], skip_special_tokens=False
+    )
     trained = [p for p in pieces.split("<pad>") if p]
     assert trained == ["red</s>\n\n", "blue</s>\n\n"]
     assert "Be brief" not in trained_text(tok, r) and "cat?" not in trained_text(tok, r)
@@ -85,15 +91,22 @@ def test_lint_catches_a_template_that_drops_eos(tok):
     template = DEFAULT_CHAT_TEMPLATE.replace("{{ eos_token }}", "")
     tok2 = type(tok).from_pretrained(tok.name_or_path) if tok.name_or_path else tok
     tok2.chat_template = template
-    chats = [Sample(i, messages=[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}])
-             for i, r in enumerate(toy_pairs(5))]
+    chats = [
+        Sample(
+            i, messages=[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]
+        )
+        for i, r in enumerate(toy_pairs(5))
+    ]
     rep = lint(tok2, chats, "causal-lm", 64, add_eos=True)
     assert any("end-of-sequence" in e for e in rep.errors)
 
 
 def test_lint_catches_a_template_mismatch(tok):
     # Prompts pre-rendered with the Llama-2 template, while this run renders with its own template.
-    data = [Sample(i, prompt=f"[INST] {r['prompt']} [/INST]", completion=" " + r["completion"]) for i, r in enumerate(toy_pairs(6))]
+    data = [
+        Sample(i, prompt=f"[INST] {r['prompt']} [/INST]", completion=" " + r["completion"])
+        for i, r in enumerate(toy_pairs(6))
+    ]
     rep = lint(tok, data, "causal-lm", 64, add_eos=True)
     assert any("Llama-2" in e and "chat template" in e for e in rep.errors)
 
@@ -127,11 +140,11 @@ def test_packed_loss_equals_unpacked_loss(tmp_path, kind):
     assert packing_is_exact(model, "cpu")
     rendered = [render(tok, s, "causal-lm", 64, True) for s in pairs(10)]
     ids, labels = [r.ids for r in rendered], [r.labels for r in rendered]
-    plain, packed = LMData(ids, labels), PackedLMData(ids, labels, 64)
+    plain, packed = LMData(ids, labels, tok.pad_token_id), PackedLMData(ids, labels, 64, tok.pad_token_id)
     assert len(packed) < len(plain) and packed.units(range(len(packed))) == plain.units(range(len(plain)))
     with torch.no_grad():
-        a = causal_lm_loss(model, plain.batch(list(range(len(plain))), tok.pad_token_id))
-        b = causal_lm_loss(model, packed.batch(list(range(len(packed))), tok.pad_token_id))
+        a = causal_lm_loss(model, plain.batch(list(range(len(plain)))))
+        b = causal_lm_loss(model, packed.batch(list(range(len(packed)))))
     assert math.isclose(a.item(), b.item(), rel_tol=1e-4)
 
 
@@ -147,7 +160,11 @@ def test_generation_scores_on_constructed_cases():
 
 
 def test_json_scores():
-    refs = [json.dumps({"name": "a", "kind": "x"}), json.dumps({"name": "b", "kind": "y"}), json.dumps({"name": "c", "kind": "z"})]
+    refs = [
+        json.dumps({"name": "a", "kind": "x"}),
+        json.dumps({"name": "b", "kind": "y"}),
+        json.dumps({"name": "c", "kind": "z"}),
+    ]
     preds = ['{"name": "a", "kind": "x"}', '```json\n{"name": "b", "kind": "q"}\n```', '{"name": "c"']
     s = json_scores(preds, refs, ["name", "kind"])
     assert s["json_valid"] == pytest.approx(2 / 3)
@@ -160,9 +177,15 @@ def test_json_scores():
 
 def gen_config(tmp_path, model, data_path, **sections):
     cfg = {
-        "name": "gen", "task": "causal-lm", "output_dir": str(tmp_path / "runs"),
-        "data": {"path": str(data_path), "max_length": 64, "validation_size": 0.1, "test_size": 0.1},
-        "model": {"name": str(model)}, "strategy": {"name": "full"},
+        "name": "gen",
+        "task": "causal-lm",
+        "output_dir": str(tmp_path / "runs"),
+        # The toy task memorises a few prompts: its test prompts are train prompts by design, so the leak-proof
+        # split and the leakage block are off here (test_generative_split_keeps_duplicates_apart checks them).
+        "data": {"path": str(data_path), "max_length": 64, "validation_size": 0.1, "test_size": 0.1, "group_near_duplicates": False},
+        "audit": {"block_on_leakage": False},
+        "model": {"name": str(model)},
+        "strategy": {"name": "full"},
         "train": {"epochs": 12, "lr": 3e-3, "batch_size": 16, "precision": "fp32", "patience": None, "log_every": 5},
         "generate": {"samples": 12, "max_new_tokens": 10},
         "tracking": {"backend": "none"},
@@ -173,9 +196,14 @@ def gen_config(tmp_path, model, data_path, **sections):
 
 
 def test_causal_lm_chat_sft_learns_and_generates(tmp_path, llama):
-    rows = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]} for r in toy_pairs(320)]
+    rows = [
+        {"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]}
+        for r in toy_pairs(320)
+    ]
     data = write_jsonl(tmp_path / "chat.jsonl", rows)
-    cfg = write_yaml(tmp_path / "c.yaml", gen_config(tmp_path, llama, data, data={"packing": True}, train={"epochs": 30}))
+    cfg = write_yaml(
+        tmp_path / "c.yaml", gen_config(tmp_path, llama, data, data={"packing": True}, train={"epochs": 30})
+    )
     res = run_cli("train", str(cfg))
     assert res.returncode == 0, res.stderr[-2000:]
     assert "packing: 256 samples in" in res.stdout
@@ -192,7 +220,9 @@ def test_causal_lm_chat_sft_learns_and_generates(tmp_path, llama):
 
 
 def test_data_lint_cli_and_train_refuse_a_missing_eos(tmp_path, llama):
-    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(60)])
+    data = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(60)]
+    )
     good = write_yaml(tmp_path / "good.yaml", gen_config(tmp_path, llama, data))
     res = run_cli("data", "lint", str(good))
     assert res.returncode == 0 and "lint: ok" in res.stdout and "[[" in res.stdout
@@ -208,9 +238,18 @@ def test_seq2seq_config_runs_on_a_tiny_t5(tmp_path):
     """configs/examples/seq2seq-t5.yaml with the model and data swapped for tiny local ones."""
     t5 = build_tiny_lm(tmp_path / "t5", "t5")
     data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(160))
-    res = run_cli("train", str(ROOT / "configs/examples/seq2seq-t5.yaml"), f"model.name={t5}", f"data.path={data}",
-                  f"output_dir={tmp_path / 'runs'}", "tracking.backend=none", "train.epochs=10", "train.lr=3e-3", "train.precision=fp32",
-                  "generate.samples=8")
+    res = run_cli(
+        "train",
+        str(ROOT / "configs/examples/seq2seq-t5.yaml"),
+        f"model.name={t5}",
+        f"data.path={data}",
+        f"output_dir={tmp_path / 'runs'}",
+        "tracking.backend=none",
+        "train.epochs=10",
+        "train.lr=3e-3",
+        "train.precision=fp32",
+        "generate.samples=8",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     run_dir = next((tmp_path / "runs").iterdir())
     m = json.loads((run_dir / "metrics.json").read_text())
@@ -220,8 +259,12 @@ def test_seq2seq_config_runs_on_a_tiny_t5(tmp_path):
 
 
 def test_lora_on_a_causal_lm_saves_an_adapter_and_reloads(tmp_path, llama):
-    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(80)])
-    cfg = load_config(gen_config(tmp_path, llama, data, strategy={"name": "lora", "r": 4}, train={"epochs": 2, "precision": "bf16"}))
+    data = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(80)]
+    )
+    cfg = load_config(
+        gen_config(tmp_path, llama, data, strategy={"name": "lora", "r": 4}, train={"epochs": 2, "precision": "bf16"})
+    )
     from tunesmith import finetune
 
     run = finetune(cfg)
@@ -241,8 +284,8 @@ def test_unknown_sample_format_is_one_clear_error(tmp_path, llama):
 def test_linear_probe_is_refused_for_generation(tmp_path, llama):
     data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(40))
     cfg = load_config(gen_config(tmp_path, llama, data, strategy={"name": "linear-probe"}))
-    from tunesmith.errors import ConfigError
     from tunesmith import finetune
+    from tunesmith.errors import ConfigError
 
     with pytest.raises(ConfigError, match="for causal-lm use lora"):
         finetune(cfg)
@@ -258,7 +301,9 @@ def test_bad_messages_name_the_row(tmp_path, llama):
 
 
 def test_generative_run_resumes_after_interrupt_with_its_before_generations(tmp_path, llama):
-    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(96)])
+    data = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(96)]
+    )
     cfg = write_yaml(tmp_path / "c.yaml", gen_config(tmp_path, llama, data, train={"epochs": 3, "eval_every": 2}))
     res = run_cli("train", str(cfg), env={"TUNESMITH_FAULT_AT_STEP": "3:INT"})
     assert res.returncode == 130, res.stderr[-1500:]
@@ -267,13 +312,27 @@ def test_generative_run_resumes_after_interrupt_with_its_before_generations(tmp_
     res = run_cli("train", "--resume", str(run_dir))
     assert res.returncode == 0, res.stderr[-1500:]
     m = json.loads((run_dir / "metrics.json").read_text())
-    assert m["steps"] == 15 and m["before"]["generation"]["n"] == m["test"]["generation"]["n"] == 10 and "_before" not in json.loads((run_dir / "run.json").read_text())
+    assert (
+        m["steps"] == 15
+        and m["before"]["generation"]["n"] == m["test"]["generation"]["n"] == 10
+        and "_before" not in json.loads((run_dir / "run.json").read_text())
+    )
 
 
 def test_qlora_nf4_and_gradient_checkpointing_on_a_causal_lm(tmp_path, llama):
-    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(48)])
-    cfg = load_config(gen_config(tmp_path, llama, data, strategy={"name": "lora", "r": 4, "quantize": "nf4"},
-                                 train={"epochs": 1, "precision": "bf16", "gradient_checkpointing": True}, generate={"samples": 2, "max_new_tokens": 4}))
+    data = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(48)]
+    )
+    cfg = load_config(
+        gen_config(
+            tmp_path,
+            llama,
+            data,
+            strategy={"name": "lora", "r": 4, "quantize": "nf4"},
+            train={"epochs": 1, "precision": "bf16", "gradient_checkpointing": True},
+            generate={"samples": 2, "max_new_tokens": 4},
+        )
+    )
     from tunesmith import finetune
 
     run = finetune(cfg)
@@ -282,9 +341,16 @@ def test_qlora_nf4_and_gradient_checkpointing_on_a_causal_lm(tmp_path, llama):
 
 
 def test_eval_command_scores_a_generative_run_on_another_file(tmp_path, llama):
-    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(64)])
-    other = write_jsonl(tmp_path / "other.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(10, seed=5)])
-    cfg = load_config(gen_config(tmp_path, llama, data, train={"epochs": 2}, generate={"samples": 4, "max_new_tokens": 6}))
+    data = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(64)]
+    )
+    other = write_jsonl(
+        tmp_path / "other.jsonl",
+        [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in toy_pairs(10, seed=5)],
+    )
+    cfg = load_config(
+        gen_config(tmp_path, llama, data, train={"epochs": 2}, generate={"samples": 4, "max_new_tokens": 6})
+    )
     from tunesmith import finetune
 
     run = finetune(cfg)

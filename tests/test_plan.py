@@ -1,12 +1,11 @@
-"""`tunesmith plan` (tunesmith/plan.py) and the fast LoRA dropout: tiny models, no timing assertions."""
+"""`tunesmith plan` (tunesmith/tools/plan.py) and the fast LoRA dropout: tiny models, no timing assertions."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import tiny_config, write_yaml
+from torch import nn
 
 
 def _tiny_classifier(folder, labels=3):
@@ -31,11 +30,18 @@ def test_parameter_counts_match_the_model(tiny_model):
     assert shape.linear() == sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
 
 
-@pytest.mark.parametrize("strategy", [{"name": "full"}, {"name": "freeze", "layers": 1}, {"name": "linear-probe"},
-                                      {"name": "lora", "r": 4, "target_modules": ["query", "key", "value", "dense"]}])
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        {"name": "full"},
+        {"name": "freeze", "layers": 1},
+        {"name": "linear-probe"},
+        {"name": "lora", "r": 4, "target_modules": ["query", "key", "value", "dense"]},
+    ],
+)
 def test_trainable_counts_match_the_strategies(tiny_model, strategy):
-    from tunesmith.tools.plan import trainable
     from tunesmith.strategies import build_strategy, count_parameters
+    from tunesmith.tools.plan import trainable
 
     cls = build_strategy(strategy["name"])
     options = cls.Options(**{k: v for k, v in strategy.items() if k != "name"})
@@ -51,7 +57,10 @@ def test_prediction_parts_and_monotonicity(tiny_model):
     peaks = {"fp32": 1e11, "bf16": 2e11}
     small = predict(Workload(shape, {"name": "full"}, 16, 24, "bf16"), peak_flops=peaks)
     big = predict(Workload(shape, {"name": "full"}, 64, 24, "bf16"), peak_flops=peaks)
-    lora = predict(Workload(shape, {"name": "lora", "r": 4, "target_modules": ["query", "value"]}, 16, 24, "bf16"), peak_flops=peaks)
+    lora = predict(
+        Workload(shape, {"name": "lora", "r": 4, "target_modules": ["query", "value"]}, 16, 24, "bf16"),
+        peak_flops=peaks,
+    )
     assert all(v >= 0 for v in small.memory.values()) and small.peak_mb == pytest.approx(sum(small.memory.values()))
     assert big.peak_mb > small.peak_mb and big.ms_per_step > small.ms_per_step
     assert lora.memory["adamw_states"] < small.memory["adamw_states"]
@@ -118,7 +127,9 @@ def test_lora_strategy_swaps_dropouts(tmp_path):
 
     folder = build_tiny_bert(tmp_path / "bert-dropout", dropout=0.1)
     cls = build_strategy("lora")
-    model = build_strategy("lora", cls.Options(r=4, dropout=0.1, target_modules=["query", "value"])).prepare(_tiny_classifier(folder))
+    model = build_strategy("lora", cls.Options(r=4, dropout=0.1, target_modules=["query", "value"])).prepare(
+        _tiny_classifier(folder)
+    )
     kinds = {type(m) for m in model.modules()}
     assert FastDropout in kinds and nn.Dropout not in kinds
     model.train()

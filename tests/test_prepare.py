@@ -7,8 +7,8 @@ import random
 
 import pandas as pd
 import pytest
-
 from dirty_corpus import build
+
 from tunesmith.cli import build_parser
 from tunesmith.config import DataConfig
 from tunesmith.data.audit import AuditConfig
@@ -28,28 +28,60 @@ def steps(log) -> dict:
 
 
 def test_every_cleaning_rule_is_counted():
-    df = pd.DataFrame({
-        "text": ["  padded text here ", "ｆｕｌｌ width words", "", None, 7, "no label row", "tiny", "dup text one two", "DUP text one two",
-                 "conflict a b c", "Conflict a b c", "way too many words in this one row to keep it"],
-        "label": ["a", "a", "a", "a", "a", None, "b", "a", "a", "a", "b", "b"],
-    })
+    df = pd.DataFrame(
+        {
+            "text": [
+                "  padded text here ",
+                "ｆｕｌｌ width words",
+                "",
+                None,
+                7,
+                "no label row",
+                "tiny",
+                "dup text one two",
+                "DUP text one two",
+                "conflict a b c",
+                "Conflict a b c",
+                "way too many words in this one row to keep it",
+            ],
+            "label": ["a", "a", "a", "a", "a", None, "b", "a", "a", "a", "b", "b"],
+        }
+    )
     log = []
     cfg = PrepareConfig(min_words=2, max_words=8)
     out = clean_table(to_table(df, "text", "label", None), "train", cfg, NO_NEAR, {}, log)
     assert steps(log) == {
-        ("non_text", "dropped"): 1, ("missing_text", "dropped"): 1, ("missing_label", "dropped"): 1, ("strip", "changed"): 1,
-        ("normalize_unicode", "changed"): 1, ("empty_text", "dropped"): 1, ("min_words", "dropped"): 1, ("max_words", "dropped"): 1,
-        ("label_conflicts", "dropped"): 2, ("exact_duplicates", "dropped"): 1,
+        ("non_text", "dropped"): 1,
+        ("missing_text", "dropped"): 1,
+        ("missing_label", "dropped"): 1,
+        ("strip", "changed"): 1,
+        ("normalize_unicode", "changed"): 1,
+        ("empty_text", "dropped"): 1,
+        ("min_words", "dropped"): 1,
+        ("max_words", "dropped"): 1,
+        ("label_conflicts", "dropped"): 2,
+        ("exact_duplicates", "dropped"): 1,
     }
     assert out["text"].tolist() == ["padded text here", "full width words", "dup text one two"]
     assert out["source_row"].tolist() == [1, 2, 8]
 
 
 def test_conflicts_relabel_to_majority_and_label_fixes_apply():
-    df = pd.DataFrame({"text": ["same words", "Same words", "same  words", "other words", "third words"], "label": ["a", "a", "b", "a", "b"]})
+    df = pd.DataFrame(
+        {
+            "text": ["same words", "Same words", "same  words", "other words", "third words"],
+            "label": ["a", "a", "b", "a", "b"],
+        }
+    )
     log = []
-    out = clean_table(to_table(df, "text", "label", None), "train", PrepareConfig(conflicts="relabel", drop_duplicates=False,
-                      label_issues="relabel"), NO_NEAR, {4: "b"}, log)
+    out = clean_table(
+        to_table(df, "text", "label", None),
+        "train",
+        PrepareConfig(conflicts="relabel", drop_duplicates=False, label_issues="relabel"),
+        NO_NEAR,
+        {4: "b"},
+        log,
+    )
     assert out["label"].tolist() == ["a", "a", "a", "b", "b"]
     assert steps(log) == {("label_issues", "changed"): 1, ("label_conflicts", "changed"): 1}
 
@@ -81,7 +113,9 @@ def test_synonym_tables_and_wordnet(tmp_path):
     (tmp_path / "syn.csv").write_text("word,synonym\nhappy,glad\nhappy,cheerful\n")
     (tmp_path / "syn.json").write_text(json.dumps({"Happy": ["glad"]}))
     assert load_synonyms(str(tmp_path / "syn.csv")) == {"happy": ["glad", "cheerful"]}
-    aug = Augmenter(AugmentConfig(synonym_rate=1.0, swap_rate=0, delete_rate=0, synonyms=str(tmp_path / "syn.json")), seed=0)
+    aug = Augmenter(
+        AugmentConfig(synonym_rate=1.0, swap_rate=0, delete_rate=0, synonyms=str(tmp_path / "syn.json")), seed=0
+    )
     assert aug.augment("so happy today") == "so glad today"
     with pytest.raises(ConfigError, match="neither `wordnet` nor an existing file"):
         load_synonyms("missing.csv")
@@ -98,7 +132,9 @@ def paraphrase_upper(texts, labels, rng):
 def test_paraphrase_hook_by_callable_and_by_name():
     cfg = AugmentConfig(paraphrase=f"{__name__}:paraphrase_upper")
     assert augment_rows(["a b"], ["x"], cfg, seed=0) == (["A B (paraphrased)"], ["x"])
-    assert augment_rows(["a b"], ["x"], AugmentConfig(), seed=0, paraphrase=paraphrase_upper)[0] == ["A B (paraphrased)"]
+    assert augment_rows(["a b"], ["x"], AugmentConfig(), seed=0, paraphrase=paraphrase_upper)[0] == [
+        "A B (paraphrased)"
+    ]
     with pytest.raises(ConfigError, match="module:function"):
         augment_rows(["a b"], ["x"], AugmentConfig(paraphrase="nocolon"), seed=0)
 
@@ -108,15 +144,31 @@ def _groups_rows(n: int) -> pd.DataFrame:
     rows = []
     for i in range(n):
         label = ["pos", "neg"][i % 2]
-        rows.append({"text": f"{label} sentence {i} " + " ".join(rng.choices(["red", "blue", "green", "tall", "small"], k=6)), "label": label, "user": f"u{i % 40}"})
+        rows.append(
+            {
+                "text": f"{label} sentence {i} "
+                + " ".join(rng.choices(["red", "blue", "green", "tall", "small"], k=6)),
+                "label": label,
+                "user": f"u{i % 40}",
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def test_grouped_split_keeps_each_group_on_one_side(tmp_path):
     _groups_rows(400).to_csv(tmp_path / "g.csv", index=False)
-    res = prepare(DataConfig(path=str(tmp_path / "g.csv")), PrepareConfig(group_column="user", balance="none"), NO_NEAR, out=tmp_path / "ds")
+    res = prepare(
+        DataConfig(path=str(tmp_path / "g.csv")),
+        PrepareConfig(group_column="user", balance="none"),
+        NO_NEAR,
+        out=tmp_path / "ds",
+    )
     sides = {n: set(pd.read_csv(res.path / f"{n}.csv")["group"]) for n in ("train", "validation", "test")}
-    assert not (sides["train"] & sides["validation"]) and not (sides["train"] & sides["test"]) and not (sides["validation"] & sides["test"])
+    assert (
+        not (sides["train"] & sides["validation"])
+        and not (sides["train"] & sides["test"])
+        and not (sides["validation"] & sides["test"])
+    )
     assert all(len(s) >= 2 for s in sides.values())
 
 
@@ -124,7 +176,9 @@ def test_near_duplicates_stay_in_one_split(tmp_path):
     base = _groups_rows(300).drop(columns="user")
     copies = base.sample(60, random_state=0).assign(text=lambda d: d["text"] + " !")
     pd.concat([base, copies]).to_csv(tmp_path / "n.csv", index=False)
-    res = prepare(DataConfig(path=str(tmp_path / "n.csv")), PrepareConfig(), AuditConfig(label_errors=False), out=tmp_path / "ds")
+    res = prepare(
+        DataConfig(path=str(tmp_path / "n.csv")), PrepareConfig(), AuditConfig(label_errors=False), out=tmp_path / "ds"
+    )
     assert res.output_audit.blocking == []
     assert all(not leak.pairs for leak in res.output_audit.leakage)
 
@@ -137,22 +191,41 @@ def test_dataset_folder_is_versioned_atomic_and_loadable(tmp_path):
     assert a.path == b.path and a.path.name.startswith("dataset-")  # same content -> same version
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == [a.path.name]  # no temporary folder left behind
     names = sorted(p.name for p in a.path.iterdir())
-    assert names == ["audit.json", "audit.md", "audit_input.json", "audit_input.md", "manifest.json", "test.csv", "train.csv", "validation.csv"]
+    assert names == [
+        "audit.json",
+        "audit.md",
+        "audit_input.json",
+        "audit_input.md",
+        "manifest.json",
+        "test.csv",
+        "train.csv",
+        "validation.csv",
+    ]
     m = json.loads((a.path / "manifest.json").read_text())
     train = pd.read_csv(a.path / "train.csv")
-    assert m["splits"]["train"]["rows"] == len(train) and m["augmentation"]["rows_added"] == int(train["augmented"].sum()) > 0
+    assert (
+        m["splits"]["train"]["rows"] == len(train)
+        and m["augmentation"]["rows_added"] == int(train["augmented"].sum()) > 0
+    )
     assert train.loc[~train["augmented"], "label"].value_counts().nunique() == 1  # oversampled to equal classes
     assert not pd.read_csv(a.path / "test.csv").columns.isin(["augmented"]).any()  # augmentation touches train only
     splits = load_splits(DataConfig(**a.data_section()), seed=0)
     assert len(splits.test) == m["splits"]["test"]["rows"] and splits.label_names == m["label_names"]
-    c = prepare(DataConfig(path=str(tmp_path / "d.csv")), PrepareConfig(balance="none", format="parquet"), NO_NEAR, out=tmp_path / "ds")
+    c = prepare(
+        DataConfig(path=str(tmp_path / "d.csv")),
+        PrepareConfig(balance="none", format="parquet"),
+        NO_NEAR,
+        out=tmp_path / "ds",
+    )
     assert c.path != a.path and (c.path / "train.parquet").is_file()
 
 
 def test_dirty_corpus_prepare_removes_leaks_and_duplicates(tmp_path):
     d = build(tmp_path, n_train=1500, n_test=300)
     data = DataConfig(train=str(d.train), test=str(d.test), label_column="sentiment", encoding_errors="replace")
-    res = prepare(data, PrepareConfig(label_issues="drop", label_issue_share=0.02), AuditConfig(seed=0), out=tmp_path / "ds")
+    res = prepare(
+        data, PrepareConfig(label_issues="drop", label_issue_share=0.02), AuditConfig(seed=0), out=tmp_path / "ds"
+    )
     assert res.input_audit.blocking and res.output_audit.blocking == []
     log = {(s["rule"], s["set"]): s["rows"] for s in res.manifest["cleaning"]}
     assert log[("leakage", "test")] >= 0.95 * len(d.leak_pairs)
@@ -165,7 +238,9 @@ def test_dirty_corpus_prepare_removes_leaks_and_duplicates(tmp_path):
 
 def test_cli_data_prepare(tmp_path, capsys):
     _groups_rows(120).to_csv(tmp_path / "d.csv", index=False)
-    (tmp_path / "c.yaml").write_text(f"data:\n  path: {tmp_path / 'd.csv'}\nprepare:\n  name: toy\n  balance: class_weights\naudit:\n  label_errors: false\n")
+    (tmp_path / "c.yaml").write_text(
+        f"data:\n  path: {tmp_path / 'd.csv'}\nprepare:\n  name: toy\n  balance: class_weights\naudit:\n  label_errors: false\n"
+    )
     args = build_parser().parse_args(["data", "prepare", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out")])
     assert args.func(args) == 0
     out = capsys.readouterr().out

@@ -4,8 +4,8 @@ by `models:/NAME@production` (library and CLI); user mistakes give one-line erro
 from __future__ import annotations
 
 import pytest
-
 from conftest import tiny_config
+
 from tunesmith.errors import RegistryError
 
 
@@ -14,15 +14,21 @@ def tracked_run(tmp_path_factory, tiny_model, toy_csv):
     from tunesmith import finetune
 
     tmp = tmp_path_factory.mktemp("registry")
-    cfg = tiny_config(tmp, tiny_model, toy_csv, train={"epochs": 3}, tracking={"backend": "mlflow"},
-                      eval={"robustness": False, "efficiency": False, "bootstrap_resamples": 100})
+    cfg = tiny_config(
+        tmp,
+        tiny_model,
+        toy_csv,
+        train={"epochs": 3},
+        tracking={"backend": "mlflow"},
+        eval={"robustness": False, "efficiency": False, "bootstrap_resamples": 100},
+    )
     return finetune(cfg)
 
 
 def test_register_promote_and_load_by_alias(tracked_run, monkeypatch, capsys):
     from tunesmith.cli import main
-    from tunesmith.runs.run import load_run
     from tunesmith.runs.registry import list_models, promote, register
+    from tunesmith.runs.run import load_run
 
     uri = tracked_run.info["mlflow_uri"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -32,10 +38,15 @@ def test_register_promote_and_load_by_alias(tracked_run, monkeypatch, capsys):
     promote("toy", 1, "production")
     rows = {r["version"]: r for r in list_models()}
     assert rows[1]["aliases"] == ["production"] and rows[2]["aliases"] == []
-    assert rows[1]["tags"]["test_macro_f1"] == f"{tracked_run.metrics['test']['macro_f1']:.4f}" and "test_macro_f1_ci" in rows[1]["tags"]
+    assert (
+        rows[1]["tags"]["test_macro_f1"] == f"{tracked_run.metrics['test']['macro_f1']:.4f}"
+        and "test_macro_f1_ci" in rows[1]["tags"]
+    )
 
     loaded = load_run("models:/toy@production")
-    assert (loaded.path / "MODEL_CARD.md").is_file() and loaded.path != tracked_run.path  # the registry's copy, not the run folder
+    assert (
+        loaded.path / "MODEL_CARD.md"
+    ).is_file() and loaded.path != tracked_run.path  # the registry's copy, not the run folder
     texts = ["good table", "awful chair"]
     assert [p.label for p in loaded.predict(texts)] == [p.label for p in tracked_run.predict(texts)]
     assert load_run("models:/toy/2").info["name"] == tracked_run.info["name"]
@@ -48,8 +59,8 @@ def test_register_promote_and_load_by_alias(tracked_run, monkeypatch, capsys):
 
 
 def test_registry_errors(tracked_run, monkeypatch, tmp_path):
-    from tunesmith.runs.run import load_run
     from tunesmith.runs.registry import register
+    from tunesmith.runs.run import load_run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
     with pytest.raises(RegistryError, match="no such model version"):

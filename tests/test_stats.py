@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-from tunesmith.evaluate.stats import confusion_batch, holm, mcnemar, metric_cis, metrics_from_confusion, paired_delta, verdict
+from tunesmith.evaluate.stats import (
+    confusion_batch,
+    holm,
+    mcnemar,
+    metric_cis,
+    metrics_from_confusion,
+    paired_delta,
+    verdict,
+)
 
 
 def _model(y: np.ndarray, accuracy: float, k: int, rng) -> np.ndarray:

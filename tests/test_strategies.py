@@ -5,16 +5,26 @@ import json
 
 import pytest
 import torch
+from conftest import run_cli, tiny_config
 
 import tunesmith
-from conftest import run_cli, tiny_config
+from tunesmith.errors import Interrupted
 from tunesmith.strategies import build_strategy, get_strategy_class, register, strategy_names
 from tunesmith.strategies.base import Strategy
-from tunesmith.errors import Interrupted
 
 LR = {"lora": 1e-2, "ia3": 3e-2, "prompt-tuning": 3e-2, "prefix-tuning": 3e-2, "linear-probe": 3e-2}
 TEXTS = ["good table", "awful river", "stone paper", "great great fine", "dire bad nasty"]
-BUILTIN = ["full", "freeze", "linear-probe", "gradual-unfreeze", "discriminative-lr", "lora", "ia3", "prompt-tuning", "prefix-tuning"]
+BUILTIN = [
+    "full",
+    "freeze",
+    "linear-probe",
+    "gradual-unfreeze",
+    "discriminative-lr",
+    "lora",
+    "ia3",
+    "prompt-tuning",
+    "prefix-tuning",
+]
 
 
 def _cfg(tmp_path, tiny_model, toy_csv, name, **train):
@@ -23,7 +33,9 @@ def _cfg(tmp_path, tiny_model, toy_csv, name, **train):
         strategy["every"] = 10
     if name == "freeze":
         strategy["layers"] = 1
-    return tiny_config(tmp_path, tiny_model, toy_csv, strategy=strategy, train={"epochs": 4, "lr": LR.get(name, 3e-3), **train})
+    return tiny_config(
+        tmp_path, tiny_model, toy_csv, strategy=strategy, train={"epochs": 4, "lr": LR.get(name, 3e-3), **train}
+    )
 
 
 def _trainable_after_prepare(name, tiny_model, options=None):
@@ -64,9 +76,17 @@ def test_strategy_contract(tmp_path, tiny_model, toy_csv, name):
         assert trainable == {n for n in everything if n.startswith("classifier.") or "pooler" in n}
         assert any("unfroze" in h.get("event", "") or "trainable from step" in h.get("event", "") for h in history)
     else:  # PEFT adapters: the base is frozen, only adapter + head train
-        assert all(("lora_" in n or "ia3_" in n or "prompt_encoder" in n or "classifier" in n or "modules_to_save" in n) for n in trainable)
-        assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) < 0.3 * sum(p.numel() for p in model.parameters())
-    assert run.info["parameters"]["trainable"] == sum(p.numel() for n, p in model.named_parameters() if n in trainable) or name == "gradual-unfreeze"
+        assert all(
+            ("lora_" in n or "ia3_" in n or "prompt_encoder" in n or "classifier" in n or "modules_to_save" in n)
+            for n in trainable
+        )
+        assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) < 0.3 * sum(
+            p.numel() for p in model.parameters()
+        )
+    assert (
+        run.info["parameters"]["trainable"] == sum(p.numel() for n, p in model.named_parameters() if n in trainable)
+        or name == "gradual-unfreeze"
+    )
 
     # 2. save -> reload -> identical predictions
     a = tunesmith.load_run(run.path).predict_probs(TEXTS)
@@ -86,11 +106,11 @@ def test_strategy_contract(tmp_path, tiny_model, toy_csv, name):
         assert not any("lora" in n or "ia3" in n for n, _ in plain.named_parameters())
         tok = AutoTokenizer.from_pretrained(out)
         loaded = tunesmith.load_run(run.path)
-        loaded._load()
+        model = loaded.load().model
         inputs = tok(TEXTS, return_tensors="pt", padding=True)
         with torch.no_grad():  # both in fp32: merged weights must reproduce the adapter model
             merged_p = torch.softmax(plain(**inputs).logits, -1)
-            adapter_p = torch.softmax(loaded._model(**inputs).logits, -1)
+            adapter_p = torch.softmax(model(**inputs).logits, -1)
         assert torch.allclose(merged_p, adapter_p, atol=1e-5)
     else:
         result = run_cli("export", str(run.path), "--out", str(tmp_path / "export"))
@@ -170,16 +190,21 @@ def test_qlora_is_lora_on_a_quantized_base(tmp_path, tiny_model, toy_csv, kind):
     Evaluation runs between training steps (eval_every), which is what broke bitsandbytes' CPU 4-bit repacking."""
     import bitsandbytes as bnb
 
-    cfg = tiny_config(tmp_path, tiny_model, toy_csv, strategy={"name": "lora", "r": 4, "quantize": kind, "target_modules": ["query", "value"]},
-                      train={"epochs": 3, "lr": 1e-2, "precision": "bf16"})
+    cfg = tiny_config(
+        tmp_path,
+        tiny_model,
+        toy_csv,
+        strategy={"name": "lora", "r": 4, "quantize": kind, "target_modules": ["query", "value"]},
+        train={"epochs": 3, "lr": 1e-2, "precision": "bf16"},
+    )
     run = tunesmith.finetune(cfg)
     history = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
     losses = [h["train_loss"] for h in history if "train_loss" in h]
     assert losses[-1] < losses[0]
     loaded = tunesmith.load_run(run.path)
     a = loaded.predict_probs(TEXTS)
-    quantized = (bnb.nn.Linear4bit if kind == "nf4" else bnb.nn.Linear8bitLt)
-    assert any(isinstance(m, quantized) for m in loaded._model.modules())
+    quantized = bnb.nn.Linear4bit if kind == "nf4" else bnb.nn.Linear8bitLt
+    assert any(isinstance(m, quantized) for m in loaded.load().model.modules())
     b = tunesmith.load_run(run.path).predict_probs(TEXTS)
     assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-6)
     result = run_cli("export", str(run.path), "--out", str(tmp_path / "x"))

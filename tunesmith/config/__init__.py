@@ -3,8 +3,8 @@
 from .dump import config_to_dict, flatten, save_config
 from .loader import load_config
 from .schema import (
-    AugmentConfig,
     AuditConfig,
+    AugmentConfig,
     Config,
     DataConfig,
     EvalConfig,
@@ -17,7 +17,19 @@ from .schema import (
 )
 
 __all__ = [
-    "AugmentConfig", "AuditConfig", "Config", "DataConfig", "EvalConfig", "GenerateConfig", "ModelConfig",
-    "PrepareConfig", "StrategyConfig", "TrackingConfig", "TrainConfig", "config_to_dict", "flatten", "load_config",
+    "AugmentConfig",
+    "AuditConfig",
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "GenerateConfig",
+    "ModelConfig",
+    "PrepareConfig",
+    "StrategyConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "config_to_dict",
+    "flatten",
+    "load_config",
     "save_config",
 ]

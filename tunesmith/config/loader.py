@@ -22,7 +22,9 @@ from ..utils import resolve_path
 from .schema import TASK_KEYS, Config, StrategyConfig, suggest
 
 
-def load_config(source: str | Path | dict | None = None, overrides: list[str] | None = None, *, strict: bool = True) -> Config:
+def load_config(
+    source: str | Path | dict | None = None, overrides: list[str] | None = None, *, strict: bool = True
+) -> Config:
     """Build a validated Config from a YAML file (or a dict) plus `a.b=value` overrides.
 
     `strict=False` (a saved run's config.yaml) accepts task-specific keys the task does not use.
@@ -113,7 +115,9 @@ def _check_paths(cfg: Config) -> None:
     """Files named in the config that are read only late in a run must exist now, before any heavy work."""
     for name, spec in (cfg.eval.sets or {}).items():
         if not resolve_path(spec).exists():
-            raise ConfigError(f"eval.sets.{name}: file {spec} not found; fix the path (relative paths start at {Path.cwd()})")
+            raise ConfigError(
+                f"eval.sets.{name}: file {spec} not found; fix the path (relative paths start at {Path.cwd()})"
+            )
 
 
 def _apply_override(raw: dict, item: str) -> None:
@@ -153,7 +157,7 @@ def _build(cls: type, raw: Any, path: tuple, where: str, lines: dict) -> Any:
                 f"{_at(where, lines, path + (key,))}unknown key '{key}' in {name}{suggest(str(key), fields)}"
             )
         values[key] = _coerce(value, hints[key], path + (key,), where, lines)
-    for key, f in fields.items():  # nested sections that were not given still get built
+    for key in fields:  # nested sections that were not given still get built
         if key not in values and dataclasses.is_dataclass(hints[key]):
             values[key] = _build(hints[key], {}, path + (key,), where, lines)
     return cls(**values)

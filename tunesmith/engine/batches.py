@@ -8,8 +8,9 @@ processes and lets a resumed run skip exactly the batches it has already seen.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -65,7 +66,9 @@ class Features:
         return out
 
 
-def plan_epoch(lengths: list[int], batch: int, seed: int, epoch: int, group_by_length: bool, drop_last: bool = False) -> list[list[int]]:
+def plan_epoch(
+    lengths: list[int], batch: int, seed: int, epoch: int, group_by_length: bool, drop_last: bool = False
+) -> list[list[int]]:
     """Shuffled batches of indices for one epoch; deterministic in (seed, epoch).
 
     With length grouping, indices are shuffled, cut into mega-batches of 50 batches, sorted by
@@ -86,7 +89,9 @@ def plan_epoch(lengths: list[int], batch: int, seed: int, epoch: int, group_by_l
     return batches
 
 
-def plan_steps(data: Batches, global_micro: int, accum: int, seed: int, epoch: int, group: bool, world: int) -> list[list[list[int]]]:
+def plan_steps(
+    data: Batches, global_micro: int, accum: int, seed: int, epoch: int, group: bool, world: int
+) -> list[list[list[int]]]:
     """Optimizer steps of one epoch, each a list of global micro-batches.
 
     Steps are drawn first (so 16 x 1 and 8 x 2 accumulation see the same examples per step), then cut
@@ -118,7 +123,9 @@ def pad_to(n: int, multiple: int = 8) -> int:
 
 
 @torch.no_grad()
-def map_batches(data: Batches, batch_size: int, fn: Callable[[dict], torch.Tensor], rank: int = 0, world: int = 1) -> np.ndarray:
+def map_batches(
+    data: Batches, batch_size: int, fn: Callable[[dict], torch.Tensor], rank: int = 0, world: int = 1
+) -> np.ndarray:
     """fn(inputs) -> a [batch, ...] tensor for every row, computed in shares across processes; all get all."""
     from accelerate.utils import gather_object
 
@@ -136,7 +143,9 @@ def map_batches(data: Batches, batch_size: int, fn: Callable[[dict], torch.Tenso
 
 
 @torch.no_grad()
-def mean_loss(model, data: Batches, loss: Callable, batch_size: int, autocast, reduce=None, rank: int = 0, world: int = 1) -> float:
+def mean_loss(
+    model, data: Batches, loss: Callable, batch_size: int, autocast, reduce=None, rank: int = 0, world: int = 1
+) -> float:
     """Loss per unit over `data` (the task's loss is summed over units), shared across processes by `reduce`."""
     was_training = model.training
     model.eval()

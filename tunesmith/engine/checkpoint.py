@@ -13,14 +13,19 @@ from ..strategies.base import trainable_state
 from ..utils import atomic_dir
 
 
-def save_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, state: dict, rng_states: list, names: set[str] | None = None) -> None:
+def save_checkpoint(
+    folder: Path, model: nn.Module, optimizer, scheduler, state: dict, rng_states: list, names: set[str] | None = None
+) -> None:
     """Trainable weights (safetensors), optimizer + scheduler + RNG (tensors only), loop state (JSON).
 
     Written into a temporary folder and renamed: a crash mid-write leaves the previous checkpoint.
     """
     with atomic_dir(folder) as tmp:
         save_file(trainable_state(model, names), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states}, tmp / "optim.pt")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states},
+            tmp / "optim.pt",
+        )
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..config.schema import Config
 
@@ -22,6 +22,8 @@ class Context:
     """Tracks metrics (the tracker's log_metrics; a no-op off the main process)."""
     record: dict = field(default_factory=dict)
     """What a task adds to run.json while training is set up (e.g. packing: true)."""
+    minimize: frozenset[str] = frozenset({"loss", "perplexity"})
+    """Validation metrics for which lower is better (the task's `minimize`)."""
     model_key: str = ""
     """Identifies the pretrained weights + encoding (keys caches such as the linear probe's features)."""
 

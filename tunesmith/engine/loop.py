@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from accelerate.utils import gather_object
@@ -24,7 +24,6 @@ from torch import nn
 
 from ..config.schema import TrainConfig
 from ..errors import ConfigError, Interrupted
-from ..evaluate.metrics import is_better
 from ..strategies.base import trainable_state
 from ..utils import atomic_dir, atomic_write_json, read_json
 from .batches import Batches, plan_steps, shard
@@ -86,6 +85,7 @@ def fit(
     steps_per_epoch = max(1, len(plan_steps(train, global_micro, cfg.grad_accum, seed, 0, cfg.group_by_length, world)))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     eval_every = cfg.eval_every or steps_per_epoch
+    lower_is_better = cfg.metric in ctx.minimize
 
     if world > 1 and not strategy.supports_distributed:
         raise ConfigError(f"strategy {strategy.name} does not support several processes yet; run it in one process")
@@ -152,7 +152,9 @@ def fit(
 
                 if state.step % cfg.log_every == 0 or state.step == total_steps:
                     # The only host sync of a training step, every `log_every` steps.
-                    total, units = acc.reduce(torch.stack([running_loss, running_loss.new_tensor(float(running_n))]), "sum").tolist()
+                    total, units = acc.reduce(
+                        torch.stack([running_loss, running_loss.new_tensor(float(running_n))]), "sum"
+                    ).tolist()
                     mean = total / max(1.0, units)
                     rate = samples_window / max(1e-9, time.perf_counter() - t_window)
                     lr = scheduler.get_last_lr()[0]
@@ -172,16 +174,20 @@ def fit(
                     record = {"step": state.step, "epoch": state.step / steps_per_epoch, **scalars}
                     state.history.append(record)
                     ctx.log({k: v for k, v in record.items() if k.startswith("val_")}, state.step)
-                    if is_better(cfg.metric, value, state.best):
+                    if state.best is None or (value < state.best if lower_is_better else value > state.best):
                         state.best, state.best_step, state.bad_evals = value, state.step, 0
                         _save_best(acc, model, best_dir, state, metrics, names)
                     else:
                         state.bad_evals += 1
                         if cfg.patience and state.bad_evals >= cfg.patience:
                             state.stopped_early = True
-                            acc.print(f"\nearly stopping at step {state.step}: val {cfg.metric} did not improve for {cfg.patience} evaluations")
+                            acc.print(
+                                f"\nearly stopping at step {state.step}: val {cfg.metric} did not improve for {cfg.patience} evaluations"
+                            )
                     if acc.is_main_process:
-                        progress.write(f"step {state.step}: val {cfg.metric} {value:.4f} (best {state.best:.4f} at step {state.best_step})")
+                        progress.write(
+                            f"step {state.step}: val {cfg.metric} {value:.4f} (best {state.best:.4f} at step {state.best_step})"
+                        )
                     model.train()
                     _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state, names)
 
@@ -238,6 +244,11 @@ def _progress(acc, total: int, initial: int):
     from tqdm.auto import tqdm
 
     return tqdm(
-        total=total, initial=initial, desc="train", unit="step", disable=not acc.is_main_process,
-        mininterval=1.0 if os.environ.get("CI") is None else 10.0, dynamic_ncols=True,
+        total=total,
+        initial=initial,
+        desc="train",
+        unit="step",
+        disable=not acc.is_main_process,
+        mininterval=1.0 if os.environ.get("CI") is None else 10.0,
+        dynamic_ncols=True,
     )

@@ -31,10 +31,20 @@ from .loop import fit
 from .precision import cast_frozen_weights, choose_precision
 
 # Settings that may change when a run is resumed (everything else must match the saved run).
-RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.patience", "train.keep_checkpoints", "audit.block_on_leakage")
+RESUMABLE_CHANGES = (
+    "train.epochs",
+    "train.max_steps",
+    "train.patience",
+    "train.keep_checkpoints",
+    "audit.block_on_leakage",
+)
 
 
-def finetune(config: Config | str | Path | dict | None = None, overrides: list[str] | None = None, resume: str | Path | None = None) -> Run:
+def finetune(
+    config: Config | str | Path | dict | None = None,
+    overrides: list[str] | None = None,
+    resume: str | Path | None = None,
+) -> Run:
     """Fine-tune as configured and return the finished Run. `resume` continues an interrupted run folder."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -52,11 +62,19 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
     strategy = build_strategy(cfg.strategy.name, cfg.strategy.options)
     task.check_strategy(strategy)
     precision, why = choose_precision(cfg.train.precision, "cuda" if torch.cuda.is_available() else "cpu")
-    AcceleratorState._reset_state(reset_partial_state=False)  # a second finetune() in one process may pick another precision
+    AcceleratorState._reset_state(
+        reset_partial_state=False
+    )  # a second finetune() in one process may pick another precision
     # cpu=True lets Accelerate see a torchrun launch on a machine without GPUs (gloo backend).
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if precision == "fp32" else precision)
-    ctx = Context(acc, cfg, precision, resume=resume_dir is not None,
-                  model_key=f"{source.location}|{cfg.model.revision}|{cfg.data.max_length}")
+    ctx = Context(
+        acc,
+        cfg,
+        precision,
+        resume=resume_dir is not None,
+        minimize=task.minimize,
+        model_key=f"{source.location}|{cfg.model.revision}|{cfg.data.max_length}",
+    )
 
     # ---- model + strategy
     set_seed(cfg.seed)  # the head's initialisation depends on it
@@ -68,7 +86,12 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
     frozen_cast = cast_frozen_weights(model, precision) if task.cast_frozen_weights and not strategy.saves_base else 0
 
     # ---- the run folder: from here on, whatever happens is recorded in run.json
-    folder = RunFolder.open(cfg, acc, resume_dir, lambda name, run_id: make_tracker(cfg.tracking, cfg.output_dir, name, acc.is_main_process, run_id))
+    folder = RunFolder.open(
+        cfg,
+        acc,
+        resume_dir,
+        lambda name, run_id: make_tracker(cfg.tracking, cfg.output_dir, name, acc.is_main_process, run_id),
+    )
     ctx.run_dir, ctx.log = folder.path, folder.tracker.log_metrics
     say = ctx.say
     say(f"tunesmith {__version__} | run {folder.path}")
@@ -79,20 +102,37 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
     say(f"model: {cfg.model.name} ({source.kind}: {source.location})")
     say(f"strategy: {strategy.name} | trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     if frozen_cast:
-        say(f"precision: frozen weights stored in {precision} ({frozen_cast / 2**20:.0f} MiB saved; no per-step casts), trained ones in fp32")
-    say(f"precision: {precision} ({why}) | device {acc.device} | processes {acc.num_processes}"
-        f"{' | gradient checkpointing' if cfg.train.gradient_checkpointing else ''}")
-    folder.start(cfg, model={"name": cfg.model.name, "kind": source.kind, "location": source.location}, strategy=strategy.name,
-                 precision=precision, processes=acc.num_processes, parameters={"trainable": trainable, "total": total},
-                 data={"splits": data.summary, "labels": data.labels, "notes": data.notes, **data.record}, **findings.record)
+        say(
+            f"precision: frozen weights stored in {precision} ({frozen_cast / 2**20:.0f} MiB saved; no per-step casts), trained ones in fp32"
+        )
+    say(
+        f"precision: {precision} ({why}) | device {acc.device} | processes {acc.num_processes}"
+        f"{' | gradient checkpointing' if cfg.train.gradient_checkpointing else ''}"
+    )
+    folder.start(
+        cfg,
+        model={"name": cfg.model.name, "kind": source.kind, "location": source.location},
+        strategy=strategy.name,
+        precision=precision,
+        processes=acc.num_processes,
+        parameters={"trainable": trainable, "total": total},
+        data={"splits": data.summary, "labels": data.labels, "notes": data.notes, **data.record},
+        **findings.record,
+    )
 
     with folder.lifecycle():
         if acc.is_main_process:
             if findings.save:
                 findings.save(folder.path)
             if not ctx.resume:
-                folder.tracker.log_params({**flatten(config_to_dict(cfg)), "trainable_parameters": trainable, "total_parameters": total,
-                                           "precision": precision})
+                folder.tracker.log_params(
+                    {
+                        **flatten(config_to_dict(cfg)),
+                        "trainable_parameters": trainable,
+                        "total_parameters": total,
+                        "precision": precision,
+                    }
+                )
                 folder.tracker.log_metrics(findings.metrics)
 
         # ---- encode, score the pretrained model (once: a resumed run keeps the first scores), train
@@ -113,8 +153,12 @@ def finetune(config: Config | str | Path | dict | None = None, overrides: list[s
         acc.wait_for_everyone()
         metrics = task.test(model, trained, data, batches, state["before"], ctx)
         if acc.is_main_process:
-            metrics.update(validation_best=result.best_metrics, best_step=result.best_step, steps=result.steps,
-                           stopped_early=result.stopped_early)
+            metrics.update(
+                validation_best=result.best_metrics,
+                best_step=result.best_step,
+                steps=result.steps,
+                stopped_early=result.stopped_early,
+            )
             task.write_artifacts(folder.path, metrics, result.history, data, folder.info, ctx)
             folder.tracker.log_metrics(task.tracked(metrics))
             folder.tracker.log_metrics({"samples_per_second": result.samples_per_second, "peak_rss_mb": peak_mb})
@@ -136,7 +180,9 @@ def resolve_config(config, overrides, run_dir: Path | None) -> Config:
     if status == "complete":
         raise RunError(f"{run_dir}: this run is already complete; start a new run instead of --resume")
     if not (run_dir / "checkpoints" / "last").is_dir():
-        raise RunError(f"{run_dir}: no checkpoint to resume from (it stopped before its first checkpoint); start the run again")
+        raise RunError(
+            f"{run_dir}: no checkpoint to resume from (it stopped before its first checkpoint); start the run again"
+        )
     saved = load_config(run_dir / "config.yaml", strict=False)
     if config is None:
         return load_config(run_dir / "config.yaml", overrides, strict=False)
@@ -145,5 +191,7 @@ def resolve_config(config, overrides, run_dir: Path | None) -> Config:
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:4])
-        raise ConfigError(f"--resume {run_dir}: the config differs from the run's ({detail}); only {', '.join(RESUMABLE_CHANGES)} may change")
+        raise ConfigError(
+            f"--resume {run_dir}: the config differs from the run's ({detail}); only {', '.join(RESUMABLE_CHANGES)} may change"
+        )
     return given

@@ -24,8 +24,15 @@ def reliability_bins(y_true, probs: np.ndarray, bins: int = 10) -> list[dict]:
     for b in range(bins):
         mask = index == b
         if mask.any():
-            out.append({"low": b / bins, "high": (b + 1) / bins, "n": int(mask.sum()),
-                        "confidence": float(conf[mask].mean()), "accuracy": float(correct[mask].mean())})
+            out.append(
+                {
+                    "low": b / bins,
+                    "high": (b + 1) / bins,
+                    "n": int(mask.sum()),
+                    "confidence": float(conf[mask].mean()),
+                    "accuracy": float(correct[mask].mean()),
+                }
+            )
     return out
 
 
@@ -51,16 +58,25 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.log(np.clip(probs, 1e-12, 1)) / temperature, axis=1)
 
 
-def calibration_report(y_test, probs_test: np.ndarray, y_val=None, probs_val: np.ndarray | None = None, bins: int = 10) -> dict:
+def calibration_report(
+    y_test, probs_test: np.ndarray, y_val=None, probs_val: np.ndarray | None = None, bins: int = 10
+) -> dict:
     """ECE and reliability bins on test; with validation probabilities also T and the ECE after scaling."""
     nll = _nll(y_test, probs_test)
-    out = {"ece": expected_calibration_error(y_test, probs_test, bins), "nll": nll, "bins": reliability_bins(y_test, probs_test, bins)}
+    out = {
+        "ece": expected_calibration_error(y_test, probs_test, bins),
+        "nll": nll,
+        "bins": reliability_bins(y_test, probs_test, bins),
+    }
     if probs_val is not None and len(probs_val):
         t = fit_temperature(y_val, probs_val)
         scaled = apply_temperature(probs_test, t)
         out["temperature"] = t
-        out["after_scaling"] = {"ece": expected_calibration_error(y_test, scaled, bins), "nll": _nll(y_test, scaled),
-                                "bins": reliability_bins(y_test, scaled, bins)}
+        out["after_scaling"] = {
+            "ece": expected_calibration_error(y_test, scaled, bins),
+            "nll": _nll(y_test, scaled),
+            "bins": reliability_bins(y_test, scaled, bins),
+        }
     return out
 
 
@@ -71,13 +87,20 @@ def plot_reliability(report: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
-    series = [("model", report)] + ([(f"temperature {report['temperature']:.2f}", report["after_scaling"])] if "after_scaling" in report else [])
+    series = [("model", report)] + (
+        [(f"temperature {report['temperature']:.2f}", report["after_scaling"])] if "after_scaling" in report else []
+    )
     for k, (name, r) in enumerate(series):
         b = r["bins"]
-        ax.plot([x["confidence"] for x in b], [x["accuracy"] for x in b], "o-", color=f"C{k}", label=f"{name} (ECE {r['ece']:.3f})")
+        ax.plot(
+            [x["confidence"] for x in b],
+            [x["accuracy"] for x in b],
+            "o-",
+            color=f"C{k}",
+            label=f"{name} (ECE {r['ece']:.3f})",
+        )
     ax.set_xlabel("confidence (top label)"), ax.set_ylabel("accuracy"), ax.set_xlim(0, 1), ax.set_ylim(0, 1.02)
     ax.set_title(title), ax.legend(fontsize=8, loc="upper left"), ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -11,15 +11,25 @@ from pathlib import Path
 from ..utils import atomic_write_json, atomic_write_text, human_bytes
 from .stats import p_text
 
-PLOTS = {"metrics.png": "Test metrics with 95% confidence intervals", "per_class.png": "Per-class F1 delta vs the reference",
-         "loss_curves.png": "Loss curves"}
+PLOTS = {
+    "metrics.png": "Test metrics with 95% confidence intervals",
+    "per_class.png": "Per-class F1 delta vs the reference",
+    "loss_curves.png": "Loss curves",
+}
 
 
 def write_comparison(result: dict, out: str | Path) -> tuple[Path, Path]:
     """compare.json, compare.md (+ PNG plots beside it) and compare.html (plots embedded) in `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pngs = {name: fn(result) for name, fn in (("metrics.png", plot_metrics), ("per_class.png", plot_per_class), ("loss_curves.png", plot_losses))}
+    pngs = {
+        name: fn(result)
+        for name, fn in (
+            ("metrics.png", plot_metrics),
+            ("per_class.png", plot_per_class),
+            ("loss_curves.png", plot_losses),
+        )
+    }
     pngs = {k: v for k, v in pngs.items() if v}
     for name, data in pngs.items():
         tmp = out / f".{name}.tmp"
@@ -45,40 +55,107 @@ def headlines(result: dict) -> list[str]:
 def sections(result: dict) -> list[dict]:
     """Title, text lines and an optional table (headers, rows) per section: one structure, two renderings."""
     runs, out = result["runs"], []
-    out.append({"title": "Verdict", "text": headlines(result) + ([] if result["paired"] else
-               ["The runs were tested on different data: figures are unpaired, no significance tests."])})
-    head = ["run", "strategy", "model", "n test"] + [f"{m} ({100 * result['level']:.0f}% CI)" for m in ("macro_f1", "accuracy")] + \
-        ["ECE", "latency p50 ms", "train s", "saved"]
-    rows = [[r["name"], r["strategy"], r["model"], r["n"], *(_with_ci(r, m) for m in ("macro_f1", "accuracy")), _f(r["ece"]),
-             _f(r["latency_ms_p50"], 1), _f(r["train_seconds"], 0), human_bytes(r["saved_bytes"]) if r["saved_bytes"] else "-"] for r in runs]
+    out.append(
+        {
+            "title": "Verdict",
+            "text": headlines(result)
+            + (
+                []
+                if result["paired"]
+                else ["The runs were tested on different data: figures are unpaired, no significance tests."]
+            ),
+        }
+    )
+    head = (
+        ["run", "strategy", "model", "n test"]
+        + [f"{m} ({100 * result['level']:.0f}% CI)" for m in ("macro_f1", "accuracy")]
+        + ["ECE", "latency p50 ms", "train s", "saved"]
+    )
+    rows = [
+        [
+            r["name"],
+            r["strategy"],
+            r["model"],
+            r["n"],
+            *(_with_ci(r, m) for m in ("macro_f1", "accuracy")),
+            _f(r["ece"]),
+            _f(r["latency_ms_p50"], 1),
+            _f(r["train_seconds"], 0),
+            human_bytes(r["saved_bytes"]) if r["saved_bytes"] else "-",
+        ]
+        for r in runs
+    ]
     out.append({"title": "Runs", "table": (head, rows), "image": "metrics.png"})
     for c in result["comparisons"]:
         paired = "low" in next(iter(c["metrics"].values()))
         head = ["metric", c["a"], c["b"], "delta (points)"] + (["95% CI", "p (permutation)"] if paired else [])
-        rows = [[m, _f(d["a"]), _f(d["b"]), f"{100 * d['delta']:+.2f}"] + ([f"{100 * d['low']:+.2f} to {100 * d['high']:+.2f}", _p(d.get("p_holm", d["p"]))]
-                if paired else []) for m, d in c["metrics"].items()]
+        rows = [
+            [m, _f(d["a"]), _f(d["b"]), f"{100 * d['delta']:+.2f}"]
+            + ([f"{100 * d['low']:+.2f} to {100 * d['high']:+.2f}", _p(d.get("p_holm", d["p"]))] if paired else [])
+            for m, d in c["metrics"].items()
+        ]
         out.append({"title": f"{c['b']} vs {c['a']}", "text": [c["verdict"]], "table": (head, rows)})
-        pc = [[k, _f(v["a"]), _f(v["b"]), f"{100 * v['delta']:+.2f}", int(v["support"])] for k, v in c["per_class"].items()]
-        out.append({"title": "Per-class F1", "table": (["class", c["a"], c["b"], "delta (points)", "support"], pc), "image": "per_class.png"})
+        pc = [
+            [k, _f(v["a"]), _f(v["b"]), f"{100 * v['delta']:+.2f}", int(v["support"])]
+            for k, v in c["per_class"].items()
+        ]
+        out.append(
+            {
+                "title": "Per-class F1",
+                "table": (["class", c["a"], c["b"], "delta (points)", "support"], pc),
+                "image": "per_class.png",
+            }
+        )
         for name, sl in c["slices"].items():
-            rows = [[g, v["n"], _f(v["a"]), _f(v["b"]), f"{100 * v['delta']:+.2f}"] for g, v in sorted(sl.items(), key=lambda kv: kv[1]["delta"])[:15]]
-            out.append({"title": f"Per-slice macro-F1: {name}", "table": (["slice", "n", c["a"], c["b"], "delta (points)"], rows)})
-        for key, what in (("fixed", f"Fixed by {c['b']} (wrong before, right now)"), ("broke", f"Broken by {c['b']} (right before, wrong now)")):
+            rows = [
+                [g, v["n"], _f(v["a"]), _f(v["b"]), f"{100 * v['delta']:+.2f}"]
+                for g, v in sorted(sl.items(), key=lambda kv: kv[1]["delta"])[:15]
+            ]
+            out.append(
+                {
+                    "title": f"Per-slice macro-F1: {name}",
+                    "table": (["slice", "n", c["a"], c["b"], "delta (points)"], rows),
+                }
+            )
+        for key, what in (
+            ("fixed", f"Fixed by {c['b']} (wrong before, right now)"),
+            ("broke", f"Broken by {c['b']} (right before, wrong now)"),
+        ):
             if c.get(key):
                 rows = [[_short(e["text"]), e["label"], e["a"], e["b"]] for e in c[key]]
                 n = c["mcnemar"][key]
                 out.append({"title": f"{what}: {n} items", "table": (["text", "label", c["a"], c["b"]], rows)})
     diff = result["config_diff"]
-    out.append({"title": "Config diff", "text": [] if diff else ["The configs are identical (apart from name/output_dir)."],
-                "table": (["key", *[r["name"] for r in runs]], [[d["key"], *map(_v, d["values"])] for d in diff]) if diff else None})
-    rows = [[d["split"], "same" if d["same"] else "DIFFERENT", *(f"{n} rows `{fp}`" for n, fp in zip(d["rows"], d["fingerprint"]))] for d in result["data_diff"]]
-    out.append({"title": "Data diff", "table": (["split", "", *[r["name"] for r in runs]], rows), "image": "loss_curves.png"})
+    out.append(
+        {
+            "title": "Config diff",
+            "text": [] if diff else ["The configs are identical (apart from name/output_dir)."],
+            "table": (["key", *[r["name"] for r in runs]], [[d["key"], *map(_v, d["values"])] for d in diff])
+            if diff
+            else None,
+        }
+    )
+    rows = [
+        [
+            d["split"],
+            "same" if d["same"] else "DIFFERENT",
+            *(f"{n} rows `{fp}`" for n, fp in zip(d["rows"], d["fingerprint"])),
+        ]
+        for d in result["data_diff"]
+    ]
+    out.append(
+        {"title": "Data diff", "table": (["split", "", *[r["name"] for r in runs]], rows), "image": "loss_curves.png"}
+    )
     return out
 
 
 def render_markdown(result: dict, images: list[str]) -> str:
-    lines = [f"# Comparison: {' vs '.join(r['name'] for r in result['runs'])}", "",
-             f"Reference: `{result['runs'][0]['path']}`; deltas are B - reference on the same test items, in points (x100).", ""]
+    lines = [
+        f"# Comparison: {' vs '.join(r['name'] for r in result['runs'])}",
+        "",
+        f"Reference: `{result['runs'][0]['path']}`; deltas are B - reference on the same test items, in points (x100).",
+        "",
+    ]
     for s in sections(result):
         lines += [f"## {s['title']}", ""] + [*(f"{t}  " for t in s.get("text", []))] + ([""] if s.get("text") else [])
         if s.get("table"):
@@ -92,21 +169,32 @@ def render_markdown(result: dict, images: list[str]) -> str:
 
 def render_html(result: dict, pngs: dict[str, bytes]) -> str:
     e = html.escape
-    body = [f"<h1>Comparison: {e(' vs '.join(r['name'] for r in result['runs']))}</h1>",
-            f"<p>Reference: <code>{e(result['runs'][0]['path'])}</code>; deltas are B - reference on the same test items, in points (x100).</p>"]
+    body = [
+        f"<h1>Comparison: {e(' vs '.join(r['name'] for r in result['runs']))}</h1>",
+        f"<p>Reference: <code>{e(result['runs'][0]['path'])}</code>; deltas are B - reference on the same test items, in points (x100).</p>",
+    ]
     for s in sections(result):
         body.append(f"<h2>{e(s['title'])}</h2>")
         body += [f"<p{' class=verdict' if s['title'] == 'Verdict' else ''}>{e(t)}</p>" for t in s.get("text", [])]
         if s.get("table"):
             head, rows = s["table"]
-            body.append("<table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in head) + "</tr>"
-                        + "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
+            body.append(
+                "<table><tr>"
+                + "".join(f"<th>{e(str(h))}</th>" for h in head)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+                + "</table>"
+            )
         if s.get("image") in pngs:
             data = base64.b64encode(pngs[s["image"]]).decode()
-            body.append(f"<figure><img alt='{e(PLOTS[s['image']])}' src='data:image/png;base64,{data}'><figcaption>{e(PLOTS[s['image']])}</figcaption></figure>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}"
-             "th{background:#f3f3f3}.verdict{font-size:1.15em;font-weight:600}img{max-width:100%}code{background:#f3f3f3}")
+            body.append(
+                f"<figure><img alt='{e(PLOTS[s['image']])}' src='data:image/png;base64,{data}'><figcaption>{e(PLOTS[s['image']])}</figcaption></figure>"
+            )
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}"
+        "th{background:#f3f3f3}.verdict{font-size:1.15em;font-weight:600}img{max-width:100%}code{background:#f3f3f3}"
+    )
     return f"<!doctype html><html><head><meta charset='utf-8'><title>tunesmith compare</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
 
 
@@ -118,7 +206,10 @@ def plot_metrics(result: dict) -> bytes | None:
     for i, r in enumerate(runs):
         vals = [r["metrics"][m] for m in metrics]
         ci = r.get("ci") or {}
-        err = [[v - ci[m]["low"] if m in ci else 0 for m, v in zip(metrics, vals)], [ci[m]["high"] - v if m in ci else 0 for m, v in zip(metrics, vals)]]
+        err = [
+            [v - ci[m]["low"] if m in ci else 0 for m, v in zip(metrics, vals)],
+            [ci[m]["high"] - v if m in ci else 0 for m, v in zip(metrics, vals)],
+        ]
         ax.bar([j + i * width for j in range(len(metrics))], vals, width, yerr=err, capsize=4, label=r["name"])
     ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(metrics))], metrics)
     low = min(r["metrics"][m] for r in runs for m in metrics)
@@ -134,9 +225,19 @@ def plot_per_class(result: dict) -> bytes | None:
     classes = list(result["comparisons"][0]["per_class"])
     width = 0.8 / len(result["comparisons"])
     for i, c in enumerate(result["comparisons"]):
-        ax.bar([j + i * width for j in range(len(classes))], [100 * c["per_class"][k]["delta"] for k in classes], width, label=f"{c['b']} - {c['a']}")
+        ax.bar(
+            [j + i * width for j in range(len(classes))],
+            [100 * c["per_class"][k]["delta"] for k in classes],
+            width,
+            label=f"{c['b']} - {c['a']}",
+        )
     ax.axhline(0, color="k", lw=1)
-    ax.set_xticks([j + width * (len(result["comparisons"]) - 1) / 2 for j in range(len(classes))], classes, rotation=30, ha="right")
+    ax.set_xticks(
+        [j + width * (len(result["comparisons"]) - 1) / 2 for j in range(len(classes))],
+        classes,
+        rotation=30,
+        ha="right",
+    )
     ax.set_ylabel("F1 delta (points)"), ax.legend(fontsize=8), ax.grid(axis="y", alpha=0.3)
     return _png(plt, fig)
 

@@ -25,7 +25,7 @@ def measure_efficiency(predict, texts: list[str], batches: int = 32, model_dir=N
     predict(pool[:1]), predict(pool[:THROUGHPUT_BATCH])  # warm-up
     single = [_timed(predict, [pool[i]]) for i in range(batches)]
     big_batches = max(2, batches // 4)
-    big = [_timed(predict, pool[i * THROUGHPUT_BATCH:(i + 1) * THROUGHPUT_BATCH]) for i in range(big_batches)]
+    big = [_timed(predict, pool[i * THROUGHPUT_BATCH : (i + 1) * THROUGHPUT_BATCH]) for i in range(big_batches)]
     out = {
         "batch_1_latency_ms_p50": 1000 * float(np.percentile(single, 50)),
         "batch_1_latency_ms_p95": 1000 * float(np.percentile(single, 95)),

@@ -24,12 +24,16 @@ def sets_section(metrics: dict) -> list[str]:
         return []
     lines = ["## Other evaluation sets", "", "| set | rows | macro-F1 (95% CI) | accuracy |", "|---|---|---|---|"]
     t = metrics["test"]
-    lines.append(f"| test (in-domain) | {t['n']} | {_with_ci(t, metrics.get('test_ci'), 'macro_f1')} | {t['accuracy']:.4f} |")
+    lines.append(
+        f"| test (in-domain) | {t['n']} | {_with_ci(t, metrics.get('test_ci'), 'macro_f1')} | {t['accuracy']:.4f} |"
+    )
     for name, m in sets.items():
         if "error" in m:
             lines.append(f"| {name} | - | error: {m['error']} | - |")
         else:
-            lines.append(f"| {name} (`{m['data']}`) | {m['n']} | {_with_ci(m, m.get('ci'), 'macro_f1')} | {m['accuracy']:.4f} |")
+            lines.append(
+                f"| {name} (`{m['data']}`) | {m['n']} | {_with_ci(m, m.get('ci'), 'macro_f1')} | {m['accuracy']:.4f} |"
+            )
     return lines + [""]
 
 
@@ -43,17 +47,29 @@ def slices_section(metrics: dict, limit: int = 12) -> list[str]:
     for name, s in slices.items():
         if name == "fairness":
             continue
-        worst = f"worst slice **{s['worst']}**, {100 * s['gap']:.1f} macro-F1 points below the whole test set" if s["worst"] else \
-            f"no slice has {s['min_size']}+ items"
+        worst = (
+            f"worst slice **{s['worst']}**, {100 * s['gap']:.1f} macro-F1 points below the whole test set"
+            if s["worst"]
+            else f"no slice has {s['min_size']}+ items"
+        )
         lines += [f"**{name}**: {worst}.", "", "| slice | n | macro-F1 | accuracy |", "|---|---|---|---|"]
-        rows = sorted(s["slices"].items(), key=lambda kv: kv[1]["macro_f1"])[:limit] if len(s["slices"]) > limit else s["slices"].items()
+        rows = (
+            sorted(s["slices"].items(), key=lambda kv: kv[1]["macro_f1"])[:limit]
+            if len(s["slices"]) > limit
+            else s["slices"].items()
+        )
         lines += [f"| {g} | {r['n']} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} |" for g, r in rows]
-        lines += [""] + ([f"({len(s['slices']) - limit} more slices in metrics.json)", ""] if len(s["slices"]) > limit else [])
+        lines += [""] + (
+            [f"({len(s['slices']) - limit} more slices in metrics.json)", ""] if len(s["slices"]) > limit else []
+        )
     if "fairness" in slices:
         f = slices["fairness"]
-        lines += [f"**Fairness across `{f['column']}`** ({', '.join(f'{g}: {n}' for g, n in f['groups'].items())}): "
-                  f"demographic-parity difference {f['demographic_parity_difference']:.3f}, equalized-odds difference "
-                  f"{f['equalized_odds_difference']:.3f} (largest over the classes, one-vs-rest; 0 = parity).", ""]
+        lines += [
+            f"**Fairness across `{f['column']}`** ({', '.join(f'{g}: {n}' for g, n in f['groups'].items())}): "
+            f"demographic-parity difference {f['demographic_parity_difference']:.3f}, equalized-odds difference "
+            f"{f['equalized_odds_difference']:.3f} (largest over the classes, one-vs-rest; 0 = parity).",
+            "",
+        ]
     return lines + ["![slices](slices.png)", ""]
 
 
@@ -64,8 +80,10 @@ def calibration_section(metrics: dict) -> list[str]:
     line = f"Expected calibration error (10 bins) **{c['ece']:.4f}**, test NLL {c['nll']:.4f}."
     if "temperature" in c:
         a = c["after_scaling"]
-        line += (f" Temperature scaling fitted on validation: T = {c['temperature']:.3f}, ECE {a['ece']:.4f}, NLL {a['nll']:.4f} "
-                 f"(labels unchanged; T > 1 means the model was over-confident).")
+        line += (
+            f" Temperature scaling fitted on validation: T = {c['temperature']:.3f}, ECE {a['ece']:.4f}, NLL {a['nll']:.4f} "
+            f"(labels unchanged; T > 1 means the model was over-confident)."
+        )
     return ["## Calibration", "", line, "", "![reliability diagram](reliability.png)", ""]
 
 
@@ -73,12 +91,19 @@ def robustness_section(metrics: dict) -> list[str]:
     r = metrics.get("robustness")
     if not r or "error" in r:
         return []
-    lines = ["## Robustness", "", f"The same {r['n']} test items (stratified sample), clean macro-F1 {r['clean']['macro_f1']:.4f}:", "",
-             "| perturbation | macro-F1 | drop (points) | accuracy drop (points) | predictions flipped | texts changed |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "## Robustness",
+        "",
+        f"The same {r['n']} test items (stratified sample), clean macro-F1 {r['clean']['macro_f1']:.4f}:",
+        "",
+        "| perturbation | macro-F1 | drop (points) | accuracy drop (points) | predictions flipped | texts changed |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, p in r["perturbations"].items():
-        lines.append(f"| {name} | {p['macro_f1']:.4f} | {100 * p['macro_f1_drop']:+.1f} | {100 * p['accuracy_drop']:+.1f} | "
-                     f"{p['flipped']:.1%} | {p['texts_changed']:.0%} |")
+        lines.append(
+            f"| {name} | {p['macro_f1']:.4f} | {100 * p['macro_f1_drop']:+.1f} | {100 * p['accuracy_drop']:+.1f} | "
+            f"{p['flipped']:.1%} | {p['texts_changed']:.0%} |"
+        )
     return lines + ["", "![robustness](robustness.png)", ""]
 
 
@@ -88,11 +113,15 @@ def efficiency_section(metrics: dict) -> list[str]:
         return []
     size = f", model folder {human_bytes(e['model_size_bytes'])}" if "model_size_bytes" in e else ""
     gpu = f", peak GPU memory {e['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in e else ""
-    return ["## Inference efficiency", "",
-            f"On {e['device']} with {e['threads']} thread(s), tokenization included: batch 1 latency p50 "
-            f"**{e['batch_1_latency_ms_p50']:.1f} ms**, p95 {e['batch_1_latency_ms_p95']:.1f} ms ({e['batch_1_per_second']:.0f} texts/s); "
-            f"batch 32: **{e['batch_32_per_second']:.0f} texts/s**{size}; peak process memory {e['peak_rss_mb']:.0f} MB "
-            f"(includes training){gpu}.", ""]
+    return [
+        "## Inference efficiency",
+        "",
+        f"On {e['device']} with {e['threads']} thread(s), tokenization included: batch 1 latency p50 "
+        f"**{e['batch_1_latency_ms_p50']:.1f} ms**, p95 {e['batch_1_latency_ms_p95']:.1f} ms ({e['batch_1_per_second']:.0f} texts/s); "
+        f"batch 32: **{e['batch_32_per_second']:.0f} texts/s**{size}; peak process memory {e['peak_rss_mb']:.0f} MB "
+        f"(includes training){gpu}.",
+        "",
+    ]
 
 
 def cost_line(metrics: dict) -> list[str]:
@@ -106,8 +135,15 @@ def cost_line(metrics: dict) -> list[str]:
 def extended_markdown(metrics: dict) -> list[str]:
     """All sections, in reading order."""
     ci = ci_table(metrics)
-    return ([*(["## Test metrics with confidence intervals", ""] + ci if ci else [])] + sets_section(metrics) + slices_section(metrics)
-            + calibration_section(metrics) + robustness_section(metrics) + efficiency_section(metrics) + cost_line(metrics))
+    return (
+        [*(["## Test metrics with confidence intervals", ""] + ci if ci else [])]
+        + sets_section(metrics)
+        + slices_section(metrics)
+        + calibration_section(metrics)
+        + robustness_section(metrics)
+        + efficiency_section(metrics)
+        + cost_line(metrics)
+    )
 
 
 def _with_ci(m: dict, ci: dict | None, key: str) -> str:

@@ -5,13 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, log_loss, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+)
 
 from ..utils import atomic_write_figure
 
 METRIC_NAMES = [
-    "accuracy", "macro_f1", "macro_precision", "macro_recall",
-    "weighted_f1", "weighted_precision", "weighted_recall", "loss",
+    "accuracy",
+    "macro_f1",
+    "macro_precision",
+    "macro_recall",
+    "weighted_f1",
+    "weighted_precision",
+    "weighted_recall",
+    "loss",
 ]
 LOWER_IS_BETTER = {"loss", "perplexity"}
 
@@ -26,7 +38,9 @@ def classification_metrics(y_true: list[int], probs: np.ndarray, label_names: li
         p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg, zero_division=0)
         out.update({f"{avg}_precision": float(p), f"{avg}_recall": float(r), f"{avg}_f1": float(f)})
     out["loss"] = float(log_loss(y_true, np.clip(probs, 1e-7, 1), labels=labels))
-    report = classification_report(y_true, y_pred, labels=labels, target_names=label_names, output_dict=True, zero_division=0)
+    report = classification_report(
+        y_true, y_pred, labels=labels, target_names=label_names, output_dict=True, zero_division=0
+    )
     out["per_class"] = {name: {k: float(v) for k, v in report[name].items()} for name in label_names}
     out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
     return out
@@ -48,7 +62,6 @@ def plot_confusion(matrix: list[list[int]], label_names: list[str], path: Path, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     m = np.asarray(matrix)
     size = 1.2 + 0.7 * len(label_names)

@@ -25,7 +25,7 @@ def typos(text: str, rng: random.Random, rate: float = 0.1) -> str:
         spots = [j for j in range(1, len(w) - 2) if w[j] != w[j + 1] and w[j].isalpha() and w[j + 1].isalpha()]
         if spots:
             j = rng.choice(spots)
-            words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+            words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
     return " ".join(words)
 
 
@@ -57,11 +57,15 @@ def sample_rows(y, n: int, seed: int) -> np.ndarray:
         return np.arange(len(y))
     from sklearn.model_selection import train_test_split
 
-    rows, _ = train_test_split(np.arange(len(y)), train_size=n, random_state=seed, stratify=y if np.bincount(y).min() >= 2 else None)
+    rows, _ = train_test_split(
+        np.arange(len(y)), train_size=n, random_state=seed, stratify=y if np.bincount(y).min() >= 2 else None
+    )
     return np.sort(rows)
 
 
-def robustness(texts: list[str], y, clean_probs: np.ndarray, predict, k: int, samples: int = 500, seed: int = 0) -> dict:
+def robustness(
+    texts: list[str], y, clean_probs: np.ndarray, predict, k: int, samples: int = 500, seed: int = 0
+) -> dict:
     """{perturbation: macro-F1/accuracy on perturbed inputs, drop vs clean, share of predictions flipped}."""
     rows = sample_rows(y, samples, seed)
     y = np.asarray(y)[rows]
@@ -74,8 +78,11 @@ def robustness(texts: list[str], y, clean_probs: np.ndarray, predict, k: int, sa
         pred = predict(changed).argmax(1)
         scores = {m: float(metric_value(m, y, pred, k)) for m in ("macro_f1", "accuracy")}
         out["perturbations"][name] = {
-            **scores, "macro_f1_drop": clean["macro_f1"] - scores["macro_f1"], "accuracy_drop": clean["accuracy"] - scores["accuracy"],
-            "flipped": float((pred != clean_pred).mean()), "texts_changed": float(np.mean([c != texts[i] for c, i in zip(changed, rows)])),
+            **scores,
+            "macro_f1_drop": clean["macro_f1"] - scores["macro_f1"],
+            "accuracy_drop": clean["accuracy"] - scores["accuracy"],
+            "flipped": float((pred != clean_pred).mean()),
+            "texts_changed": float(np.mean([c != texts[i] for c, i in zip(changed, rows)])),
         }
     return out
 
@@ -86,7 +93,6 @@ def plot_robustness(report: dict, path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     names = ["clean", *report["perturbations"]]
     values = [report["clean"]["macro_f1"], *(p["macro_f1"] for p in report["perturbations"].values())]

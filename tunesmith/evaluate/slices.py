@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pandas as pd
 
-from ..utils import atomic_write_figure
 from ..data.loaders import load_table, pick_split
 from ..errors import DataError
+from ..utils import atomic_write_figure
 from .stats import metric_value
 
 UNKNOWN = "(missing)"
@@ -34,8 +34,10 @@ def column_values(data_cfg, texts: list[str], columns: list[str]) -> dict[str, l
     table = pick_split(load_table(source, data_cfg.format, data_cfg.encoding, data_cfg.encoding_errors), "test", source)
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise DataError(f"{source}: no column {missing} for eval.slice_by/eval.sensitive_column (columns: "
-                        f"{', '.join(map(str, table.columns[:20]))}); fix the column names in eval:")
+        raise DataError(
+            f"{source}: no column {missing} for eval.slice_by/eval.sensitive_column (columns: "
+            f"{', '.join(map(str, table.columns[:20]))}); fix the column names in eval:"
+        )
     keyed = table.dropna(subset=[data_cfg.text_column]).drop_duplicates(data_cfg.text_column)
     keyed = keyed.set_index(keyed[data_cfg.text_column].astype(str))
     out = {}
@@ -52,11 +54,19 @@ def slice_metrics(y, pred, groups: list[str], k: int, min_size: int = 20) -> dic
     rows = {}
     for g in sorted(set(groups.tolist()), key=_natural):
         m = groups == g
-        rows[g] = {"n": int(m.sum()), "accuracy": float(metric_value("accuracy", y[m], pred[m], k)),
-                   "macro_f1": float(metric_value("macro_f1", y[m], pred[m], k))}
+        rows[g] = {
+            "n": int(m.sum()),
+            "accuracy": float(metric_value("accuracy", y[m], pred[m], k)),
+            "macro_f1": float(metric_value("macro_f1", y[m], pred[m], k)),
+        }
     eligible = {g: r for g, r in rows.items() if r["n"] >= min_size}
     worst = min(eligible, key=lambda g: eligible[g]["macro_f1"]) if eligible else None
-    return {"slices": rows, "worst": worst, "gap": overall - eligible[worst]["macro_f1"] if worst else None, "min_size": min_size}
+    return {
+        "slices": rows,
+        "worst": worst,
+        "gap": overall - eligible[worst]["macro_f1"] if worst else None,
+        "min_size": min_size,
+    }
 
 
 def fairness(y, pred, sensitive: list[str], label_names: list[str]) -> dict:
@@ -67,8 +77,10 @@ def fairness(y, pred, sensitive: list[str], label_names: list[str]) -> dict:
     per_class = {}
     for k, name in enumerate(label_names):
         yt, yp = (y == k).astype(int), (pred == k).astype(int)
-        per_class[name] = {"demographic_parity_difference": float(demographic_parity_difference(yt, yp, sensitive_features=s)),
-                           "equalized_odds_difference": float(equalized_odds_difference(yt, yp, sensitive_features=s))}
+        per_class[name] = {
+            "demographic_parity_difference": float(demographic_parity_difference(yt, yp, sensitive_features=s)),
+            "equalized_odds_difference": float(equalized_odds_difference(yt, yp, sensitive_features=s)),
+        }
     return {
         "groups": {g: int((s == g).sum()) for g in sorted(set(s.tolist()))},
         "per_class": per_class,
@@ -84,9 +96,12 @@ def plot_slices(slices: dict, overall: float, path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
-    fig, axes = plt.subplots(1, len(slices), figsize=(4.2 * len(slices), 1.3 + 0.35 * max(len(s["slices"]) for s in slices.values())),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(slices),
+        figsize=(4.2 * len(slices), 1.3 + 0.35 * max(len(s["slices"]) for s in slices.values())),
+        squeeze=False,
+    )
     for ax, (name, s) in zip(axes[0], slices.items()):
         keys = list(s["slices"])[:25]
         vals = [s["slices"][g]["macro_f1"] for g in keys]
@@ -103,4 +118,6 @@ def plot_slices(slices: dict, overall: float, path, title: str) -> None:
 
 def _natural(text: str) -> list:
     """Sort key: "9-16 words" before "17-30 words", ">30 words" last."""
-    return [(1, t) if not t.isdigit() else (0, int(t)) for t in re.split(r"(\d+)", text.lstrip(">"))] + [text.startswith(">")]
+    return [(1, t) if not t.isdigit() else (0, int(t)) for t in re.split(r"(\d+)", text.lstrip(">"))] + [
+        text.startswith(">")
+    ]

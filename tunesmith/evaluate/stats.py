@@ -14,7 +14,15 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-CI_METRICS = ["accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1", "weighted_precision", "weighted_recall"]
+CI_METRICS = [
+    "accuracy",
+    "macro_f1",
+    "macro_precision",
+    "macro_recall",
+    "weighted_f1",
+    "weighted_precision",
+    "weighted_recall",
+]
 DEFAULT_RESAMPLES = 1000
 
 
@@ -49,7 +57,9 @@ def metric_value(metric: str, y, pred, k: int) -> np.ndarray:
     return metrics_from_confusion(confusion_batch(y, pred, k))[metric]
 
 
-def metric_cis(y_true, probs: np.ndarray, level: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict:
+def metric_cis(
+    y_true, probs: np.ndarray, level: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> dict:
     """{metric: {"low", "high"}} percentile-bootstrap intervals for the headline metrics (+ log loss)."""
     y = np.asarray(y_true)
     pred, k = probs.argmax(1), probs.shape[1]
@@ -59,14 +69,33 @@ def metric_cis(y_true, probs: np.ndarray, level: float = 0.95, resamples: int = 
         values = metrics_from_confusion(confusion_batch(np.moveaxis(y_, axis, -1), np.moveaxis(p_, axis, -1), k))
         return np.stack([values[m] for m in CI_METRICS] + [np.moveaxis(loss_, axis, -1).mean(-1)])
 
-    res = stats.bootstrap((y, pred, item_loss), statistic, paired=True, vectorized=True, n_resamples=resamples,
-                          confidence_level=level, method="percentile", random_state=np.random.default_rng(seed))
+    res = stats.bootstrap(
+        (y, pred, item_loss),
+        statistic,
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
     names = CI_METRICS + ["loss"]
-    return {m: {"low": float(lo), "high": float(hi)} for m, lo, hi in zip(names, res.confidence_interval.low, res.confidence_interval.high)}
+    return {
+        m: {"low": float(lo), "high": float(hi)}
+        for m, lo, hi in zip(names, res.confidence_interval.low, res.confidence_interval.high)
+    }
 
 
-def paired_delta(y_true, pred_a, pred_b, k: int, metric: str = "macro_f1", level: float = 0.95,
-                 resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict:
+def paired_delta(
+    y_true,
+    pred_a,
+    pred_b,
+    k: int,
+    metric: str = "macro_f1",
+    level: float = 0.95,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> dict:
     """B - A on the same items: the delta, its paired-bootstrap CI and a paired permutation-test p-value."""
     y, a, b = (np.asarray(v) for v in (y_true, pred_a, pred_b))
     if not (len(y) == len(a) == len(b)):
@@ -79,18 +108,51 @@ def paired_delta(y_true, pred_a, pred_b, k: int, metric: str = "macro_f1", level
 
     delta = float(boot_stat(y, a, b))
     if np.array_equal(a, b):  # nothing differs: every resample gives 0, the test cannot reject
-        return {"metric": metric, "a": float(metric_value(metric, y, a, k)), "b": float(metric_value(metric, y, b, k)),
-                "delta": 0.0, "low": 0.0, "high": 0.0, "p": 1.0, "level": level}
-    ci = stats.bootstrap((y, a, b), boot_stat, paired=True, vectorized=True, n_resamples=resamples, confidence_level=level,
-                         method="percentile", random_state=rng).confidence_interval
+        return {
+            "metric": metric,
+            "a": float(metric_value(metric, y, a, k)),
+            "b": float(metric_value(metric, y, b, k)),
+            "delta": 0.0,
+            "low": 0.0,
+            "high": 0.0,
+            "p": 1.0,
+            "level": level,
+        }
+    ci = stats.bootstrap(
+        (y, a, b),
+        boot_stat,
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        random_state=rng,
+    ).confidence_interval
 
     def perm_stat(a_, b_, axis=-1):  # positions stay fixed (permutation_type="samples"), so y lines up
-        return metric_value(metric, y, np.moveaxis(b_, axis, -1), k) - metric_value(metric, y, np.moveaxis(a_, axis, -1), k)
+        return metric_value(metric, y, np.moveaxis(b_, axis, -1), k) - metric_value(
+            metric, y, np.moveaxis(a_, axis, -1), k
+        )
 
-    p = stats.permutation_test((a, b), perm_stat, permutation_type="samples", vectorized=True, n_resamples=resamples,
-                               alternative="two-sided", random_state=rng).pvalue
-    return {"metric": metric, "a": float(metric_value(metric, y, a, k)), "b": float(metric_value(metric, y, b, k)),
-            "delta": delta, "low": float(ci.low), "high": float(ci.high), "p": float(p), "level": level}
+    p = stats.permutation_test(
+        (a, b),
+        perm_stat,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=resamples,
+        alternative="two-sided",
+        random_state=rng,
+    ).pvalue
+    return {
+        "metric": metric,
+        "a": float(metric_value(metric, y, a, k)),
+        "b": float(metric_value(metric, y, b, k)),
+        "delta": delta,
+        "low": float(ci.low),
+        "high": float(ci.high),
+        "p": float(p),
+        "level": level,
+    }
 
 
 def mcnemar(y_true, pred_a, pred_b) -> dict:
@@ -99,7 +161,13 @@ def mcnemar(y_true, pred_a, pred_b) -> dict:
     ok_a, ok_b = a == y, b == y
     fixed, broke = int((~ok_a & ok_b).sum()), int((ok_a & ~ok_b).sum())
     p = 1.0 if fixed + broke == 0 else float(stats.binomtest(fixed, fixed + broke, 0.5).pvalue)
-    return {"fixed": fixed, "broke": broke, "both_right": int((ok_a & ok_b).sum()), "both_wrong": int((~ok_a & ~ok_b).sum()), "p": p}
+    return {
+        "fixed": fixed,
+        "broke": broke,
+        "both_right": int((ok_a & ok_b).sum()),
+        "both_wrong": int((~ok_a & ~ok_b).sum()),
+        "p": p,
+    }
 
 
 def holm(pvalues: list[float]) -> list[float]:

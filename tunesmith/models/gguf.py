@@ -55,7 +55,9 @@ def convert_gguf(gguf_path: str | Path, say=print) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise ModelError(f"'{gguf_path}': transformers cannot load this GGUF file ({str(err).splitlines()[0]})") from None
+        raise ModelError(
+            f"'{gguf_path}': transformers cannot load this GGUF file ({str(err).splitlines()[0]})"
+        ) from None
     finally:
         hf_logging.enable_progress_bar()
     config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
@@ -63,7 +65,9 @@ def convert_gguf(gguf_path: str | Path, say=print) -> Path:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise ModelError(f"'{gguf_path}': the de-quantized weights do not fit the model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ModelError(
+            f"'{gguf_path}': the de-quantized weights do not fit the model config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     if getattr(loaded, "generation_config", None) is not None:
         model.generation_config = loaded.generation_config
     with atomic_dir(out) as tmp:

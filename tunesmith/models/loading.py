@@ -72,10 +72,14 @@ def resolve_model(name: str) -> ModelSource:
         return ModelSource(name, str(convert_gguf(path)), "gguf")
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelError(f"model folder '{name}' has no config.json; point model.name at a Hugging Face model folder")
+            raise ModelError(
+                f"model folder '{name}' has no config.json; point model.name at a Hugging Face model folder"
+            )
         return ModelSource(name, str(path.resolve()), "local")
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelError(f"model folder '{name}' does not exist; check model.name (or use an alias: {', '.join(ALIASES)})")
+        raise ModelError(
+            f"model folder '{name}' does not exist; check model.name (or use an alias: {', '.join(ALIASES)})"
+        )
     if not _in_hub_cache(name) and not _hub_reachable():
         raise ModelError(
             f"model '{name}' is not a local folder or a packaged alias ({', '.join(ALIASES)}), and the Hugging Face hub "
@@ -137,13 +141,24 @@ def quantization_config(kind: str, keep: list[str] | None = None):
     for name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if kind == "nf4":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=keep)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=keep,
+        )
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
 
 
-def load_classifier(source: ModelSource, label_names: list[str], pad_token_id: int | None, revision: str | None = None,
-                    trust_remote_code: bool = False, quantize: str = "none"):
+def load_classifier(
+    source: ModelSource,
+    label_names: list[str],
+    pad_token_id: int | None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    quantize: str = "none",
+):
     """The pretrained backbone (optionally quantized) with a freshly initialised classification head for `label_names`."""
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -159,11 +174,19 @@ def load_classifier(source: ModelSource, label_names: list[str], pad_token_id: i
             label2id={n: i for i, n in enumerate(label_names)},
             revision=revision,
             trust_remote_code=trust_remote_code,
-            **({"quantization_config": quantization_config(quantize), "device_map": {"": 0} if torch.cuda.is_available() else "cpu"}
-               if quantize != "none" else {}),
+            **(
+                {
+                    "quantization_config": quantization_config(quantize),
+                    "device_map": {"": 0} if torch.cuda.is_available() else "cpu",
+                }
+                if quantize != "none"
+                else {}
+            ),
         )
     except (OSError, ValueError) as err:
-        raise ModelError(f"model '{source.name}': cannot load it for sequence classification ({_first_line(err)})") from None
+        raise ModelError(
+            f"model '{source.name}': cannot load it for sequence classification ({_first_line(err)})"
+        ) from None
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     _keep_trainable_4bit_layout(model)
@@ -184,25 +207,37 @@ def auto_class_for(folder: str | Path):
     return AutoModelForSequenceClassification
 
 
-def load_generative(source: ModelSource, task: str, revision: str | None = None, trust_remote_code: bool = False,
-                    quantize: str = "none", gradient_checkpointing: bool = False):
-    """A pretrained causal LM (`causal-lm`) or encoder-decoder (`seq2seq`), optionally with a quantized base."""
+def load_generative(
+    source: ModelSource,
+    encoder_decoder: bool = False,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    quantize: str = "none",
+    gradient_checkpointing: bool = False,
+):
+    """A pretrained causal LM, or an encoder-decoder (`encoder_decoder`), optionally with a quantized base."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    cls = AutoModelForSeq2SeqLM if task == "seq2seq" else AutoModelForCausalLM
+    cls = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
     quant = {}
     if quantize != "none":
-        quant = {"quantization_config": quantization_config(quantize, keep=["lm_head"]),
-                 "device_map": {"": 0} if torch.cuda.is_available() else "cpu"}
+        quant = {
+            "quantization_config": quantization_config(quantize, keep=["lm_head"]),
+            "device_map": {"": 0} if torch.cuda.is_available() else "cpu",
+        }
     try:
-        model = cls.from_pretrained(source.location, revision=revision, trust_remote_code=trust_remote_code, dtype=torch.float32, **quant)
+        model = cls.from_pretrained(
+            source.location, revision=revision, trust_remote_code=trust_remote_code, dtype=torch.float32, **quant
+        )
     except (OSError, ValueError) as err:
-        kind = "an encoder-decoder (seq2seq)" if task == "seq2seq" else "a causal language model"
-        raise ModelError(f"model '{source.name}': cannot load it as {kind} ({_first_line(err)}); check task and model.name") from None
+        kind = "an encoder-decoder (seq2seq)" if encoder_decoder else "a causal language model"
+        raise ModelError(
+            f"model '{source.name}': cannot load it as {kind} ({_first_line(err)}); check task and model.name"
+        ) from None
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):

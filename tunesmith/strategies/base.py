@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ class Strategy:
     saves_base: ClassVar[bool] = True
     """True when `save` writes the frozen weights too (they must then stay exactly as pretrained: no dtype casts)."""
     plan_family: ClassVar[str | None] = None
-    """How `tunesmith plan` models it: full | freeze | gradual | probe | lora | adapter (None: planned as full, with a note)."""
+    """How `tunesmith plan` models it: dense | top-layers | growing | head-only | low-rank | adapter (None: as dense, with a note)."""
 
     def __init__(self, options=None):
         self.options = options if options is not None else self.Options()
@@ -78,7 +79,9 @@ class Strategy:
                 continue
             scale = decay_rate ** (top - depths[name]) if depths else 1.0
             key = (p.ndim < 2, scale)
-            group = groups.setdefault(key, {"params": [], "weight_decay": 0.0 if p.ndim < 2 else weight_decay, "lr": lr * scale})
+            group = groups.setdefault(
+                key, {"params": [], "weight_decay": 0.0 if p.ndim < 2 else weight_decay, "lr": lr * scale}
+            )
             group["params"].append(p)
         return list(groups.values())
 
@@ -138,4 +141,8 @@ def set_trainable(model: nn.Module, names: set[str]) -> None:
 
 def trainable_state(model: nn.Module, names: set[str] | None = None) -> dict[str, torch.Tensor]:
     """The parameters that train (or `names`), by name: what a checkpoint has to keep."""
-    return {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if (p.requires_grad if names is None else n in names)}
+    return {
+        n: p.detach().clone().contiguous()
+        for n, p in model.named_parameters()
+        if (p.requires_grad if names is None else n in names)
+    }

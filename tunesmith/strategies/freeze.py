@@ -23,7 +23,7 @@ class FreezeOptions(LayerDecayOptions):
 
 class FreezeStrategy(Strategy):
     name = "freeze"
-    plan_family = "freeze"
+    plan_family = "top-layers"
     summary = "Top N layers + head train, the rest frozen. Small data or close domain; fast, less forgetting."
     Options = FreezeOptions
 

@@ -12,7 +12,7 @@ class FullOptions(LayerDecayOptions):
 
 class FullStrategy(Strategy):
     name = "full"
-    plan_family = "full"
+    plan_family = "dense"
     summary = "All weights train. Best accuracy with enough data; most memory; saves the whole model."
     Options = FullOptions
 
@@ -25,6 +25,6 @@ class DiscriminativeOptions(LayerDecayOptions):
 
 class DiscriminativeLrStrategy(Strategy):
     name = "discriminative-lr"
-    plan_family = "full"
+    plan_family = "dense"
     summary = "All weights train, lower layers at lower lr (lr x decay^depth). Guards pretrained features; also an option of full/freeze/gradual-unfreeze."
     Options = DiscriminativeOptions

@@ -21,7 +21,7 @@ class GradualUnfreezeOptions(LayerDecayOptions):
 
 class GradualUnfreezeStrategy(Strategy):
     name = "gradual-unfreeze"
-    plan_family = "gradual"
+    plan_family = "growing"
     summary = "Head first, then one layer from the top at a time (ULMFiT). Small data, guards against forgetting."
     Options = GradualUnfreezeOptions
     supports_distributed = False  # DDP fixes the set of synchronised parameters when it wraps the model

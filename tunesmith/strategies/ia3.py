@@ -27,4 +27,6 @@ class Ia3Strategy(PeftStrategy):
         from peft import IA3Config
 
         o = self.options
-        return IA3Config(task_type=peft_task(model), target_modules=o.target_modules, feedforward_modules=o.feedforward_modules)
+        return IA3Config(
+            task_type=peft_task(model), target_modules=o.target_modules, feedforward_modules=o.feedforward_modules
+        )

@@ -11,10 +11,10 @@ import hashlib
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -37,7 +37,9 @@ def head_name(model: nn.Module) -> str:
     for name in HEAD_NAMES:
         if isinstance(getattr(model, name, None), nn.Module):
             return name
-    raise ConfigError(f"linear-probe: {type(model).__name__} has no classification head named {' or '.join(HEAD_NAMES)}; use strategy freeze with layers: 0")
+    raise ConfigError(
+        f"linear-probe: {type(model).__name__} has no classification head named {' or '.join(HEAD_NAMES)}; use strategy freeze with layers: 0"
+    )
 
 
 class HeadOnly(nn.Module):
@@ -58,7 +60,7 @@ class LinearProbeStrategy(Strategy):
     Options = LinearProbeOptions
     features_only = True
     saves_base = False
-    plan_family = "probe"
+    plan_family = "head-only"
 
     def prepare(self, model: nn.Module) -> nn.Module:
         name = head_name(model)
@@ -78,7 +80,9 @@ class LinearProbeStrategy(Strategy):
         x = seen["x"]
         if x.ndim == 3:  # e.g. RoBERTa's head takes the sequence and reads its first token
             if name == "score":
-                raise ConfigError("linear-probe: decoder-style heads (score) pool the last token; use strategy freeze with layers: 0")
+                raise ConfigError(
+                    "linear-probe: decoder-style heads (score) pool the last token; use strategy freeze with layers: 0"
+                )
             x = x[:, :1]
         return x.float()
 
@@ -102,14 +106,19 @@ class LinearProbeStrategy(Strategy):
             t0 = time.perf_counter()
             use = self.options.cache
             x, hit = cached_features(ctx.cache_dir / "features", key, compute, read=use, write=use and ctx.is_main)
-            ctx.say(f"linear-probe: {split} features {tuple(x.shape)} {'from cache' if hit else f'computed in {time.perf_counter() - t0:.1f}s'}")
+            ctx.say(
+                f"linear-probe: {split} features {tuple(x.shape)} {'from cache' if hit else f'computed in {time.perf_counter() - t0:.1f}s'}"
+            )
             out[split] = Features(x, tok.targets)
         return self.head_model(model), out
 
     def save(self, model: nn.Module, folder: Path) -> None:
         """Only the head is new: save it (a few KB), not the unchanged backbone."""
         name = head_name(model)
-        save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if n.startswith(name + ".")}, str(folder / "head.safetensors"))
+        save_file(
+            {n: p.detach().contiguous() for n, p in model.named_parameters() if n.startswith(name + ".")},
+            str(folder / "head.safetensors"),
+        )
 
     def load(self, folder: Path, load_base: Callable[[], nn.Module]) -> nn.Module:
         model = load_base()
@@ -122,7 +131,9 @@ def cache_key(model_key: str, fingerprint: str) -> str:
     return hashlib.sha256(f"{model_key}|{fingerprint}".encode()).hexdigest()[:20]
 
 
-def cached_features(folder: Path, key: str, compute: Callable[[], torch.Tensor], read: bool, write: bool) -> tuple[torch.Tensor, bool]:
+def cached_features(
+    folder: Path, key: str, compute: Callable[[], torch.Tensor], read: bool, write: bool
+) -> tuple[torch.Tensor, bool]:
     """(features, was_cached): load `<folder>/<key>.safetensors`, or compute (and store it atomically)."""
     path = Path(folder) / f"{key}.safetensors"
     if read and path.is_file():

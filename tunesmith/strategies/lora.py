@@ -38,7 +38,7 @@ def default_targets(model: nn.Module) -> list[str] | str:
 
 class LoraStrategy(PeftStrategy):
     name = "lora"
-    plan_family = "lora"
+    plan_family = "low-rank"
     summary = "Low-rank adapters + head train (~1-3% of weights). Little memory, tiny saves, little forgetting; quantize: nf4 = QLoRA."
     Options = LoraOptions
 
@@ -57,8 +57,13 @@ class LoraStrategy(PeftStrategy):
         o = self.options
         targets = "all-linear" if o.target_modules == ["all-linear"] else o.target_modules
         return LoraConfig(
-            task_type=peft_task(model), r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout,
-            target_modules=targets or default_targets(model), use_rslora=o.use_rslora, use_dora=o.use_dora,
+            task_type=peft_task(model),
+            r=o.r,
+            lora_alpha=o.alpha,
+            lora_dropout=o.dropout,
+            target_modules=targets or default_targets(model),
+            use_rslora=o.use_rslora,
+            use_dora=o.use_dora,
         )
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 
@@ -37,7 +37,9 @@ class PeftStrategy(Strategy):
 
     def merged(self, model: nn.Module) -> nn.Module:
         if not self.mergeable:
-            raise ConfigError(f"strategy {self.name}: its adapter cannot be merged into the base weights; load the run with tunesmith (or PEFT) instead")
+            raise ConfigError(
+                f"strategy {self.name}: its adapter cannot be merged into the base weights; load the run with tunesmith (or PEFT) instead"
+            )
         return model.merge_and_unload()
 
 

@@ -19,7 +19,9 @@ class PrefixTuningStrategy(PeftStrategy):
     name = "prefix-tuning"
     plan_family = "adapter"
     virtual_tokens = True
-    summary = "Learned key/value prefixes in every layer + head; the model stays frozen. Between prompt tuning and LoRA."
+    summary = (
+        "Learned key/value prefixes in every layer + head; the model stays frozen. Between prompt tuning and LoRA."
+    )
     Options = PrefixTuningOptions
     mergeable = False
 

@@ -31,6 +31,9 @@ class PromptTuningStrategy(PeftStrategy):
         o = self.options
         kwargs = {}
         if o.init_text:
-            kwargs = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": o.init_text,
-                      "tokenizer_name_or_path": getattr(model.config, "_name_or_path", None)}
+            kwargs = {
+                "prompt_tuning_init": PromptTuningInit.TEXT,
+                "prompt_tuning_init_text": o.init_text,
+                "tokenizer_name_or_path": getattr(model.config, "_name_or_path", None),
+            }
         return PromptTuningConfig(task_type=peft_task(model), num_virtual_tokens=o.virtual_tokens, **kwargs)

@@ -13,9 +13,10 @@ Only `load_data`, `load_model`, `encode`, `loss`, `validate` and `test` must be 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from ..config.schema import Config
 from ..errors import ConfigError, RunError
@@ -85,7 +86,9 @@ class Task:
     summary: ClassVar[str] = ""
     """One line: what it learns (shown by `tunesmith tasks`)."""
     metrics: ClassVar[tuple[str, ...]] = ("loss",)
-    """Valid `train.metric` values (what `validate` reports); the first is the default. loss/perplexity are minimised."""
+    """Valid `train.metric` values (what `validate` reports); the first is the default."""
+    minimize: ClassVar[frozenset[str]] = frozenset({"loss", "perplexity"})
+    """The metrics for which lower is better (early stopping and the best checkpoint); the others are maximised."""
     uses: ClassVar[frozenset[str]] = frozenset()
     """The task-specific config keys (config/schema.py: TASK_KEYS) this task reads, e.g. "data.label_column", "generate.*"."""
     # ---- capabilities that tools and the read side ask for instead of the task's name
@@ -113,7 +116,9 @@ class Task:
 
     def lint(self, data: TaskData, tokenizer, show: int = 2):
         """`tunesmith data lint`: a report of how samples render (generative tasks)."""
-        raise ConfigError(f"data lint checks generative tasks; task {self.name} has nothing to lint (use `tunesmith data audit`)")
+        raise ConfigError(
+            f"data lint checks generative tasks; task {self.name} has nothing to lint (use `tunesmith data audit`)"
+        )
 
     def check_strategy(self, strategy) -> None:
         """Refuse a strategy this task cannot train (a ConfigError saying what to use instead)."""
@@ -148,7 +153,9 @@ class Task:
         """metrics.json's task part (`test`, baselines, before/after ...). Runs on every process; the main one's counts."""
         raise NotImplementedError
 
-    def write_artifacts(self, run_dir: Path, metrics: dict, history: list[dict], data: TaskData, info: dict, ctx) -> None:
+    def write_artifacts(
+        self, run_dir: Path, metrics: dict, history: list[dict], data: TaskData, info: dict, ctx
+    ) -> None:
         """metrics.json, history.jsonl, plots, report.md, MODEL_CARD.md and the task's own files."""
         from ..tracking.report import write_basic_artifacts
 

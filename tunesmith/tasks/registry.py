@@ -1,9 +1,9 @@
 """The one table from task names to classes. Built-ins are imported lazily; `module:Class` names a user's task.
 
-    from tunesmith.tasks import Task, register_task
-    class MyTask(Task):
-        name = "my-task"; ...
-    register_task(MyTask)
+from tunesmith.tasks import Task, register_task
+class MyTask(Task):
+    name = "my-task"; ...
+register_task(MyTask)
 """
 
 from __future__ import annotations

@@ -27,8 +27,15 @@ COMPARED = ["macro_f1", "accuracy", "weighted_f1"]
 NOISE_KEYS = {"name", "output_dir"}
 
 
-def compare_runs(paths: list[str | Path], metric: str = "macro_f1", allow_different_data: bool = False, resamples: int = 2000,
-                 level: float = 0.95, seed: int = 0, examples: int = 10) -> dict:
+def compare_runs(
+    paths: list[str | Path],
+    metric: str = "macro_f1",
+    allow_different_data: bool = False,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    examples: int = 10,
+) -> dict:
     """The whole comparison as a plain dict (what compare.json holds, and what the Markdown/HTML render)."""
     if len(paths) < 2:
         raise RunError("compare: give at least two run folders (the first is the reference)")
@@ -37,8 +44,15 @@ def compare_runs(paths: list[str | Path], metric: str = "macro_f1", allow_differ
         raise RunError(f"compare: --metric {metric} is not one of {', '.join(COMPARED)}")
     paired = _same_test_data(runs, allow_different_data)
     ref = runs[0]
-    out = {"metric": metric, "level": level, "paired": paired, "runs": [_summary(r) for r in runs], "comparisons": [],
-           "config_diff": config_diff(runs), "data_diff": data_diff(runs)}
+    out = {
+        "metric": metric,
+        "level": level,
+        "paired": paired,
+        "runs": [_summary(r) for r in runs],
+        "comparisons": [],
+        "config_diff": config_diff(runs),
+        "data_diff": data_diff(runs),
+    }
     for other in runs[1:]:
         out["comparisons"].append(_pair(ref, other, metric, paired, resamples, level, seed, examples))
     if paired and len(runs) > 2:
@@ -51,14 +65,19 @@ def compare_runs(paths: list[str | Path], metric: str = "macro_f1", allow_differ
 def _load(path: Path) -> dict:
     run = Run(path)
     if not run.task.supports_compare:
-        raise RunError(f"{path}: compare works on runs whose task supports it (text classification); this one is {run.task.name}")
+        raise RunError(
+            f"{path}: compare works on runs whose task supports it (text classification); this one is {run.task.name}"
+        )
     preds = path / "test_predictions.csv"
     if run.status != "complete" or not preds.is_file():
         raise RunError(f"{path}: the run is {run.status} and has no test_predictions.csv; compare finished runs")
     df = read_predictions(preds)
     cfg = _config(path)
-    history = [json.loads(line) for line in (path / "history.jsonl").read_text().splitlines() if line.strip()] \
-        if (path / "history.jsonl").is_file() else []
+    history = (
+        [json.loads(line) for line in (path / "history.jsonl").read_text().splitlines() if line.strip()]
+        if (path / "history.jsonl").is_file()
+        else []
+    )
     return {"name": path.name, "path": str(path), "run": run, "preds": df, "config": cfg, "history": history}
 
 
@@ -79,22 +98,32 @@ def _same_test_data(runs: list[dict], allow: bool) -> bool:
         same = False  # a fingerprint collision or edited file: do not pair
     if not same and not allow:
         detail = ", ".join(f"{r['name']}: test {p} labels {lab}" for r, p, lab in zip(runs, prints, labels))
-        raise RunError(f"compare: the runs were tested on different data ({detail}); a paired comparison needs the same test set. "
-                       f"Pass --allow-different-data for unpaired figures only")
+        raise RunError(
+            f"compare: the runs were tested on different data ({detail}); a paired comparison needs the same test set. "
+            f"Pass --allow-different-data for unpaired figures only"
+        )
     return same
 
 
 def _summary(r: dict) -> dict:
     m, info = r["run"].metrics, r["run"].info
     test = m.get("test", {})
-    return {"name": r["name"], "path": r["path"], "strategy": info.get("strategy"), "model": info.get("model", {}).get("name"),
-            "test_fingerprint": info.get("data", {}).get("splits", {}).get("test", {}).get("fingerprint"),
-            "n": test.get("n"), "metrics": {k: test.get(k) for k in COMPARED + ["loss"]}, "ci": m.get("test_ci") or _ci(r),
-            "per_class_f1": {k: v["f1-score"] for k, v in test.get("per_class", {}).items()},
-            "ece": (m.get("calibration") or {}).get("ece"),
-            "latency_ms_p50": (m.get("efficiency") or {}).get("batch_1_latency_ms_p50"),
-            "train_seconds": info.get("timings", {}).get("train_seconds"), "saved_bytes": info.get("saved_bytes"),
-            "history": [{k: h[k] for k in ("step", "train_loss", "val_loss") if k in h} for h in r["history"]]}
+    return {
+        "name": r["name"],
+        "path": r["path"],
+        "strategy": info.get("strategy"),
+        "model": info.get("model", {}).get("name"),
+        "test_fingerprint": info.get("data", {}).get("splits", {}).get("test", {}).get("fingerprint"),
+        "n": test.get("n"),
+        "metrics": {k: test.get(k) for k in COMPARED + ["loss"]},
+        "ci": m.get("test_ci") or _ci(r),
+        "per_class_f1": {k: v["f1-score"] for k, v in test.get("per_class", {}).items()},
+        "ece": (m.get("calibration") or {}).get("ece"),
+        "latency_ms_p50": (m.get("efficiency") or {}).get("batch_1_latency_ms_p50"),
+        "train_seconds": info.get("timings", {}).get("train_seconds"),
+        "saved_bytes": info.get("saved_bytes"),
+        "history": [{k: h[k] for k in ("step", "train_loss", "val_loss") if k in h} for h in r["history"]],
+    }
 
 
 def _ci(r: dict) -> dict:
@@ -111,10 +140,17 @@ def _ids(r: dict, column: str) -> np.ndarray:
 
 def _pair(a: dict, b: dict, metric: str, paired: bool, resamples: int, level: float, seed: int, examples: int) -> dict:
     ta, tb = a["run"].metrics["test"], b["run"].metrics["test"]
-    out = {"a": a["name"], "b": b["name"], "per_class": per_class_deltas(ta, tb), "slices": slice_deltas(a["run"].metrics, b["run"].metrics)}
+    out = {
+        "a": a["name"],
+        "b": b["name"],
+        "per_class": per_class_deltas(ta, tb),
+        "slices": slice_deltas(a["run"].metrics, b["run"].metrics),
+    }
     if not paired:
         out["metrics"] = {m: {"metric": m, "a": ta[m], "b": tb[m], "delta": tb[m] - ta[m]} for m in COMPARED}
-        out["verdict"] = f"{100 * (tb[metric] - ta[metric]):+.1f} {metric} points on different test data (not paired: no significance test)"
+        out["verdict"] = (
+            f"{100 * (tb[metric] - ta[metric]):+.1f} {metric} points on different test data (not paired: no significance test)"
+        )
         return out
     y, pa, pb = _ids(a, "label"), _ids(a, "predicted"), _ids(b, "predicted")
     k = len(a["run"].label_names)
@@ -126,9 +162,16 @@ def _pair(a: dict, b: dict, metric: str, paired: bool, resamples: int, level: fl
 
 
 def per_class_deltas(ta: dict, tb: dict) -> dict:
-    return {c: {"a": ta["per_class"][c]["f1-score"], "b": tb["per_class"][c]["f1-score"],
-                "delta": tb["per_class"][c]["f1-score"] - ta["per_class"][c]["f1-score"], "support": ta["per_class"][c]["support"]}
-            for c in ta.get("per_class", {}) if c in tb.get("per_class", {})}
+    return {
+        c: {
+            "a": ta["per_class"][c]["f1-score"],
+            "b": tb["per_class"][c]["f1-score"],
+            "delta": tb["per_class"][c]["f1-score"] - ta["per_class"][c]["f1-score"],
+            "support": ta["per_class"][c]["support"],
+        }
+        for c in ta.get("per_class", {})
+        if c in tb.get("per_class", {})
+    }
 
 
 def slice_deltas(ma: dict, mb: dict) -> dict:
@@ -138,9 +181,16 @@ def slice_deltas(ma: dict, mb: dict) -> dict:
     for name in sa:
         if name == "fairness" or name not in sb or "slices" not in sa[name] or "slices" not in sb[name]:
             continue
-        out[name] = {g: {"n": v["n"], "a": v["macro_f1"], "b": sb[name]["slices"][g]["macro_f1"],
-                         "delta": sb[name]["slices"][g]["macro_f1"] - v["macro_f1"]}
-                     for g, v in sa[name]["slices"].items() if g in sb[name]["slices"]}
+        out[name] = {
+            g: {
+                "n": v["n"],
+                "a": v["macro_f1"],
+                "b": sb[name]["slices"][g]["macro_f1"],
+                "delta": sb[name]["slices"][g]["macro_f1"] - v["macro_f1"],
+            }
+            for g, v in sa[name]["slices"].items()
+            if g in sb[name]["slices"]
+        }
     return out
 
 
@@ -153,7 +203,15 @@ def changed_examples(a: dict, b: dict, n: int) -> tuple[list[dict], list[dict]]:
         idx = np.flatnonzero(mask.to_numpy())
         conf = np.array([float(conf_of.iloc[i][f"p_{conf_of.iloc[i]['predicted']}"]) for i in idx])
         order = idx[np.argsort(-conf)][:n] if len(idx) else idx
-        return [{"text": da.iloc[i]["text"], "label": da.iloc[i]["label"], "a": da.iloc[i]["predicted"], "b": db.iloc[i]["predicted"]} for i in order]
+        return [
+            {
+                "text": da.iloc[i]["text"],
+                "label": da.iloc[i]["label"],
+                "a": da.iloc[i]["predicted"],
+                "b": db.iloc[i]["predicted"],
+            }
+            for i in order
+        ]
 
     return rows(~right_a & right_b, db), rows(right_a & ~right_b, db)
 
@@ -162,8 +220,11 @@ def config_diff(runs: list[dict]) -> list[dict]:
     """Settings that differ between the runs (the run name and output folder aside)."""
     flat = [flatten(r["config"]) for r in runs]
     keys = sorted(set().union(*flat))
-    return [{"key": k, "values": [f.get(k) for f in flat]} for k in keys
-            if k not in NOISE_KEYS and len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+    return [
+        {"key": k, "values": [f.get(k) for f in flat]}
+        for k in keys
+        if k not in NOISE_KEYS and len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1
+    ]
 
 
 def data_diff(runs: list[dict]) -> list[dict]:
@@ -171,6 +232,13 @@ def data_diff(runs: list[dict]) -> list[dict]:
     out = []
     for split in ("train", "validation", "test"):
         recs = [r["run"].info.get("data", {}).get("splits", {}).get(split, {}) for r in runs]
-        out.append({"split": split, "rows": [x.get("rows") for x in recs], "fingerprint": [x.get("fingerprint") for x in recs],
-                    "source": [x.get("source") for x in recs], "same": len({x.get("fingerprint") for x in recs}) == 1})
+        out.append(
+            {
+                "split": split,
+                "rows": [x.get("rows") for x in recs],
+                "fingerprint": [x.get("fingerprint") for x in recs],
+                "source": [x.get("source") for x in recs],
+                "same": len({x.get("fingerprint") for x in recs}) == 1,
+            }
+        )
     return out

@@ -32,11 +32,15 @@ def cross_validate(config, overrides: list[str] | None = None, folds: int = 5) -
     """Train one run per fold; return {"path", "folds": [...], "summary": {metric: mean, std}}."""
     cfg = load_config(config, overrides)
     if not get_task_class(cfg.task).supports_cv:
-        raise ConfigError(f"cv: cross-validation covers tasks that support it (text classification); this config has task: {cfg.task}")
+        raise ConfigError(
+            f"cv: cross-validation covers tasks that support it (text classification); this config has task: {cfg.task}"
+        )
     if folds < 2:
         raise ConfigError(f"cv: --folds must be at least 2 (got {folds})")
     if cfg.data.group_column:
-        raise ConfigError("cv: data.group_column is not supported by cross-validation yet; remove it (near duplicates are still kept together)")
+        raise ConfigError(
+            "cv: data.group_column is not supported by cross-validation yet; remove it (near duplicates are still kept together)"
+        )
     splits = load_splits(cfg.data, cfg.seed)
     texts = splits.train.texts + splits.validation.texts + splits.test.texts
     y = np.array(splits.train.labels + splits.validation.labels + splits.test.labels)
@@ -50,28 +54,51 @@ def cross_validate(config, overrides: list[str] | None = None, folds: int = 5) -
             run = finetune(_fold_config(cfg, root, k, texts, y, fold_of, splits.label_names))
             parent.adopt(run.info.get("mlflow_run_id"))
             test = run.metrics["test"]
-            rows.append({"fold": k + 1, "run": str(run.path), "train_rows": int((fold_of != k).sum()), "test_rows": int((fold_of == k).sum()),
-                         **{m: test[m] for m in CV_METRICS}})
+            rows.append(
+                {
+                    "fold": k + 1,
+                    "run": str(run.path),
+                    "train_rows": int((fold_of != k).sum()),
+                    "test_rows": int((fold_of == k).sum()),
+                    **{m: test[m] for m in CV_METRICS},
+                }
+            )
     except BaseException:
         parent.end("FAILED")
         raise
-    summary = {m: {"mean": float(np.mean([r[m] for r in rows])), "std": float(np.std([r[m] for r in rows], ddof=1))} for m in CV_METRICS}
-    result = {"path": str(root), "folds": rows, "summary": summary, "k": folds, "rows": len(texts), "labels": splits.label_names}
+    summary = {
+        m: {"mean": float(np.mean([r[m] for r in rows])), "std": float(np.std([r[m] for r in rows], ddof=1))}
+        for m in CV_METRICS
+    }
+    result = {
+        "path": str(root),
+        "folds": rows,
+        "summary": summary,
+        "k": folds,
+        "rows": len(texts),
+        "labels": splits.label_names,
+    }
     atomic_write_json(root / "cv.json", result)
     atomic_write_text(root / "cv.md", cv_markdown(cfg.name, result))
     parent.finish(summary, root)
     return result
 
 
-def assign_folds(texts: list[str], y: np.ndarray, folds: int, seed: int, keep_near_duplicates: bool = True) -> np.ndarray:
+def assign_folds(
+    texts: list[str], y: np.ndarray, folds: int, seed: int, keep_near_duplicates: bool = True
+) -> np.ndarray:
     """Fold index per row: stratified by label; with near-duplicate groups, a group never straddles folds."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     counts = np.bincount(y)
     if counts[counts > 0].min() < folds:
-        raise DataError(f"cv: a label has only {counts[counts > 0].min()} rows, fewer than --folds {folds}; use fewer folds or more data")
+        raise DataError(
+            f"cv: a label has only {counts[counts > 0].min()} rows, fewer than --folds {folds}; use fewer folds or more data"
+        )
     if keep_near_duplicates:
-        groups = near_duplicate_groups(pd.DataFrame({"text": texts, "label": y.astype(str)}), None, AuditConfig(seed=seed))
+        groups = near_duplicate_groups(
+            pd.DataFrame({"text": texts, "label": y.astype(str)}), None, AuditConfig(seed=seed)
+        )
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(texts, y, groups)
     else:
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(texts, y)
@@ -81,7 +108,9 @@ def assign_folds(texts: list[str], y: np.ndarray, folds: int, seed: int, keep_ne
     return fold_of
 
 
-def _fold_config(cfg, root: Path, k: int, texts: list[str], y: np.ndarray, fold_of: np.ndarray, names: list[str]) -> dict:
+def _fold_config(
+    cfg, root: Path, k: int, texts: list[str], y: np.ndarray, fold_of: np.ndarray, names: list[str]
+) -> dict:
     """The config of fold k: the same settings, on parquet files of this fold's train/test rows."""
     folder = root / "folds" / str(k + 1)
     folder.mkdir(parents=True)
@@ -90,8 +119,19 @@ def _fold_config(cfg, root: Path, k: int, texts: list[str], y: np.ndarray, fold_
         frame[mask].to_parquet(folder / f"{part}.parquet", index=False)
     d = config_to_dict(cfg)
     d["name"] = f"{cfg.name}-fold{k + 1}"
-    d["data"].update(path=None, train=str(folder / "train.parquet"), validation=None, test=str(folder / "test.parquet"), format="auto",
-                     text_column="text", label_column="label", labels=names, max_samples=None, encoding="utf-8", encoding_errors="strict")
+    d["data"].update(
+        path=None,
+        train=str(folder / "train.parquet"),
+        validation=None,
+        test=str(folder / "test.parquet"),
+        format="auto",
+        text_column="text",
+        label_column="label",
+        labels=names,
+        max_samples=None,
+        encoding="utf-8",
+        encoding_errors="strict",
+    )
     return d
 
 
@@ -108,8 +148,14 @@ class _ParentRun:
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(cfg.tracking.experiment)
         location = (Path(cfg.output_dir).resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(cfg.tracking.experiment, artifact_location=location)
-        self.run_id = self.client.create_run(exp_id, run_name=name).info.run_id  # not the active run: the folds start their own
+        exp_id = (
+            exp.experiment_id
+            if exp
+            else self.client.create_experiment(cfg.tracking.experiment, artifact_location=location)
+        )
+        self.run_id = self.client.create_run(
+            exp_id, run_name=name
+        ).info.run_id  # not the active run: the folds start their own
         for key, value in (("cv", True), ("model.name", cfg.model.name), ("strategy.name", cfg.strategy.name)):
             self.client.log_param(self.run_id, key, value)
 
@@ -134,12 +180,23 @@ class _ParentRun:
 
 def cv_markdown(name: str, result: dict) -> str:
     s = result["summary"]
-    lines = [f"# {name}: {result['k']}-fold cross-validation", "",
-             f"{result['rows']} rows, stratified by label, near duplicates kept in one fold; labels {', '.join(result['labels'])}.", "",
-             "| | " + " | ".join(CV_METRICS) + " |", "|---|" + "---|" * len(CV_METRICS),
-             "| **mean** | " + " | ".join(f"**{s[m]['mean']:.4f}**" for m in CV_METRICS) + " |",
-             "| std | " + " | ".join(f"{s[m]['std']:.4f}" for m in CV_METRICS) + " |", "",
-             "| fold | train rows | test rows | " + " | ".join(CV_METRICS) + " | run |", "|---|---|---|" + "---|" * len(CV_METRICS) + "---|"]
+    lines = [
+        f"# {name}: {result['k']}-fold cross-validation",
+        "",
+        f"{result['rows']} rows, stratified by label, near duplicates kept in one fold; labels {', '.join(result['labels'])}.",
+        "",
+        "| | " + " | ".join(CV_METRICS) + " |",
+        "|---|" + "---|" * len(CV_METRICS),
+        "| **mean** | " + " | ".join(f"**{s[m]['mean']:.4f}**" for m in CV_METRICS) + " |",
+        "| std | " + " | ".join(f"{s[m]['std']:.4f}" for m in CV_METRICS) + " |",
+        "",
+        "| fold | train rows | test rows | " + " | ".join(CV_METRICS) + " | run |",
+        "|---|---|---|" + "---|" * len(CV_METRICS) + "---|",
+    ]
     for r in result["folds"]:
-        lines.append(f"| {r['fold']} | {r['train_rows']} | {r['test_rows']} | " + " | ".join(f"{r[m]:.4f}" for m in CV_METRICS) + f" | `{r['run']}` |")
+        lines.append(
+            f"| {r['fold']} | {r['train_rows']} | {r['test_rows']} | "
+            + " | ".join(f"{r[m]:.4f}" for m in CV_METRICS)
+            + f" | `{r['run']}` |"
+        )
     return "\n".join(lines) + "\n"

@@ -10,7 +10,9 @@ from .base import NullTracker, Tracker
 BACKENDS = {"mlflow", "none"}
 
 
-def make_tracker(cfg: TrackingConfig, output_dir: str, run_name: str, is_main: bool, run_id: str | None = None) -> Tracker:
+def make_tracker(
+    cfg: TrackingConfig, output_dir: str, run_name: str, is_main: bool, run_id: str | None = None
+) -> Tracker:
     """The tracker for this process (only the main process tracks)."""
     if not is_main or cfg.backend == "none":
         return NullTracker()

@@ -36,7 +36,9 @@ class MlflowTracker:
                 exp_id = exp.experiment_id
             self._run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name)
         except Exception as err:  # MLflow raises many types for unreachable servers/bad URIs
-            raise ConfigError(f"tracking.uri={uri}: cannot use this MLflow store ({str(err).splitlines()[0]}); fix the URI or set tracking.backend: none") from None
+            raise ConfigError(
+                f"tracking.uri={uri}: cannot use this MLflow store ({str(err).splitlines()[0]}); fix the URI or set tracking.backend: none"
+            ) from None
         self.run_id = self._run.info.run_id
 
     def log_params(self, params: dict) -> None:

@@ -13,7 +13,6 @@ def plot_history(history: list[dict], metric: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
     val = [(h["step"], h.get("val_loss"), h.get(f"val_{metric}")) for h in history if "val_loss" in h]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -55,9 +54,20 @@ def write_report(run_dir: Path, cfg, info: dict, metrics: dict) -> None:
         lines.append(_row("TF-IDF + logistic regression", base))
     lines += ["", "## Per class (test)", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for name, r in test["per_class"].items():
-        lines.append(f"| {name} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1-score']:.4f} | {int(r['support'])} |")
+        lines.append(
+            f"| {name} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1-score']:.4f} | {int(r['support'])} |"
+        )
     lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![training curves](training_curves.png)", ""]
-    lines += ["## Load it", "", "```python", "import tunesmith", f"run = tunesmith.load_run({str(run_dir)!r})", 'run.predict(["some text"])', "```", ""]
+    lines += [
+        "## Load it",
+        "",
+        "```python",
+        "import tunesmith",
+        f"run = tunesmith.load_run({str(run_dir)!r})",
+        'run.predict(["some text"])',
+        "```",
+        "",
+    ]
     atomic_write_text(run_dir / "report.md", "\n".join(lines))
 
 

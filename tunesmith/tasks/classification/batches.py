@@ -20,7 +20,9 @@ def tokenize(tokenizer, texts: list[str], max_length: int, batch: int = 4096) ->
     return ids
 
 
-def collate(ids: list[list[int]], rows: list[int], pad_id: int, labels: list[int] | None = None, multiple: int = 8) -> dict[str, torch.Tensor]:
+def collate(
+    ids: list[list[int]], rows: list[int], pad_id: int, labels: list[int] | None = None, multiple: int = 8
+) -> dict[str, torch.Tensor]:
     """Pad the chosen rows to their longest member (rounded up to a multiple of 8) and build the attention mask.
 
     Rounding keeps the number of distinct tensor shapes small: on CPU every new shape costs oneDNN
@@ -70,7 +72,9 @@ def cross_entropy_sum(model: nn.Module, inputs: dict, class_weights: torch.Tenso
     return F.cross_entropy(logits.float(), labels, weight=weight, reduction="sum")
 
 
-def predict_probs(model: nn.Module, data, batch_size: int, autocast=nullcontext, rank: int = 0, world: int = 1) -> np.ndarray:
+def predict_probs(
+    model: nn.Module, data, batch_size: int, autocast=nullcontext, rank: int = 0, world: int = 1
+) -> np.ndarray:
     """Class probabilities for every example (in shares across processes; every process gets all)."""
     model.eval()
     device = next(model.parameters()).device

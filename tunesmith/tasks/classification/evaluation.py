@@ -21,7 +21,9 @@ from ...evaluate.stats import metric_cis, metric_value
 from .batches import predict_probs, texts_predictor
 
 
-def extended_evaluation(cfg, run_dir: Path, model, trained, data: dict, tokenizer, splits, probs: np.ndarray, acc, say=print) -> dict:
+def extended_evaluation(
+    cfg, run_dir: Path, model, trained, data: dict, tokenizer, splits, probs: np.ndarray, acc, say=print
+) -> dict:
     """Everything beyond the headline test metrics, each part timed; a part the user misconfigured is reported, not fatal."""
     ev, k, y = cfg.eval, len(splits.label_names), splits.test.labels
     predict = texts_predictor(model, tokenizer, cfg.data.max_length, ev.batch_size, acc.autocast)
@@ -37,13 +39,20 @@ def extended_evaluation(cfg, run_dir: Path, model, trained, data: dict, tokenize
             say(f"evaluation: {name} skipped: {err}")
         seconds[name] = round(time.perf_counter() - t0, 2)
 
-    part("test_ci", lambda: {"level": ev.ci_level, "resamples": ev.bootstrap_resamples,
-                             **metric_cis(y, probs, ev.ci_level, ev.bootstrap_resamples, cfg.seed)})
+    part(
+        "test_ci",
+        lambda: {
+            "level": ev.ci_level,
+            "resamples": ev.bootstrap_resamples,
+            **metric_cis(y, probs, ev.ci_level, ev.bootstrap_resamples, cfg.seed),
+        },
+    )
     if ev.sets:
         part("sets", lambda: evaluate_sets(cfg, splits.label_names, predict))
     if ev.slice_by or ev.length_buckets or ev.sensitive_column:
         part("slices", lambda: _slices(cfg, splits, probs, run_dir))
     if ev.calibration:
+
         def calibration():  # the validation pass (for the temperature) counts in this part's time
             val = None
             if ev.temperature_scaling and len(splits.validation):
@@ -52,6 +61,7 @@ def extended_evaluation(cfg, run_dir: Path, model, trained, data: dict, tokenize
 
         part("calibration", calibration)
     if ev.robustness:
+
         def robust():
             r = robustness(splits.test.texts, y, probs, predict, k, ev.robustness_samples, cfg.seed)
             plot_robustness(r, run_dir / "robustness.png", "test macro-F1 under perturbations")
@@ -59,10 +69,15 @@ def extended_evaluation(cfg, run_dir: Path, model, trained, data: dict, tokenize
 
         part("robustness", robust)
     if ev.efficiency:
-        part("efficiency", lambda: measure_efficiency(predict, splits.test.texts, ev.efficiency_batches, run_dir / "model"))
+        part(
+            "efficiency",
+            lambda: measure_efficiency(predict, splits.test.texts, ev.efficiency_batches, run_dir / "model"),
+        )
     seconds["total"] = round(sum(seconds.values()), 2)
     out["extended_seconds"] = seconds
-    say(f"evaluation: intervals, {'sets, ' if ev.sets else ''}slices, calibration, robustness, efficiency in {seconds['total']:.1f}s")
+    say(
+        f"evaluation: intervals, {'sets, ' if ev.sets else ''}slices, calibration, robustness, efficiency in {seconds['total']:.1f}s"
+    )
     return out
 
 
@@ -81,12 +96,17 @@ def evaluate_sets(cfg, label_names: list[str], predict) -> dict:
     return out
 
 
-def load_labelled(data_cfg, spec: str, label_names: list[str], text_column: str | None = None,
-                  label_column: str | None = None) -> tuple[list[str], list[int]]:
+def load_labelled(
+    data_cfg, spec: str, label_names: list[str], text_column: str | None = None, label_column: str | None = None
+) -> tuple[list[str], list[int]]:
     """Texts and label ids of another labelled file, with the run's columns (or the given ones) and label order."""
     df = pick_split(load_table(spec, "auto", data_cfg.encoding, data_cfg.encoding_errors), "test", spec)
-    require_columns(df, {"text": text_column or data_cfg.text_column, "label": label_column or data_cfg.label_column}, spec,
-                    "pass --{role}-column (or use the data.{role}_column of the run)")
+    require_columns(
+        df,
+        {"text": text_column or data_cfg.text_column, "label": label_column or data_cfg.label_column},
+        spec,
+        "pass --{role}-column (or use the data.{role}_column of the run)",
+    )
     text_column, label_column = text_column or data_cfg.text_column, label_column or data_cfg.label_column
     df = df.dropna(subset=[text_column, label_column])
     labels = df[label_column].map(label_str)
@@ -106,18 +126,28 @@ def test_slices(cfg, splits, probs: np.ndarray) -> dict:
     k = len(splits.label_names)
     columns = list(dict.fromkeys([*ev.slice_by, *([ev.sensitive_column] if ev.sensitive_column else [])]))
     values = column_values(cfg.data, texts, columns) if columns else {}
-    groups = {**({"text length": length_buckets(texts, ev.length_buckets)} if ev.length_buckets else {}),
-              **{c: values[c] for c in ev.slice_by}}
+    groups = {
+        **({"text length": length_buckets(texts, ev.length_buckets)} if ev.length_buckets else {}),
+        **{c: values[c] for c in ev.slice_by},
+    }
     out = {name: slice_metrics(y, pred, g, k, ev.min_slice_size) for name, g in groups.items()}
     if ev.sensitive_column:
-        out["fairness"] = {"column": ev.sensitive_column, **fairness(y, pred, values[ev.sensitive_column], splits.label_names)}
+        out["fairness"] = {
+            "column": ev.sensitive_column,
+            **fairness(y, pred, values[ev.sensitive_column], splits.label_names),
+        }
     return out
 
 
 def _slices(cfg, splits, probs: np.ndarray, run_dir: Path) -> dict:
     out = test_slices(cfg, splits, probs)
-    plot_run_slices({"slices": out, "test": {"macro_f1": float(metric_value("macro_f1", splits.test.labels, probs.argmax(1), probs.shape[1]))}},
-                    run_dir / "slices.png")
+    plot_run_slices(
+        {
+            "slices": out,
+            "test": {"macro_f1": float(metric_value("macro_f1", splits.test.labels, probs.argmax(1), probs.shape[1]))},
+        },
+        run_dir / "slices.png",
+    )
     return out
 
 

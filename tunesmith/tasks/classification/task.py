@@ -59,11 +59,14 @@ class ClassificationTask(Task):
         if report.blocking:
             raise DataError(f"{report.blocking[0]} (or pass --allow-leakage)")
         c = report.counts()
-        line = (f"audit: {c.get('train.exact_duplicate_rows', 0)} duplicate rows, {c.get('train.near_duplicate_clusters', 0)} "
-                f"near-duplicate clusters, {c.get('label_issues', 0)} likely label errors in train; no leakage between splits "
-                f"(audit.md in the run folder)")
+        line = (
+            f"audit: {c.get('train.exact_duplicate_rows', 0)} duplicate rows, {c.get('train.near_duplicate_clusters', 0)} "
+            f"near-duplicate clusters, {c.get('label_issues', 0)} likely label errors in train; no leakage between splits "
+            f"(audit.md in the run folder)"
+        )
         return Findings(
-            lines=[line, *[f"audit: {w}" for w in report.warnings[:5]]], record={"audit": c},
+            lines=[line, *[f"audit: {w}" for w in report.warnings[:5]]],
+            record={"audit": c},
             metrics={f"audit.{k}": v for k, v in c.items() if isinstance(v, (int, float))},
             save=lambda run_dir: report.save(run_dir, "audit"),
         )
@@ -71,7 +74,9 @@ class ClassificationTask(Task):
     # ---- model
     def load_model(self, source, tokenizer, strategy, labels: list[str]):
         m = self.cfg.model
-        return load_classifier(source, labels, tokenizer.pad_token_id, m.revision, m.trust_remote_code, strategy.quantize)
+        return load_classifier(
+            source, labels, tokenizer.pad_token_id, m.revision, m.trust_remote_code, strategy.quantize
+        )
 
     # ---- training
     def encode(self, data: TaskData, tokenizer) -> dict:
@@ -81,8 +86,12 @@ class ClassificationTask(Task):
             weights = class_weights([s.label_names[y] for y in s.train.labels], s.label_names)
             self._weights = torch.tensor(weights, dtype=torch.float32)
         return {
-            split.name: Tokenized(tokenize(tokenizer, split.texts, self.cfg.data.max_length), split.labels, tokenizer.pad_token_id,
-                                  split.fingerprint())
+            split.name: Tokenized(
+                tokenize(tokenizer, split.texts, self.cfg.data.max_length),
+                split.labels,
+                tokenizer.pad_token_id,
+                split.fingerprint(),
+            )
             for split in (s.train, s.validation, s.test)
         }
 
@@ -104,10 +113,16 @@ class ClassificationTask(Task):
         test = classification_metrics(s.test.labels, probs, s.label_names)
         baseline = None
         if ev.baseline:
-            baseline = tfidf_baseline(s.train.texts, s.train.labels, s.test.texts, s.test.labels, s.label_names, self.cfg.seed)
+            baseline = tfidf_baseline(
+                s.train.texts, s.train.labels, s.test.texts, s.test.labels, s.label_names, self.cfg.seed
+            )
         metrics = {"test": test, "baseline": {"name": "tfidf-logreg", "test": baseline} if baseline else None}
         # intervals, extra sets, slices, calibration, robustness, efficiency
-        metrics.update(extended_evaluation(self.cfg, ctx.run_dir, model, trained, batches, self._tokenizer, s, probs, ctx.acc, ctx.say))
+        metrics.update(
+            extended_evaluation(
+                self.cfg, ctx.run_dir, model, trained, batches, self._tokenizer, s, probs, ctx.acc, ctx.say
+            )
+        )
         return metrics
 
     def write_artifacts(self, run_dir, metrics: dict, history: list[dict], data: TaskData, info: dict, ctx) -> None:
@@ -115,15 +130,19 @@ class ClassificationTask(Task):
         super().write_artifacts(run_dir, metrics, history, data, info, ctx)
         s, probs, names = data.splits, self._probs, data.labels
         atomic_write_json(run_dir / "labels.json", names)
-        preds = pd.DataFrame({
-            "text": s.test.texts,
-            "label": [names[i] for i in s.test.labels],
-            "predicted": [names[i] for i in probs.argmax(axis=1)],
-            **{f"p_{n}": probs[:, k].round(5) for k, n in enumerate(names)},
-        })
+        preds = pd.DataFrame(
+            {
+                "text": s.test.texts,
+                "label": [names[i] for i in s.test.labels],
+                "predicted": [names[i] for i in probs.argmax(axis=1)],
+                **{f"p_{n}": probs[:, k].round(5) for k, n in enumerate(names)},
+            }
+        )
         # Quote every text: pandas leaves a field with a bare "\r" unquoted, and readers split the row there.
         atomic_write_text(run_dir / "test_predictions.csv", preds.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
-        plot_confusion(metrics["test"]["confusion_matrix"], names, run_dir / "confusion_matrix.png", f"{info['name']}: test")
+        plot_confusion(
+            metrics["test"]["confusion_matrix"], names, run_dir / "confusion_matrix.png", f"{info['name']}: test"
+        )
         write_report(run_dir, self.cfg, info, metrics)
         add_to_report(run_dir, metrics)
         write_model_card(run_dir)
@@ -145,12 +164,20 @@ class ClassificationTask(Task):
 
     def summary_lines(self, metrics: dict, info: dict) -> list[str]:
         t, test, base = info["timings"], metrics["test"], (metrics.get("baseline") or {}).get("test")
-        lines = ["", f"{'':22}{'macro-F1':>10}{'accuracy':>10}", f"{'test (fine-tuned)':22}{test['macro_f1']:>10.4f}{test['accuracy']:>10.4f}"]
+        lines = [
+            "",
+            f"{'':22}{'macro-F1':>10}{'accuracy':>10}",
+            f"{'test (fine-tuned)':22}{test['macro_f1']:>10.4f}{test['accuracy']:>10.4f}",
+        ]
         if base:
             lines.append(f"{'test (TF-IDF + LR)':22}{base['macro_f1']:>10.4f}{base['accuracy']:>10.4f}")
             gap = 100 * (test["macro_f1"] - base["macro_f1"])
-            lines.append(f"fine-tuned model {'beats' if gap > 0 else 'trails'} the baseline by {abs(gap):.1f} macro-F1 points")
-        lines.append(f"train {t['train_seconds']:.0f}s, {t['samples_per_second']:.0f} samples/s, peak memory {t['peak_rss_mb']:.0f} MB")
+            lines.append(
+                f"fine-tuned model {'beats' if gap > 0 else 'trails'} the baseline by {abs(gap):.1f} macro-F1 points"
+            )
+        lines.append(
+            f"train {t['train_seconds']:.0f}s, {t['samples_per_second']:.0f} samples/s, peak memory {t['peak_rss_mb']:.0f} MB"
+        )
         return lines
 
     def predictor(self, run) -> Predictor:
@@ -183,4 +210,3 @@ class ClassificationPredictor(Predictor):
 
 def _f(value) -> str:
     return "-" if value is None else f"{value:.4f}"
-

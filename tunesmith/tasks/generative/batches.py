@@ -77,7 +77,9 @@ class PackedLMData(LMData):
         self.bins = bins
         self.samples_per_row = len(ids) / max(1, len(bins))
         self.positions = [[p for i in b for p in range(len(ids[i]))] for b in bins]
-        super().__init__([[t for i in b for t in ids[i]] for b in bins], [[t for i in b for t in labels[i]] for b in bins], pad_id)
+        super().__init__(
+            [[t for i in b for t in ids[i]] for b in bins], [[t for i in b for t in labels[i]] for b in bins], pad_id
+        )
 
     def examples(self, rows: list[int]) -> int:
         """Samples (not rows) in these rows: what samples/s counts."""
@@ -175,7 +177,9 @@ def packing_is_exact(model, device) -> bool:
         with torch.no_grad():
             alone = model(input_ids=b.to(device), use_cache=False).logits.float()
             pos = torch.cat([torch.arange(7), torch.arange(5)]).unsqueeze(0)
-            packed = model(input_ids=torch.cat([a, b], 1).to(device), position_ids=pos.to(device), use_cache=False).logits.float()
+            packed = model(
+                input_ids=torch.cat([a, b], 1).to(device), position_ids=pos.to(device), use_cache=False
+            ).logits.float()
         return bool(torch.allclose(packed[:, 7:], alone, atol=1e-3, rtol=1e-3))
     except (TypeError, ValueError, RuntimeError):
         return False

@@ -82,7 +82,10 @@ class GenSplits:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {s.name: {"rows": len(s), "fingerprint": s.fingerprint(), "source": s.source} for s in (self.train, self.validation, self.test)}
+        return {
+            s.name: {"rows": len(s), "fingerprint": s.fingerprint(), "source": s.source}
+            for s in (self.train, self.validation, self.test)
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,28 +112,47 @@ def detect_format(columns, cfg: DataConfig, task: str) -> str:
 
 
 def to_samples(df: pd.DataFrame, cfg: DataConfig, fmt: str, task: str, src: str) -> list[Sample]:
-    need = {"chat": [cfg.messages_column], "instruction": ["instruction", "output"],
-            "completion": [cfg.prompt_column, cfg.completion_column], "text": [cfg.text_column]}[fmt]
+    need = {
+        "chat": [cfg.messages_column],
+        "instruction": ["instruction", "output"],
+        "completion": [cfg.prompt_column, cfg.completion_column],
+        "text": [cfg.text_column],
+    }[fmt]
     missing = [c for c in need if c not in df.columns]
     if missing:
-        raise DataError(f"{src}: data.sample_format={fmt} needs column(s) {missing} (columns: {', '.join(map(str, df.columns[:20]))})")
+        raise DataError(
+            f"{src}: data.sample_format={fmt} needs column(s) {missing} (columns: {', '.join(map(str, df.columns[:20]))})"
+        )
     if task == "seq2seq" and fmt in ("chat", "text"):
-        raise DataError(f"{src}: seq2seq trains on input/target pairs; give '{cfg.prompt_column}' + '{cfg.completion_column}' or instruction/output columns")
+        raise DataError(
+            f"{src}: seq2seq trains on input/target pairs; give '{cfg.prompt_column}' + '{cfg.completion_column}' or instruction/output columns"
+        )
     out = []
     for i, row in enumerate(df.to_dict("records")):
         where = f"{src} row {i + 1}"
         if fmt == "chat":
             out.append(Sample(i, messages=_messages(row[cfg.messages_column], where)))
         elif fmt == "instruction":
-            instr, inp, output = _text(row.get("instruction"), where, "instruction"), row.get("input"), _text(row.get("output"), where, "output", empty_ok=True)
+            instr, inp, output = (
+                _text(row.get("instruction"), where, "instruction"),
+                row.get("input"),
+                _text(row.get("output"), where, "output", empty_ok=True),
+            )
             user = instr + (f"\n\n{inp}" if isinstance(inp, str) and inp.strip() else "")
             if task == "seq2seq":
                 out.append(Sample(i, prompt=user, completion=output))
             else:
-                out.append(Sample(i, messages=[{"role": "user", "content": user}, {"role": "assistant", "content": output}]))
+                out.append(
+                    Sample(i, messages=[{"role": "user", "content": user}, {"role": "assistant", "content": output}])
+                )
         elif fmt == "completion":
-            out.append(Sample(i, prompt=_text(row[cfg.prompt_column], where, cfg.prompt_column, empty_ok=True),
-                              completion=_text(row[cfg.completion_column], where, cfg.completion_column, empty_ok=True)))
+            out.append(
+                Sample(
+                    i,
+                    prompt=_text(row[cfg.prompt_column], where, cfg.prompt_column, empty_ok=True),
+                    completion=_text(row[cfg.completion_column], where, cfg.completion_column, empty_ok=True),
+                )
+            )
         else:
             out.append(Sample(i, text=_text(row[cfg.text_column], where, cfg.text_column)))
     return out
@@ -154,7 +176,9 @@ def _messages(value, where: str) -> list[dict]:
     out = []
     for k, m in enumerate(value):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise DataError(f"{where}: message {k + 1} must be {{\"role\": one of {', '.join(ROLES)}, \"content\": text}}, got {str(m)[:80]}")
+            raise DataError(
+                f'{where}: message {k + 1} must be {{"role": one of {", ".join(ROLES)}, "content": text}}, got {str(m)[:80]}'
+            )
         out.append({"role": m["role"], "content": m["content"]})
     if out[-1]["role"] != "assistant":
         raise DataError(f"{where}: the last message must be the assistant's (it is what the model learns to answer)")
@@ -166,7 +190,9 @@ def load_gen_splits(cfg: Config) -> GenSplits:
     d = cfg.data
 
     def read(spec: str, split: str = "train") -> pd.DataFrame:
-        df = pick_split(loaded if spec == first else load_table(spec, d.format, d.encoding, d.encoding_errors), split, spec)
+        df = pick_split(
+            loaded if spec == first else load_table(spec, d.format, d.encoding, d.encoding_errors), split, spec
+        )
         if df.empty:
             raise DataError(f"{spec}: no rows")
         return df
@@ -189,10 +215,15 @@ def load_gen_splits(cfg: Config) -> GenSplits:
         if spec:
             given[name] = GenSplit(name, to_samples(read(spec), d, fmt, cfg.task, spec), spec)
         elif isinstance(loaded, dict) and name in loaded:  # a DatasetDict brings its own splits
-            given[name] = GenSplit(name, to_samples(read(first, name), d, fmt, cfg.task, f"{first}[{name}]"), f"{first}[{name}]")
+            given[name] = GenSplit(
+                name, to_samples(read(first, name), d, fmt, cfg.task, f"{first}[{name}]"), f"{first}[{name}]"
+            )
     src = d.path or d.train
     n = len(samples)
-    cut = {name: (0 if name in given else max(1, round(n * share))) for name, share in (("test", d.test_size), ("validation", d.validation_size))}
+    cut = {
+        name: (0 if name in given else max(1, round(n * share)))
+        for name, share in (("test", d.test_size), ("validation", d.validation_size))
+    }
     if n - cut["test"] - cut["validation"] < 1:
         raise DataError(f"{src}: {n} rows are too few to split off validation and test; add rows or lower the shares")
     groups = _groups(samples, cfg) if cut["test"] or cut["validation"] else list(range(n))
@@ -216,7 +247,9 @@ def _groups(samples: list[Sample], cfg: Config) -> list[int]:
     return near_duplicate_groups(table, None, dataclasses.replace(cfg.audit, seed=cfg.seed)).tolist()
 
 
-def _split_by_groups(groups: list[int], n_test: int, n_val: int, rng: random.Random) -> tuple[list[int], list[int], list[int]]:
+def _split_by_groups(
+    groups: list[int], n_test: int, n_val: int, rng: random.Random
+) -> tuple[list[int], list[int], list[int]]:
     """Whole groups, in a seeded random order, fill test, then validation; the rest is train."""
     members: dict[int, list[int]] = {}
     for row, g in enumerate(groups):
@@ -256,7 +289,9 @@ def chat_template_for(tokenizer, setting: str | None) -> str:
     path = Path(setting).expanduser()
     if "{%" not in setting and "{{" not in setting:
         if not path.is_file():
-            raise DataError(f"model.chat_template: '{setting}' is neither 'default', a Jinja template, nor an existing file")
+            raise DataError(
+                f"model.chat_template: '{setting}' is neither 'default', a Jinja template, nor an existing file"
+            )
         return path.read_text(encoding="utf-8")
     return setting
 
@@ -269,16 +304,26 @@ class Rendered:
     """Truncation to max_length cut trained tokens off (the completion, or its EOS, would be lost)."""
 
 
-def render(tokenizer, sample: Sample, task: str, max_length: int, add_eos: bool) -> Rendered | tuple[Rendered, list[int]]:
+def render(
+    tokenizer, sample: Sample, task: str, max_length: int, add_eos: bool
+) -> Rendered | tuple[Rendered, list[int]]:
     """Token ids and labels of a causal-LM sample (seq2seq: see render_seq2seq)."""
     text, spans = _text_and_spans(tokenizer, sample, add_eos)
     enc = tokenizer(text, add_special_tokens=sample.messages is None, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    labels = [tok if any(a <= start < b for a, b in spans) and end > start else IGNORE for tok, (start, end) in zip(ids, offsets)]
-    if sample.text is not None and add_eos and tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+    labels = [
+        tok if any(a <= start < b for a, b in spans) and end > start else IGNORE
+        for tok, (start, end) in zip(ids, offsets)
+    ]
+    if (
+        sample.text is not None
+        and add_eos
+        and tokenizer.eos_token_id is not None
+        and (not ids or ids[-1] != tokenizer.eos_token_id)
+    ):
         ids, labels = ids + [tokenizer.eos_token_id], labels + [tokenizer.eos_token_id]
     labels = [IGNORE] + labels[1:]  # the first token is never predicted (and must not be, across packed samples)
-    truncated = len(ids) > max_length and any(l != IGNORE for l in labels[max_length:]) and sample.text is None
+    truncated = len(ids) > max_length and any(y != IGNORE for y in labels[max_length:]) and sample.text is None
     return Rendered(ids[:max_length], labels[:max_length], truncated)
 
 
@@ -294,8 +339,10 @@ def _text_and_spans(tokenizer, sample: Sample, add_eos: bool) -> tuple[str, list
             before = tokenizer.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True) if i else ""
             upto = tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False)
             if not (text.startswith(upto) and upto.startswith(before)):
-                raise DataError(f"row {sample.row + 1}: the chat template does not render conversations prefix by prefix; "
-                                f"set model.chat_template (e.g. `default`)")
+                raise DataError(
+                    f"row {sample.row + 1}: the chat template does not render conversations prefix by prefix; "
+                    f"set model.chat_template (e.g. `default`)"
+                )
             spans.append((len(before), len(upto)))
         return text, spans
     if sample.text is not None:

@@ -16,14 +16,22 @@ from .formats import Sample, prompt_ids, stop_token_ids
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[int]], gen, task: str, autocast=nullcontext, progress: bool = False) -> list[str]:
+def generate(
+    model, tokenizer, prompts: list[list[int]], gen, task: str, autocast=nullcontext, progress: bool = False
+) -> list[str]:
     """Completions (decoded, special tokens dropped) for token-id prompts, `gen.batch_size` at a time."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = sorted(stop_token_ids(tokenizer, model))
-    kwargs = dict(max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample, pad_token_id=pad, eos_token_id=stops or None, use_cache=True)
+    kwargs = dict(
+        max_new_tokens=gen.max_new_tokens,
+        do_sample=gen.do_sample,
+        pad_token_id=pad,
+        eos_token_id=stops or None,
+        use_cache=True,
+    )
     if gen.do_sample:
         kwargs.update(temperature=gen.temperature, top_p=gen.top_p)
     else:  # silence generation_config's sampling defaults when decoding greedily
@@ -53,7 +61,9 @@ def generate(model, tokenizer, prompts: list[list[int]], gen, task: str, autocas
     return out
 
 
-def generate_for(model, tokenizer, samples: list[Sample], gen, task: str, autocast=nullcontext, progress: bool = False) -> list[str]:
+def generate_for(
+    model, tokenizer, samples: list[Sample], gen, task: str, autocast=nullcontext, progress: bool = False
+) -> list[str]:
     if task == "seq2seq":
         prompts = [tokenizer(s.prompt)["input_ids"] for s in samples]
     else:

@@ -14,8 +14,13 @@ from .formats import IGNORE, Sample, prompt_ids, render, render_seq2seq, stop_to
 
 # Markers of well-known chat templates; text that already carries one was rendered for another template.
 TEMPLATE_MARKERS = {
-    "<|im_start|>": "ChatML", "[INST]": "Llama-2/Mistral", "<|start_header_id|>": "Llama-3",
-    "<start_of_turn>": "Gemma", "### Instruction:": "Alpaca", "<|user|>": "Zephyr/Phi", "### User:": "tunesmith default",
+    "<|im_start|>": "ChatML",
+    "[INST]": "Llama-2/Mistral",
+    "<|start_header_id|>": "Llama-3",
+    "<start_of_turn>": "Gemma",
+    "### Instruction:": "Alpaca",
+    "<|user|>": "Zephyr/Phi",
+    "### User:": "tunesmith default",
 }
 
 
@@ -32,12 +37,22 @@ class LintReport:
         return not self.errors
 
 
-def lint(tokenizer, samples: list[Sample], task: str, max_length: int, add_eos: bool, model=None, show: int = 2,
-         long_samples: str = "error") -> LintReport:
+def lint(
+    tokenizer,
+    samples: list[Sample],
+    task: str,
+    max_length: int,
+    add_eos: bool,
+    model=None,
+    show: int = 2,
+    long_samples: str = "error",
+) -> LintReport:
     rep = LintReport()
     stops = stop_token_ids(tokenizer, model)
     if not stops:
-        rep.errors.append("the tokenizer has no end-of-sequence token: generation could never stop; set one (tokenizer.eos_token)")
+        rep.errors.append(
+            "the tokenizer has no end-of-sequence token: generation could never stop; set one (tokenizer.eos_token)"
+        )
     no_eos, truncated, empty, mismatch, foreign = [], [], [], [], []
     scaffold = _template_scaffold(tokenizer) if task == "causal-lm" else ""
     targets, lengths = 0, []
@@ -53,7 +68,11 @@ def lint(tokenizer, samples: list[Sample], task: str, max_length: int, add_eos: 
             if s.text is None and not r.truncated_target:
                 # Inference gives the model `p`; training must show exactly `p`, then train from the next token on.
                 p = prompt_ids(tokenizer, s)
-                starts_there = len(r.labels) > len(p) and r.labels[len(p)] != IGNORE and (len(p) < 2 or r.labels[len(p) - 1] == IGNORE)
+                starts_there = (
+                    len(r.labels) > len(p)
+                    and r.labels[len(p)] != IGNORE
+                    and (len(p) < 2 or r.labels[len(p) - 1] == IGNORE)
+                )
                 if r.ids[: len(p)] != p or not starts_there:
                     mismatch.append(s.row)
         targets += len(trained)
@@ -91,26 +110,46 @@ def lint(tokenizer, samples: list[Sample], task: str, max_length: int, add_eos: 
         )
     if truncated:
         row, length = truncated[0]
-        msg = (f"{len(truncated)} of {n} samples are truncated inside the completion at data.max_length={max_length} "
-               f"(first: row {row + 1}, {length} tokens)")
+        msg = (
+            f"{len(truncated)} of {n} samples are truncated inside the completion at data.max_length={max_length} "
+            f"(first: row {row + 1}, {length} tokens)"
+        )
         if long_samples == "drop":
             rep.warnings.append(msg + "; they are dropped (data.long_samples: drop)")
         else:
             rep.errors.append(msg + "; raise data.max_length or set data.long_samples: drop")
     if empty:
-        rep.errors.append(f"{len(empty)} of {n} samples train no token at all: the prompt mask covers everything "
-                          f"(first: row {empty[0] + 1}); check the completion/assistant column")
-    rep.stats = {"samples": n, "trained_tokens": targets, "mean_length": sum(lengths) / max(1, n), "max_length": max(lengths, default=0),
-                 "truncated": len(truncated), "no_eos": len(no_eos), "template_mismatch": len(mismatch) + len(foreign), "empty": len(empty)}
+        rep.errors.append(
+            f"{len(empty)} of {n} samples train no token at all: the prompt mask covers everything "
+            f"(first: row {empty[0] + 1}); check the completion/assistant column"
+        )
+    rep.stats = {
+        "samples": n,
+        "trained_tokens": targets,
+        "mean_length": sum(lengths) / max(1, n),
+        "max_length": max(lengths, default=0),
+        "truncated": len(truncated),
+        "no_eos": len(no_eos),
+        "template_mismatch": len(mismatch) + len(foreign),
+        "empty": len(empty),
+    }
     return rep
 
 
 def _template_scaffold(tokenizer) -> str:
     try:
         return tokenizer.apply_chat_template(
-            [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}], tokenize=False)
+            [
+                {"role": "system", "content": "S"},
+                {"role": "user", "content": "U"},
+                {"role": "assistant", "content": "A"},
+            ],
+            tokenize=False,
+        )
     except Exception:  # templates that reject a system turn
-        return tokenizer.apply_chat_template([{"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}], tokenize=False)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}], tokenize=False
+        )
 
 
 def _raw_text(s: Sample) -> str:

@@ -6,8 +6,14 @@ from pathlib import Path
 
 from ...utils import atomic_write_text, human_bytes
 
-SCORES = [("exact_match", "exact match"), ("rougeL", "ROUGE-L"), ("bleu", "BLEU"), ("chrf", "chrF"), ("json_valid", "valid JSON with the keys"),
-          ("field_exact_match", "JSON fields exact (mean)")]
+SCORES = [
+    ("exact_match", "exact match"),
+    ("rougeL", "ROUGE-L"),
+    ("bleu", "BLEU"),
+    ("chrf", "chrF"),
+    ("json_valid", "valid JSON with the keys"),
+    ("field_exact_match", "JSON fields exact (mean)"),
+]
 
 
 def write_generative_report(run_dir: Path, cfg, info: dict, metrics: dict, rows: list[dict], show: int = 8) -> None:
@@ -22,7 +28,8 @@ def write_generative_report(run_dir: Path, cfg, info: dict, metrics: dict, rows:
         f"{' (early stop)' if metrics['stopped_early'] else ''}",
         f"- **Training**: {t['train_seconds']:.0f} s, {t['samples_per_second']:.2f} samples/s, {t['tokens_per_second']:.0f} tokens/s, "
         f"peak memory {t['peak_rss_mb']:.0f} MB | **saved**: {human_bytes(info['saved_bytes'])}",
-        "- **Data**: " + ", ".join(f"{k} {v['rows']} samples (`{v['fingerprint']}`)" for k, v in info["data"]["splits"].items())
+        "- **Data**: "
+        + ", ".join(f"{k} {v['rows']} samples (`{v['fingerprint']}`)" for k, v in info["data"]["splits"].items())
         + f" | format {info['data']['format']} | lint: `lint.txt`",
         "",
         "## Test",
@@ -39,15 +46,27 @@ def write_generative_report(run_dir: Path, cfg, info: dict, metrics: dict, rows:
     for key in sorted(k for k in ga if k.startswith("field_") and k != "field_exact_match"):
         lines.append(f"| JSON field `{key[6:]}` exact | {_f(gb.get(key))} | {_f(ga[key])} |")
     if ga:
-        lines.append(f"\nGeneration scores over {ga['n']} held-out test prompts ({'sampled' if cfg.generate.do_sample else 'greedy'} decoding, "
-                     f"at most {cfg.generate.max_new_tokens} new tokens).")
+        lines.append(
+            f"\nGeneration scores over {ga['n']} held-out test prompts ({'sampled' if cfg.generate.do_sample else 'greedy'} decoding, "
+            f"at most {cfg.generate.max_new_tokens} new tokens)."
+        )
     if rows:
         lines += ["", "## Sample generations", "", "| prompt | reference | before | after |", "|---|---|---|---|"]
         for r in rows[:show]:
             lines.append("| " + " | ".join(_cell(r.get(k)) for k in ("prompt", "reference", "before", "after")) + " |")
         lines.append(f"\nAll {len(rows)} in `generations.jsonl`.")
-    lines += ["", "![training curves](training_curves.png)", "", "## Use it", "", "```bash",
-              f"tunesmith generate {run_dir} --prompt \"...\"", f"tunesmith chat {run_dir}", "```", ""]
+    lines += [
+        "",
+        "![training curves](training_curves.png)",
+        "",
+        "## Use it",
+        "",
+        "```bash",
+        f'tunesmith generate {run_dir} --prompt "..."',
+        f"tunesmith chat {run_dir}",
+        "```",
+        "",
+    ]
     atomic_write_text(run_dir / "report.md", "\n".join(lines))
 
 

@@ -21,16 +21,34 @@ from ...models.loading import load_generative
 from ...utils import atomic_write_text
 from ..base import Findings, Predictor, Task, TaskData
 from .batches import LMData, PackedLMData, Seq2SeqData, causal_lm_loss, packing_is_exact, seq2seq_loss
-from .formats import Sample, chat_template_for, detect_format, load_gen_splits, render, render_seq2seq, sample_text, to_samples
+from .formats import (
+    Sample,
+    chat_template_for,
+    detect_format,
+    load_gen_splits,
+    render,
+    render_seq2seq,
+    sample_text,
+    to_samples,
+)
 from .generation import generate_for, generation_scores
 from .lint import LintReport, lint
 
-GENERATIVE_KEYS = frozenset({"data.sample_format", "data.prompt_column", "data.completion_column", "data.add_eos",
-                             "data.long_samples", "generate.*"})
+GENERATIVE_KEYS = frozenset(
+    {
+        "data.sample_format",
+        "data.prompt_column",
+        "data.completion_column",
+        "data.add_eos",
+        "data.long_samples",
+        "generate.*",
+    }
+)
 
 
 class GenerativeTask(Task):
     metrics = ("loss", "perplexity")
+    encoder_decoder = False
     infer_in_compute_dtype = True
     cast_frozen_weights = True
 
@@ -38,9 +56,6 @@ class GenerativeTask(Task):
     def load_data(self) -> TaskData:
         splits = load_gen_splits(self.cfg)
         return TaskData(splits, splits.summary(), [], splits.notes, {"format": splits.format})
-
-    def load_tokenizer(self, source):
-        return super().load_tokenizer(source)
 
     def lint(self, data: TaskData, tokenizer, show: int = 2, model=None) -> LintReport:
         s, d = data.splits, self.cfg.data
@@ -54,8 +69,10 @@ class GenerativeTask(Task):
         data.record["lint"] = report.stats
         findings = Findings(
             lines=[f"data: {w}" for w in report.warnings]
-            + [f"lint: ok ({report.stats['trained_tokens']:,} trained tokens, mean length {report.stats['mean_length']:.0f}, "
-               f"EOS trained in every sample)"],
+            + [
+                f"lint: ok ({report.stats['trained_tokens']:,} trained tokens, mean length {report.stats['mean_length']:.0f}, "
+                f"EOS trained in every sample)"
+            ],
         )
         audited = self._audit(data)
 
@@ -80,8 +97,10 @@ class GenerativeTask(Task):
         if not self.cfg.audit.enabled:
             return None
         s = data.splits
-        frames = {split.name: pd.DataFrame({"text": [sample_text(x) for x in split.samples], "label": "-"})
-                  for split in (s.train, s.validation, s.test)}
+        frames = {
+            split.name: pd.DataFrame({"text": [sample_text(x) for x in split.samples], "label": "-"})
+            for split in (s.train, s.validation, s.test)
+        }
         sources = {split.name: split.source for split in (s.train, s.validation, s.test)}
         options = dataclasses.replace(self.cfg.audit, label_errors=False)
         report = audit(frames.pop("train"), frames, "text", "label", options, sources=sources)
@@ -91,12 +110,21 @@ class GenerativeTask(Task):
 
     def check_strategy(self, strategy) -> None:
         if strategy.features_only:
-            raise ConfigError(f"strategy {strategy.name} trains a classification head on cached features; for {self.name} use lora, freeze or full")
+            raise ConfigError(
+                f"strategy {strategy.name} trains a classification head on cached features; for {self.name} use lora, freeze or full"
+            )
 
     # ---- model
     def load_model(self, source, tokenizer, strategy, labels: list[str]):
         c = self.cfg
-        return load_generative(source, self.name, c.model.revision, c.model.trust_remote_code, strategy.quantize, c.train.gradient_checkpointing)
+        return load_generative(
+            source,
+            self.encoder_decoder,
+            c.model.revision,
+            c.model.trust_remote_code,
+            strategy.quantize,
+            c.train.gradient_checkpointing,
+        )
 
     # ---- training
     def encode(self, data: TaskData, tokenizer) -> dict:
@@ -113,7 +141,9 @@ class GenerativeTask(Task):
         samples = data.splits.test.samples[: self.cfg.generate.samples]
         if samples and self.cfg.generate.before:
             ctx.say(f"generate: {len(samples)} held-out prompts with the model before fine-tuning")
-            out["generations"] = generate_for(pretrained, self._tokenizer, samples, self.cfg.generate, self.name, ctx.autocast, progress=True)
+            out["generations"] = generate_for(
+                pretrained, self._tokenizer, samples, self.cfg.generate, self.name, ctx.autocast, progress=True
+            )
         return out
 
     def loss(self, model, inputs: dict):
@@ -135,21 +165,31 @@ class GenerativeTask(Task):
             after = generate_for(model, self._tokenizer, samples, g, self.name, ctx.autocast, progress=True)
         refs = [s.reference for s in samples]
         was = before.get("generations")
-        self._rows = [{"prompt": s.prompt_view(), "reference": r, "before": b, "after": a}
-                      for s, r, b, a in zip(samples, refs, was or [None] * len(after), after)]
+        self._rows = [
+            {"prompt": s.prompt_view(), "reference": r, "before": b, "after": a}
+            for s, r, b, a in zip(samples, refs, was or [None] * len(after), after)
+        ]
         loss_before = before.get("test_loss")
         return {
-            "test": {"loss": test_loss, "perplexity": perplexity(test_loss), "n": len(data.splits.test),
-                     **({"generation": generation_scores(after, refs, g.json_keys)} if samples else {})},
+            "test": {
+                "loss": test_loss,
+                "perplexity": perplexity(test_loss),
+                "n": len(data.splits.test),
+                **({"generation": generation_scores(after, refs, g.json_keys)} if samples else {}),
+            },
             "before": ({"loss": loss_before, "perplexity": perplexity(loss_before)} if loss_before is not None else {})
             | ({"generation": generation_scores(was, refs, g.json_keys)} if was else {}),
         }
 
-    def write_artifacts(self, run_dir: Path, metrics: dict, history: list[dict], data: TaskData, info: dict, ctx) -> None:
+    def write_artifacts(
+        self, run_dir: Path, metrics: dict, history: list[dict], data: TaskData, info: dict, ctx
+    ) -> None:
         from .report import write_generative_report
 
         super().write_artifacts(run_dir, metrics, history, data, info, ctx)
-        atomic_write_text(run_dir / "generations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self._rows))
+        atomic_write_text(
+            run_dir / "generations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self._rows)
+        )
         write_generative_report(run_dir, self.cfg, info, metrics, self._rows)
 
     def headline(self, metrics: dict) -> dict[str, float]:
@@ -159,7 +199,13 @@ class GenerativeTask(Task):
     def tracked(self, metrics: dict) -> dict[str, float]:
         out = {f"test_{k}": v for k, v in self.headline(metrics).items()}
         for when, block in (("before", metrics.get("before") or {}), ("test", metrics.get("test") or {})):
-            out.update({f"{when}_gen_{k}": v for k, v in (block.get("generation") or {}).items() if isinstance(v, (int, float))})
+            out.update(
+                {
+                    f"{when}_gen_{k}": v
+                    for k, v in (block.get("generation") or {}).items()
+                    if isinstance(v, (int, float))
+                }
+            )
         return out
 
     def brief(self, metrics: dict) -> str:
@@ -171,15 +217,22 @@ class GenerativeTask(Task):
 
     def summary_lines(self, metrics: dict, info: dict) -> list[str]:
         t, test, before = info["timings"], metrics["test"], metrics.get("before") or {}
-        lines = ["", f"{'':24}{'before':>10}{'after':>10}",
-                 f"{'test loss':24}{_f(before.get('loss')):>10}{_f(test['loss']):>10}",
-                 f"{'test perplexity':24}{_f(before.get('perplexity')):>10}{_f(test['perplexity']):>10}"]
+        lines = [
+            "",
+            f"{'':24}{'before':>10}{'after':>10}",
+            f"{'test loss':24}{_f(before.get('loss')):>10}{_f(test['loss']):>10}",
+            f"{'test perplexity':24}{_f(before.get('perplexity')):>10}{_f(test['perplexity']):>10}",
+        ]
         gb, ga = before.get("generation") or {}, test.get("generation") or {}
-        for k in ["exact_match", "rougeL", "chrf"] + (["json_valid", "field_exact_match"] if self.cfg.generate.json_keys else []):
+        for k in ["exact_match", "rougeL", "chrf"] + (
+            ["json_valid", "field_exact_match"] if self.cfg.generate.json_keys else []
+        ):
             if k in ga:
                 lines.append(f"{'generation ' + k:24}{_f(gb.get(k)):>10}{_f(ga.get(k)):>10}")
-        lines.append(f"train {t['train_seconds']:.0f}s, {t['samples_per_second']:.1f} samples/s, {t['tokens_per_second']:.0f} tokens/s, "
-                     f"peak memory {t['peak_rss_mb']:.0f} MB")
+        lines.append(
+            f"train {t['train_seconds']:.0f}s, {t['samples_per_second']:.1f} samples/s, {t['tokens_per_second']:.0f} tokens/s, "
+            f"peak memory {t['peak_rss_mb']:.0f} MB"
+        )
         return lines
 
     def predictor(self, run) -> Predictor:
@@ -207,7 +260,9 @@ class GenerativeTask(Task):
 
 class CausalLMTask(GenerativeTask):
     name = "causal-lm"
-    summary = "A decoder-only model's continuation: chat / instruction SFT, prompt -> completion, continued pre-training."
+    summary = (
+        "A decoder-only model's continuation: chat / instruction SFT, prompt -> completion, continued pre-training."
+    )
     uses = GENERATIVE_KEYS | {"data.messages_column", "data.packing", "model.chat_template"}
     supports_chat = True
 
@@ -221,17 +276,23 @@ class CausalLMTask(GenerativeTask):
         train, max_length = batches["train"], self.cfg.data.max_length
         packed = self.cfg.data.packing
         if packed and strategy.virtual_tokens:
-            ctx.say(f"packing: off ({strategy.name} prepends virtual tokens to every row); length-grouped padding instead")
+            ctx.say(
+                f"packing: off ({strategy.name} prepends virtual tokens to every row); length-grouped padding instead"
+            )
             packed = False
         if packed and not packing_is_exact(model, ctx.device):
-            ctx.say("packing: off (this model's attention does not keep packed samples apart); length-grouped padding instead")
+            ctx.say(
+                "packing: off (this model's attention does not keep packed samples apart); length-grouped padding instead"
+            )
             packed = False
         ctx.record["packing"] = packed
         if not packed:
             return train
         rows = PackedLMData(train.ids, train.labels_, max_length, train.pad_id)
-        ctx.say(f"packing: {len(train)} samples in {len(rows)} rows of <= {max_length} tokens "
-                f"({rows.samples_per_row:.1f} per row; positions restart per sample, no cross-sample attention)")
+        ctx.say(
+            f"packing: {len(train)} samples in {len(rows)} rows of <= {max_length} tokens "
+            f"({rows.samples_per_row:.1f} per row; positions restart per sample, no cross-sample attention)"
+        )
         return rows
 
 
@@ -239,6 +300,7 @@ class Seq2SeqTask(GenerativeTask):
     name = "seq2seq"
     summary = "An encoder-decoder's target sequence for an input (T5, BART, Marian): summarise, translate, rewrite."
     uses = GENERATIVE_KEYS
+    encoder_decoder = True
 
 
 class GenerativePredictor(Predictor):
@@ -246,7 +308,9 @@ class GenerativePredictor(Predictor):
         """Completions for prompts: strings (chat models: one user turn each) or message lists, rendered as in training."""
         run, cfg = self.run, self.run.config
         m = run.load()
-        gen = dataclasses.replace(cfg.generate, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}), **overrides)
+        gen = dataclasses.replace(
+            cfg.generate, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}), **overrides
+        )
         return generate_for(m.model, m.tokenizer, [self.sample(p) for p in prompts], gen, cfg.task, m.autocast)
 
     def sample(self, prompt: str | list[dict]) -> Sample:
@@ -272,8 +336,13 @@ class GenerativePredictor(Predictor):
         loss = mean_loss(m.model, encoded, task.loss, cfg.eval.batch_size, m.autocast)
         chosen = items[: samples if samples is not None else cfg.generate.samples]
         out = generate_for(m.model, m.tokenizer, chosen, cfg.generate, cfg.task, m.autocast, progress=True)
-        return {"data": str(data), "n": len(items), "loss": loss, "perplexity": perplexity(loss),
-                "generation": generation_scores(out, [s.reference for s in chosen], cfg.generate.json_keys)}
+        return {
+            "data": str(data),
+            "n": len(items),
+            "loss": loss,
+            "perplexity": perplexity(loss),
+            "generation": generation_scores(out, [s.reference for s in chosen], cfg.generate.json_keys),
+        }
 
 
 def perplexity(loss: float | None) -> float | None:
@@ -281,7 +350,12 @@ def perplexity(loss: float | None) -> float | None:
 
 
 def lint_text(report: LintReport) -> str:
-    out = ["# tunesmith data lint", "", *[f"error: {e}" for e in report.errors], *[f"warning: {w}" for w in report.warnings]]
+    out = [
+        "# tunesmith data lint",
+        "",
+        *[f"error: {e}" for e in report.errors],
+        *[f"warning: {w}" for w in report.warnings],
+    ]
     out += ["", f"stats: {report.stats}", "", "trained tokens are in [[double brackets]]:"]
     for k, s in enumerate(report.shown, 1):
         out += ["", f"--- sample {k} ---", s]
