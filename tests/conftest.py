@@ -141,3 +141,10 @@ def run_cli(
         timeout=timeout,
         input=input,
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything in tests/integration is slow: `pytest -m "not slow"` runs the unit and contract tiers."""
+    for item in items:
+        if "integration" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.slow)

@@ -9,14 +9,14 @@ tunesmith.load_run(run.path).metrics["test"]["macro_f1"]
 from .config import Config, load_config
 from .engine.pipeline import finetune
 from .errors import ConfigError, DataError, Interrupted, ModelError, RunError, TunesmithError
+from .evaluate.compare_html import write_comparison
 from .runs.run import Run, list_runs, load_run
+from .tools.compare import compare_runs
 from .version import __version__
 
 
 def compare(*runs, out=None, **options) -> dict:
     """Compare run folders on the same test set (the first is the reference); with `out`, also write compare.md/.html there."""
-    from .evaluate.compare_html import write_comparison
-    from .tools.compare import compare_runs
 
     result = compare_runs(list(runs), **options)
     if out is not None:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from .audit_markdown import render
 from ..config.schema import AuditConfig
 from ..errors import DataError
 from ..utils import atomic_write_text
@@ -137,7 +138,6 @@ class AuditReport:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
 
     def to_markdown(self) -> str:
-        from .audit_markdown import render
 
         return render(self)
 

@@ -19,6 +19,8 @@ from typing import Literal
 
 import pandas as pd
 
+from .splitting import grouped_split, near_duplicate_groups
+from .splits import label_names
 from ..config.schema import AuditConfig, DataConfig, PrepareConfig
 from ..errors import ConfigError, DataError
 from ..utils import atomic_dir, atomic_write_json, fingerprint, resolve_path
@@ -181,7 +183,6 @@ def _drop_leaked(tables: dict, a: AuditConfig, log: list[CleanStep]) -> dict:
 
 def _split(tables: dict, data: DataConfig, cfg: PrepareConfig, a: AuditConfig, seed: int, src: str) -> dict:
     """Split missing validation/test sets off the training set: stratified by label, grouped when groups are known."""
-    from .splitting import grouped_split, near_duplicate_groups
 
     train = tables["train"]
     groups = None
@@ -200,7 +201,6 @@ def _split(tables: dict, data: DataConfig, cfg: PrepareConfig, a: AuditConfig, s
 
 
 def _label_names(data: DataConfig, train: pd.DataFrame) -> list[str]:
-    from .splits import label_names
 
     return label_names(data, set(train["label"]), "prepared train")
 

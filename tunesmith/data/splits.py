@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from .splitting import grouped_split
+from .splitting import near_duplicate_groups
 from ..config.schema import AuditConfig, DataConfig
 from ..errors import DataError
 from ..utils import fingerprint
@@ -149,7 +151,6 @@ def _split_off(df: pd.DataFrame, share: float, seed: int, src: str, what: str, g
     if groups is None:
         rest, off = _safe_split(df, share, seed, src, what, train_size=False)
         return rest, off, None
-    from .splitting import grouped_split
 
     rest, off, rest_groups = grouped_split(df.rename(columns={"__label": "label"}), share, groups, seed, src, what)
     return rest.rename(columns={"label": "__label"}), off.rename(columns={"label": "__label"}), rest_groups
@@ -159,7 +160,6 @@ def _groups(df: pd.DataFrame, cfg: DataConfig, seed: int):
     """Group ids that must not be split: near-duplicate clusters and/or a source column."""
     if not cfg.group_near_duplicates and not cfg.group_column:
         return None
-    from .splitting import near_duplicate_groups
 
     table = pd.DataFrame({"text": df["__text"], "label": df["__label"]})
     if cfg.group_column:

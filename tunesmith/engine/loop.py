@@ -59,6 +59,9 @@ class LoopState:
     train_seconds: float = 0.0
     stopped_early: bool = False
     history: list = field(default_factory=list)
+    running_loss: float = 0.0
+    """Loss summed since the last log, all processes (so the first log after a resume averages the right steps)."""
+    running_units: float = 0.0
 
 
 def fit(
@@ -100,6 +103,7 @@ def fit(
         saved, rng = load_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler)
         state = LoopState(**saved)
         torch.set_rng_state(rng[rank] if rank < len(rng) else rng[0])
+        strategy.on_step(acc.unwrap_model(model), state.step, steps_per_epoch)  # the schedule as it was (not an event)
         acc.print(f"resumed from step {state.step} of {total_steps}")
     else:
         torch.manual_seed(seed + rank)
@@ -111,8 +115,10 @@ def fit(
     stop = StopFlag()
     fault = fault_injection()
     progress = _progress(acc, total_steps, state.step)
-    running_loss = torch.zeros((), dtype=torch.float64, device=acc.device)  # stays on the device: no per-step sync
-    running_n, t_window, samples_window = 0, time.perf_counter(), 0
+    # Stays on the device: no per-step sync. A resumed run carries on with what the checkpoint had (main process).
+    running_loss = torch.tensor(state.running_loss if rank == 0 else 0.0, dtype=torch.float64, device=acc.device)
+    running_n = state.running_units if rank == 0 else 0
+    t_window, samples_window = time.perf_counter(), 0
     t_start = time.perf_counter() - state.train_seconds
     model.train()
 
@@ -189,12 +195,14 @@ def fit(
                             f"step {state.step}: val {cfg.metric} {value:.4f} (best {state.best:.4f} at step {state.best_step})"
                         )
                     model.train()
+                    _carry(acc, running_loss, running_n, state)
                     _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state, names)
 
                 fault(state.step)
                 if stop.requested(acc, state.step, sync_every=1 if world == 1 else cfg.log_every):
                     state.train_seconds = time.perf_counter() - t_start
                     if not evaluate_now:
+                        _carry(acc, running_loss, running_n, state)
                         _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state, names)
                     raise Interrupted(state.step)
                 if state.stopped_early or state.step >= total_steps:
@@ -223,6 +231,12 @@ def fit(
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _carry(acc, running_loss: torch.Tensor, running_n: float, state: LoopState) -> None:
+    """Put the loss accumulated since the last log (summed over processes) into the state a checkpoint keeps."""
+    total, units = acc.reduce(torch.stack([running_loss, running_loss.new_tensor(float(running_n))]), "sum").tolist()
+    state.running_loss, state.running_units = total, units
 
 
 def _save_best(acc, model, best_dir: Path, state: LoopState, metrics: dict, names: set[str]) -> None:

@@ -12,12 +12,13 @@ import time
 import numpy as np
 import torch
 
+from ..utils import folder_size
+
 THROUGHPUT_BATCH = 32
 
 
 def measure_efficiency(predict, texts: list[str], batches: int = 32, model_dir=None) -> dict:
     """predict(list[str]) -> probs; timed on test texts (cycled when there are too few)."""
-    from ..utils import folder_size
 
     pool = (texts * (1 + THROUGHPUT_BATCH * batches // max(1, len(texts))))[: max(batches, THROUGHPUT_BATCH * batches)]
     if torch.cuda.is_available():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..utils import human_bytes
+from ..utils import atomic_write_text, human_bytes
 
 CI_SHOWN = ["macro_f1", "accuracy", "weighted_f1", "macro_precision", "macro_recall", "loss"]
 
@@ -155,8 +155,6 @@ def _with_ci(m: dict, ci: dict | None, key: str) -> str:
 def add_to_report(run_dir, metrics: dict) -> None:
     """Insert the extended sections into report.md, before its "Load it" section."""
     from pathlib import Path
-
-    from ..utils import atomic_write_text
 
     path = Path(run_dir) / "report.md"
     extra = extended_markdown(metrics)

@@ -10,7 +10,7 @@ from ..utils import atomic_dir
 
 def export_run(run: Run, out: str | Path) -> Path:
     """A plain Hugging Face folder (adapters merged into the weights) that loads without tunesmith or PEFT."""
-    loaded = run.load()
+    loaded = run.load(for_inference=False)  # the weights as trained, not cast for inference
     merged = loaded.strategy.merged(loaded.model)
     with atomic_dir(Path(out)) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)

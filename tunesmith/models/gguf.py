@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from ..errors import ModelError
+from ..utils import atomic_dir
 
 
 def cache_root() -> Path:
@@ -34,8 +35,6 @@ def convert_gguf(gguf_path: str | Path, say=print) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
-
-    from ..utils import atomic_dir
 
     gguf_path = Path(gguf_path).expanduser()
     if not gguf_path.is_file():

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
+from .gguf import convert_gguf
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,10 @@ def resolve_model(name: str) -> ModelSource:
         # find_spec locates the package without importing it (some asset packages import heavy extras).
         folder = Path(list(spec.submodule_search_locations)[0]) / pm.subdir
         if pm.gguf_file:
-            from .gguf import convert_gguf
-
             return ModelSource(name, str(convert_gguf(folder / pm.gguf_file)), "alias (gguf)")
         return ModelSource(name, str(folder), "alias")
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
-        from .gguf import convert_gguf
-
         return ModelSource(name, str(convert_gguf(path)), "gguf")
     if path.exists():
         if not (path / "config.json").is_file():

@@ -16,7 +16,7 @@ import torch
 
 from ..config.loader import load_config
 from ..engine.precision import choose_precision
-from ..errors import RunError
+from ..errors import RunError, TunesmithError
 from ..models.loading import resolve_model
 from ..strategies import build_strategy
 from ..tasks.base import Prediction
@@ -73,9 +73,13 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, status={self.status!r})"
 
-    def load(self) -> LoadedModel:
-        """The trained model (the strategy rebuilds it on its pretrained base), its tokenizer, device and autocast."""
-        if self._loaded is not None:
+    def load(self, for_inference: bool = True) -> LoadedModel:
+        """The trained model (the strategy rebuilds it on its pretrained base), its tokenizer, device and autocast.
+
+        Inference runs in the precision the run trained in (where this machine can; else fp32). A task that
+        generates gets its weights cast to that dtype, unless `for_inference=False` (exports keep the trained dtype).
+        """
+        if for_inference and self._loaded is not None:
             return self._loaded
         if self.status != "complete" or not (self.path / "model").is_dir():
             raise RunError(f"{self.path}: the run is {self.status}, it has no saved model; resume it with `tunesmith train --resume {self.path}`")
@@ -88,12 +92,22 @@ class Run:
         model.eval()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(choose_precision("auto", device.type)[0])
-        if dtype and task.infer_in_compute_dtype:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self._inference_precision(device.type))
+        if dtype and task.infer_in_compute_dtype and for_inference:
             model.to(dtype)  # inference only: weights in the compute dtype, no cast per generated token
         autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
-        self._loaded = LoadedModel(model, tokenizer, device, autocast, strategy)
-        return self._loaded
+        loaded = LoadedModel(model, tokenizer, device, autocast, strategy)
+        if for_inference:
+            self._loaded = loaded
+        return loaded
+
+    def _inference_precision(self, device_type: str) -> str:
+        """The run's own precision where this device runs it, else what `auto` picks here (fp32 stays fp32)."""
+        trained = self.info.get("precision", "auto")
+        try:
+            return choose_precision(trained, device_type)[0]
+        except TunesmithError:  # e.g. an fp16 (CUDA) run loaded on a CPU
+            return choose_precision("auto", device_type)[0]
 
     # ---- what the task's predictor offers
     def predict(self, texts: str | list[str], batch_size: int = 64) -> list[Prediction]:

@@ -15,6 +15,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..models.loading import auto_class_for
+
 
 @dataclass
 class NoOptions:
@@ -91,7 +93,6 @@ class Strategy:
 
     def load(self, folder: Path, load_base: Callable[[], nn.Module]) -> nn.Module:
         """Rebuild the trained model from `folder`; `load_base` gives the pretrained model + fresh head."""
-        from ..models.loading import auto_class_for
 
         return auto_class_for(folder).from_pretrained(folder)
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from ..config.schema import Config
 from ..errors import ConfigError, RunError
 from ..models.loading import load_tokenizer
+from ..tracking.report import write_basic_artifacts
 
 
 @dataclass
@@ -157,7 +158,6 @@ class Task:
         self, run_dir: Path, metrics: dict, history: list[dict], data: TaskData, info: dict, ctx
     ) -> None:
         """metrics.json, history.jsonl, plots, report.md, MODEL_CARD.md and the task's own files."""
-        from ..tracking.report import write_basic_artifacts
 
         write_basic_artifacts(run_dir, metrics, history, self.cfg.train.metric)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..config.schema import TrackingConfig
 from .base import NullTracker, Tracker
+from .mlflow_tracker import MlflowTracker, default_uri
 
 BACKENDS = {"mlflow", "none"}
 
@@ -16,7 +17,6 @@ def make_tracker(
     """The tracker for this process (only the main process tracks)."""
     if not is_main or cfg.backend == "none":
         return NullTracker()
-    from .mlflow_tracker import MlflowTracker, default_uri
 
     return MlflowTracker(cfg.uri or default_uri(output_dir), cfg.experiment, run_name, Path(output_dir), run_id)
 

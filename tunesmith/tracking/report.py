@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..utils import atomic_write_figure, atomic_write_text, human_bytes
+from ..utils import atomic_write_figure, atomic_write_json, atomic_write_text, human_bytes
 
 
 def plot_history(history: list[dict], metric: str, path: Path) -> None:
@@ -78,8 +78,6 @@ def _row(name: str, m: dict) -> str:
 def write_basic_artifacts(run_dir: Path, metrics: dict, history: list[dict], metric: str) -> None:
     """What every run folder holds whatever its task: metrics.json, history.jsonl and training_curves.png."""
     import json
-
-    from ..utils import atomic_write_json
 
     atomic_write_json(run_dir / "metrics.json", metrics)
     atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))

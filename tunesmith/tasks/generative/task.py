@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...data.audit import audit
+from ...data.loaders import load_table, pick_split
 from ...engine.batches import mean_loss
 from ...errors import ConfigError, DataError
 from ...models.loading import load_generative
@@ -33,6 +34,7 @@ from .formats import (
 )
 from .generation import generate_for, generation_scores
 from .lint import LintReport, lint
+from .report import write_generative_report
 
 GENERATIVE_KEYS = frozenset(
     {
@@ -184,7 +186,6 @@ class GenerativeTask(Task):
     def write_artifacts(
         self, run_dir: Path, metrics: dict, history: list[dict], data: TaskData, info: dict, ctx
     ) -> None:
-        from .report import write_generative_report
 
         super().write_artifacts(run_dir, metrics, history, data, info, ctx)
         atomic_write_text(
@@ -324,7 +325,6 @@ class GenerativePredictor(Predictor):
 
     def evaluate(self, data: str, samples: int | None = None, **columns) -> dict:
         """Loss/perplexity and generation scores on another file (`tunesmith eval`)."""
-        from ...data.loaders import load_table, pick_split
 
         run, cfg = self.run, self.run.config
         task = run.task

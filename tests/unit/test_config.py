@@ -8,8 +8,9 @@ import yaml
 from tunesmith.config import Config, config_to_dict, load_config
 from tunesmith.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "configs").rglob("*.yaml")) + sorted((ROOT / "configs").rglob("*.yml"))
+assert SHIPPED, "no shipped configs found"
 
 
 def write(tmp_path, text: str) -> Path:
