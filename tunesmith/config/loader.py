@@ -17,7 +17,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..strategies.registry import get_strategy_class, strategy_names
-from ..tasks.registry import get_task_class, task_names
+from ..tasks.registry import DEFAULT_TASK, get_task_class, task_names
 from ..utils import resolve_path
 from .schema import TASK_KEYS, Config, StrategyConfig, suggest
 
@@ -55,6 +55,7 @@ def load_config(
         _apply_override(raw, item)
     task = _task_class(raw, where, lines)
     cfg = _build(Config, raw, (), where, lines)
+    cfg.task = cfg.task or DEFAULT_TASK
     cfg.check()
     if strict:
         _check_task_keys(task, cfg, raw, where, lines)
@@ -64,7 +65,7 @@ def load_config(
 
 
 def _task_class(raw: dict, where: str, lines: dict):
-    name = raw.get("task", Config.task)
+    name = raw.get("task") or DEFAULT_TASK
     if not isinstance(name, str):
         raise ConfigError(f"{_at(where, lines, ('task',))}task must be a string (got {name!r})")
     try:

@@ -223,8 +223,8 @@ class TrackingConfig:
 class Config:
     name: str = "run"
     """Run name; the run folder is `<output_dir>/<name>-<timestamp>`."""
-    task: str = "text-classification"
-    """What the model learns: a registered task (`tunesmith tasks` lists them: `text-classification`, a label per
+    task: str | None = None
+    """What the model learns (null: text classification): a registered task (`tunesmith tasks` lists them: `text-classification`, a label per
     text; `causal-lm`, a decoder-only model's continuation (chat/instruction SFT, continued pre-training);
     `seq2seq`, an encoder-decoder's target sequence) or `module:Class` for a task of your own."""
     output_dir: str = "runs"

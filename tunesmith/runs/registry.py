@@ -51,7 +51,7 @@ def register(run_path: str | Path, name: str, uri: str | None = None) -> dict:
     client = _client(uri)
     run_id, source = _source(client, run)
     try:
-        client.create_registered_model(name, description=f"tunesmith {run.info.get('task', 'text-classification')} model")
+        client.create_registered_model(name, description=f"tunesmith {run.info.get('task')} model")
     except MlflowException as err:
         if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
             raise RegistryError(f"register: cannot create model '{name}' in {uri} ({err.message.splitlines()[0]}); check the name") from None

@@ -16,6 +16,8 @@ _BUILTIN = {
     "seq2seq": "tunesmith.tasks.generative:Seq2SeqTask",
 }
 _REGISTERED: dict[str, type] = {}
+DEFAULT_TASK = "text-classification"
+"""What a config without `task:` learns."""
 
 
 def register_task(cls: type) -> type:
@@ -48,4 +50,4 @@ def get_task_class(name: str) -> type:
 
 def build_task(cfg):
     """The task object for a config (its `task:` key)."""
-    return get_task_class(cfg.task)(cfg)
+    return get_task_class(cfg.task or DEFAULT_TASK)(cfg)

@@ -71,7 +71,7 @@ def _details(info: dict, cfg: dict) -> list[str]:
         "## Model details",
         "",
         f"- **Base model**: `{m['name']}` ({_source(m)})",
-        f"- **Task**: {info.get('task', 'text-classification')}, labels {', '.join(f'`{x}`' for x in info['data']['labels'])}",
+        f"- **Task**: {info.get('task')}, labels {', '.join(f'`{x}`' for x in info['data']['labels'])}",
         f"- **Strategy**: `{name}` ({opts}); trainable parameters {p['trainable']:,} of {p['total']:,} ({100 * p['trainable'] / p['total']:.2f}%)",
         f"- **Hyperparameters**: {hyper}; seed {cfg.get('seed')}",
         f"- **Trained**: {info.get('created', '?')} with tunesmith {info.get('tunesmith_version', '?')}, precision {info.get('precision')}, "
