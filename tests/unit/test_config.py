@@ -126,3 +126,58 @@ def test_resolved_config_is_yaml_serialisable():
     cfg = load_config({"data": {"path": "a.csv"}, "strategy": {"name": "freeze", "layers": 1}})
     text = yaml.safe_dump(config_to_dict(cfg))
     assert "layers: 1" in text
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (
+            {"data": {"path": "a.csv", "packing": True}},
+            "data.packing is not used by task text-classification .*causal-lm",
+        ),
+        (
+            {"task": "causal-lm", "data": {"path": "a.jsonl"}, "eval": {"calibration": False}},
+            "eval.calibration is not used by task causal-lm .*text-classification",
+        ),
+        (
+            {"task": "seq2seq", "data": {"path": "a.jsonl"}, "model": {"chat_template": "default"}},
+            "model.chat_template is not used by task seq2seq",
+        ),
+        (
+            {"task": "seq2seq", "data": {"path": "a.jsonl"}, "train": {"class_weights": "balanced"}},
+            "train.class_weights is not used by task seq2seq",
+        ),
+        (
+            {"task": "text-classification", "data": {"path": "a.csv"}, "generate": {"samples": 3}},
+            "generate.samples is not used by task text-classification",
+        ),
+        (
+            {"task": "causal-lm", "data": {"path": "a.jsonl"}, "train": {"metric": "macro_f1"}},
+            "unknown metric 'macro_f1' for task causal-lm",
+        ),
+        ({"task": "casual-lm", "data": {"path": "a.jsonl"}}, "unknown task 'casual-lm'; did you mean 'causal-lm'"),
+    ],
+)
+def test_task_keys_belong_to_their_task(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(raw)
+
+
+def test_task_keys_at_their_defaults_and_saved_run_configs_load(tmp_path):
+    """A default spelled out changes nothing; a saved run's config.yaml (every key) loads with strict=False."""
+    cfg = load_config({"task": "causal-lm", "data": {"path": "a.jsonl"}, "eval": {"calibration": True}})
+    assert cfg.train.metric == "loss"
+    saved = tmp_path / "config.yaml"
+    saved.write_text(
+        yaml.safe_dump({**config_to_dict(cfg), "eval": {**config_to_dict(cfg)["eval"], "baseline": False}})
+    )
+    with pytest.raises(ConfigError, match="eval.baseline is not used by task causal-lm"):
+        load_config(saved)
+    assert load_config(saved, strict=False).eval.baseline is False
+
+
+def test_a_task_line_number_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("task: causal-lm\ndata:\n  path: a.jsonl\n  packing: true\n  label_column: y\n")
+    with pytest.raises(ConfigError, match=r"c.yaml line 5: data.label_column is not used by task causal-lm"):
+        load_config(path)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tunesmith.utils import atomic_dir, atomic_write_text
+from tunesmith.utils import atomic_dir, atomic_write_figure, atomic_write_text
 
 
 def test_atomic_files_and_folders_follow_the_umask(tmp_path):
@@ -17,6 +17,26 @@ def test_atomic_files_and_folders_follow_the_umask(tmp_path):
         os.umask(old)
     assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == 0o644
     assert os.stat(tmp_path / "m").st_mode & 0o777 == 0o755
+
+
+def test_plots_follow_the_umask_and_leave_no_temporary(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    old = os.umask(0o022)
+    try:
+        atomic_write_figure(fig, tmp_path / "curve.png")
+    finally:
+        os.umask(old)
+        plt.close(fig)
+    assert os.stat(tmp_path / "curve.png").st_mode & 0o777 == 0o644  # mkstemp alone made run-folder PNGs 0600
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG" and [p.name for p in tmp_path.iterdir()] == [
+        "curve.png"
+    ]
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

@@ -39,7 +39,7 @@ def add_generate_commands(subparsers) -> None:
 
 
 def cmd_generate(args) -> int:
-    from ..data.loaders import load_table, pick_split
+    from ..data.loaders import load_table, pick_split, require_columns
     from ..runs.run import Run
     from ..utils import atomic_write_text
 
@@ -53,10 +53,7 @@ def cmd_generate(args) -> int:
         return 0
     df = pick_split(load_table(args.file), "test", args.file)
     column = args.column or ("messages" if "messages" in df.columns else run.config.data.prompt_column)
-    if column not in df.columns:
-        raise DataError(
-            f"{args.file}: no prompt column '{column}' (columns: {', '.join(map(str, df.columns[:20]))}); pass --column"
-        )
+    require_columns(df, {"prompt": column}, args.file, "pass --column")
     prompts = [p.tolist() if hasattr(p, "tolist") else p for p in df[column]]
     prompts = [p[:-1] if isinstance(p, list) and p and p[-1].get("role") == "assistant" else p for p in prompts]
     df["generated"] = run.generate(prompts, args.max_new_tokens, **extra)

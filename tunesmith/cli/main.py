@@ -57,7 +57,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ..data.loaders import load_table, pick_split
+    from ..data.loaders import load_table, pick_split, require_columns
     from ..errors import DataError
     from ..runs.run import load_run
     from ..utils import atomic_write_text
@@ -72,10 +72,7 @@ def cmd_predict(args) -> int:
     cfg = run.config.data
     df = pick_split(load_table(args.file, "auto", cfg.encoding, cfg.encoding_errors), "test", args.file)
     column = args.text_column or cfg.text_column
-    if column not in df.columns:
-        raise DataError(
-            f"{args.file}: no text column '{column}' (columns: {', '.join(map(str, df.columns[:20]))}); pass --text-column"
-        )
+    require_columns(df, {"text": column}, args.file, "pass --text-column")
     preds = run.predict(df[column].fillna("").astype(str).tolist())
     df["predicted"] = [p.label for p in preds]
     df["score"] = [round(p.score, 5) for p in preds]

@@ -13,19 +13,17 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .audit_markdown import render
 from ..config.schema import AuditConfig
-from ..errors import DataError
 from ..utils import atomic_write_text
-from .audit_markdown import warnings_of
-from .loaders import label_str
+from .audit_markdown import render, warnings_of
 from .dedup import Match, NearIndex, cross_matches, exact_groups, near_clusters, normalize_text
 from .label_noise import LabelNoiseFindings, find_label_errors
+from .loaders import label_str, require_columns
 
 
 @dataclass
@@ -183,10 +181,9 @@ def audit(
         clock = now
 
     for name, df in frames.items():
-        for role, col in (("text", text_column), ("label", label_column)):
-            if col not in df.columns:
-                cols = ", ".join(map(str, df.columns[:20]))
-                raise DataError(f"{sources[name]}: no {role} column '{col}' (columns: {cols}); pass the right --{role}-column")
+        require_columns(
+            df, {"text": text_column, "label": label_column}, sources[name], "pass the right --{role}-column"
+        )
 
     tables = {name: _Table.read(df, text_column, label_column) for name, df in frames.items()}
     train_labels = set(tables["train"].labels.dropna())
@@ -196,7 +193,11 @@ def audit(
     indexes: dict[str, NearIndex | None] = {}
     duplicates = {}
     for name, t in tables.items():
-        index = NearIndex(t.keys, cfg.near_threshold, cfg.num_perm, cfg.shingle_size, cfg.shingle_unit, cfg.seed) if cfg.near_duplicates and t.keys else None
+        index = (
+            NearIndex(t.keys, cfg.near_threshold, cfg.num_perm, cfg.shingle_size, cfg.shingle_unit, cfg.seed)
+            if cfg.near_duplicates and t.keys
+            else None
+        )
         indexes[name] = index
         duplicates[name] = _duplicates(t, index, cfg.max_examples)
     lap("duplicates")
@@ -214,19 +215,27 @@ def audit(
         t = tables["train"]
         labelled = [i for i, y in enumerate(t.key_labels) if y is not None]
         noise = find_label_errors(
-            [t.texts[i] for i in labelled], [t.key_labels[i] for i in labelled], [t.rows[i] for i in labelled], cfg.label_error_folds, cfg.seed
+            [t.texts[i] for i in labelled],
+            [t.key_labels[i] for i in labelled],
+            [t.rows[i] for i in labelled],
+            cfg.label_error_folds,
+            cfg.seed,
         )
     lap("label_errors")
 
     balance = {name: dict(Counter(t.labels.dropna()).most_common()) for name, t in tables.items()}
     lengths = {name: _length_stats(t.texts, tokenizer, max_length) for name, t in tables.items()}
     lap("balance_and_lengths")
-    report = AuditReport(text_column, label_column, sources, schema, duplicates, leakage, noise, balance, lengths, [], cfg, seconds)
+    report = AuditReport(
+        text_column, label_column, sources, schema, duplicates, leakage, noise, balance, lengths, [], cfg, seconds
+    )
     report.warnings.extend(warnings_of(report))
     return report
 
 
-def audit_splits(splits, cfg: AuditConfig | None = None, *, tokenizer: Any = None, max_length: int | None = None) -> AuditReport:
+def audit_splits(
+    splits, cfg: AuditConfig | None = None, *, tokenizer: Any = None, max_length: int | None = None
+) -> AuditReport:
     """Audit the loaded `tunesmith.data.splits.Splits` (row numbers are positions within each split)."""
     frames, sources = {}, {}
     for split in (splits.train, splits.validation, splits.test):
@@ -255,12 +264,20 @@ class _Table:
     key_labels: list[str | None]
 
     @classmethod
-    def read(cls, df: pd.DataFrame, text_column: str, label_column: str) -> "_Table":
+    def read(cls, df: pd.DataFrame, text_column: str, label_column: str) -> _Table:
         text = df[text_column].reset_index(drop=True)
         labels = pd.Series([label_str(v) for v in df[label_column]], dtype=object)  # None stays None (not NaN)
         usable = [i for i, v in enumerate(text) if isinstance(v, str) and v.strip()]
         texts = [text[i] for i in usable]
-        return cls(text, labels, usable, texts, [normalize_text(s) for s in texts], [i + 1 for i in usable], [labels[i] for i in usable])
+        return cls(
+            text,
+            labels,
+            usable,
+            texts,
+            [normalize_text(s) for s in texts],
+            [i + 1 for i in usable],
+            [labels[i] for i in usable],
+        )
 
     def schema(self, train_labels: set | None) -> SchemaFindings:
         s = SchemaFindings(rows=len(self.text))
@@ -326,8 +343,16 @@ def _length_stats(texts: list[str], tokenizer: Any, max_length: int | None) -> d
         unit, lengths = "whitespace tokens", np.array([len(s.split()) for s in texts])
     else:
         ids = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
-        unit, lengths = f"{getattr(tokenizer, 'name_or_path', '') or 'tokenizer'} tokens", np.array([len(x) for x in ids])
-    stats: dict[str, Any] = {"unit": unit, "count": int(lengths.size), "mean": round(float(lengths.mean()), 2), "min": int(lengths.min())}
+        unit, lengths = (
+            f"{getattr(tokenizer, 'name_or_path', '') or 'tokenizer'} tokens",
+            np.array([len(x) for x in ids]),
+        )
+    stats: dict[str, Any] = {
+        "unit": unit,
+        "count": int(lengths.size),
+        "mean": round(float(lengths.mean()), 2),
+        "min": int(lengths.min()),
+    }
     for q in (50, 90, 95, 99):
         stats[f"p{q}"] = float(np.percentile(lengths, q))
     stats["max"] = int(lengths.max())

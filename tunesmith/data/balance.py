@@ -15,7 +15,12 @@ def class_weights(labels: list, label_names: list[str]) -> list[float]:
     from sklearn.utils.class_weight import compute_class_weight
 
     present = [name for name in label_names if name in set(labels)]
-    weights = dict(zip(present, compute_class_weight("balanced", classes=np.array(present, dtype=object), y=np.array(labels, dtype=object))))
+    weights = dict(
+        zip(
+            present,
+            compute_class_weight("balanced", classes=np.array(present, dtype=object), y=np.array(labels, dtype=object)),
+        )
+    )
     return [round(float(weights.get(name, 0.0)), 6) for name in label_names]
 
 
@@ -27,9 +32,13 @@ def resample(df: pd.DataFrame, label_column: str, method: str, seed: int) -> pd.
     counts = df[label_column].value_counts()
     target = int(counts.max() if method == "oversample" else counts.min())
     parts = []
-    for i, (label, group) in enumerate(df.groupby(label_column, sort=True)):
+    for i, (_label, group) in enumerate(df.groupby(label_column, sort=True)):
         if method == "oversample":
-            extra = draw(group, replace=True, n_samples=target - len(group), random_state=seed + i) if len(group) < target else group.iloc[:0]
+            extra = (
+                draw(group, replace=True, n_samples=target - len(group), random_state=seed + i)
+                if len(group) < target
+                else group.iloc[:0]
+            )
             parts += [group, extra]
         else:
             parts.append(draw(group, replace=False, n_samples=target, random_state=seed + i))

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..config.schema import AuditConfig, PrepareConfig
-from .loaders import label_str
 from .dedup import NearIndex, exact_groups, near_clusters, normalize_text
-
+from .loaders import label_str
 
 
 @dataclass
@@ -30,17 +29,21 @@ class CleanStep:
 
 def to_table(df: pd.DataFrame, text_column: str, label_column: str, group_column: str | None) -> pd.DataFrame:
     """The columns prepare works on, with each row's 1-based position in the input."""
-    out = pd.DataFrame({
-        "text": df[text_column].astype(object).to_numpy(),
-        "label": df[label_column].astype(object).map(label_str).to_numpy(),
-        "source_row": range(1, len(df) + 1),
-    })
+    out = pd.DataFrame(
+        {
+            "text": df[text_column].astype(object).to_numpy(),
+            "label": df[label_column].astype(object).map(label_str).to_numpy(),
+            "source_row": range(1, len(df) + 1),
+        }
+    )
     if group_column:
         out["group"] = df[group_column].astype(object).map(lambda v: None if _missing(v) else str(v)).to_numpy()
     return out
 
 
-def clean_table(t: pd.DataFrame, name: str, cfg: "PrepareConfig", near: "AuditConfig", label_fixes: dict[int, str], log: list[CleanStep]) -> pd.DataFrame:
+def clean_table(
+    t: pd.DataFrame, name: str, cfg: PrepareConfig, near: AuditConfig, label_fixes: dict[int, str], log: list[CleanStep]
+) -> pd.DataFrame:
     """Apply the cleaning rules to one set; `label_fixes` maps source rows to a suggested label (train only)."""
 
     def drop(mask, rule: str, detail: str = "") -> None:
@@ -62,7 +65,12 @@ def clean_table(t: pd.DataFrame, name: str, cfg: "PrepareConfig", near: "AuditCo
     if cfg.strip:
         change(t["text"].map(str.strip), "text", "strip", "leading/trailing whitespace")
     if cfg.normalize_unicode != "none":
-        change(t["text"].map(lambda s: unicodedata.normalize(cfg.normalize_unicode, s)), "text", "normalize_unicode", cfg.normalize_unicode)
+        change(
+            t["text"].map(lambda s: unicodedata.normalize(cfg.normalize_unicode, s)),
+            "text",
+            "normalize_unicode",
+            cfg.normalize_unicode,
+        )
     if cfg.drop_empty:
         drop(t["text"].map(lambda s: not s.strip()), "empty_text")
     words = t["text"].map(lambda s: len(s.split()))
@@ -76,7 +84,12 @@ def clean_table(t: pd.DataFrame, name: str, cfg: "PrepareConfig", near: "AuditCo
         if cfg.label_issues == "drop":
             drop(flagged, "label_issues", "likely label errors (cleanlab)")
         else:
-            change(t["source_row"].map(label_fixes).where(flagged, t["label"]), "label", "label_issues", "relabelled to the suggested label")
+            change(
+                t["source_row"].map(label_fixes).where(flagged, t["label"]),
+                "label",
+                "label_issues",
+                "relabelled to the suggested label",
+            )
     t = _conflicts(t, name, cfg.conflicts, log)
     if cfg.drop_duplicates:
         drop(t["text"].map(normalize_text).duplicated(), "exact_duplicates", "kept the first of each group")
@@ -84,7 +97,11 @@ def clean_table(t: pd.DataFrame, name: str, cfg: "PrepareConfig", near: "AuditCo
         keys = t["text"].map(normalize_text).tolist()
         index = NearIndex(keys, near.near_threshold, near.num_perm, near.shingle_size, near.shingle_unit, near.seed)
         later = {r for c in near_clusters(keys, index) for r in c.rows[1:]}
-        drop(pd.Series([i in later for i in range(len(t))]), "near_duplicates", f"Jaccard >= {near.near_threshold}; kept the first of each cluster")
+        drop(
+            pd.Series([i in later for i in range(len(t))]),
+            "near_duplicates",
+            f"Jaccard >= {near.near_threshold}; kept the first of each cluster",
+        )
     return t
 
 
@@ -108,9 +125,21 @@ def _conflicts(t: pd.DataFrame, name: str, how: str, log: list[CleanStep]) -> pd
             dropped += group
     t = t.assign(label=labels)
     if changed:
-        log.append(CleanStep("label_conflicts", name, "changed", changed, "relabelled to the majority label of their duplicates"))
+        log.append(
+            CleanStep(
+                "label_conflicts", name, "changed", changed, "relabelled to the majority label of their duplicates"
+            )
+        )
     if dropped:
-        log.append(CleanStep("label_conflicts", name, "dropped", len(dropped), "duplicates with conflicting labels" + (" (tied vote)" if how == "relabel" else "")))
+        log.append(
+            CleanStep(
+                "label_conflicts",
+                name,
+                "dropped",
+                len(dropped),
+                "duplicates with conflicting labels" + (" (tied vote)" if how == "relabel" else ""),
+            )
+        )
         t = t.drop(index=dropped).reset_index(drop=True)
     return t
 

@@ -54,7 +54,9 @@ class NearIndex:
     buckets them. Candidates are checked against the exact shingle sets before they are returned.
     """
 
-    def __init__(self, keys: list[str], threshold: float, num_perm: int, shingle_size: int, unit: str = "char", seed: int = 1):
+    def __init__(
+        self, keys: list[str], threshold: float, num_perm: int, shingle_size: int, unit: str = "char", seed: int = 1
+    ):
         from datasketch import MinHash, MinHashLSH
 
         self.threshold, self.num_perm, self.size, self.unit, self.seed = threshold, num_perm, shingle_size, unit, seed

@@ -58,7 +58,9 @@ def out_of_fold_probs(texts: list[str], labels: np.ndarray, folds: int, seed: in
     return cross_val_predict(model, texts, labels, cv=cv, method="predict_proba", n_jobs=1)
 
 
-def find_label_errors(texts: list[str], labels: list[str], rows: list[int], folds: int, seed: int) -> LabelNoiseFindings:
+def find_label_errors(
+    texts: list[str], labels: list[str], rows: list[int], folds: int, seed: int
+) -> LabelNoiseFindings:
     """Rank likely label errors among `texts` with string `labels`; `rows` are their 1-based row numbers."""
     from cleanlab.filter import find_label_issues
 
@@ -82,4 +84,3 @@ def find_label_errors(texts: list[str], labels: list[str], rows: list[int], fold
     ]
     accuracy = float((probs.argmax(axis=1) == y).mean())
     return LabelNoiseFindings(len(texts), folds, round(accuracy, 4), issues, excluded_labels=rare)
-

@@ -11,18 +11,32 @@ import pandas as pd
 from ..errors import DataError
 from ..utils import resolve_path
 
-SUFFIX_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 
 
-def load_table(spec: str, fmt: str = "auto", encoding: str = "utf-8", errors: str = "strict") -> pd.DataFrame | dict[str, pd.DataFrame]:
+def load_table(
+    spec: str, fmt: str = "auto", encoding: str = "utf-8", errors: str = "strict"
+) -> pd.DataFrame | dict[str, pd.DataFrame]:
     """Load one data source. A saved `datasets.DatasetDict` folder returns {split name: DataFrame}."""
     path = resolve_path(spec)
     if not path.exists():
-        raise DataError(f"{spec}: data file not found; check data.* paths in the config (relative paths start at {Path.cwd()})")
+        raise DataError(
+            f"{spec}: data file not found; check data.* paths in the config (relative paths start at {Path.cwd()})"
+        )
     if fmt == "auto":
         fmt = "hf" if path.is_dir() else SUFFIX_FORMATS.get(path.suffix.lower(), "")
         if not fmt:
-            raise DataError(f"{spec}: cannot tell the format from suffix '{path.suffix}'; set data.format to csv, jsonl, parquet or hf")
+            raise DataError(
+                f"{spec}: cannot tell the format from suffix '{path.suffix}'; set data.format to csv, jsonl, parquet or hf"
+            )
     if fmt == "hf":
         return _load_hf(path, spec)
     if fmt == "parquet":
@@ -115,4 +129,6 @@ def pick_split(table: pd.DataFrame | dict[str, pd.DataFrame], name: str, src: st
         return table[name]
     if len(table) == 1:
         return next(iter(table.values()))
-    raise DataError(f"{src}: the saved dataset has no '{name}' split (it has {', '.join(table)}); export that split to a file")
+    raise DataError(
+        f"{src}: the saved dataset has no '{name}' split (it has {', '.join(table)}); export that split to a file"
+    )

@@ -13,14 +13,11 @@ import csv
 import dataclasses
 import datetime
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
 
-from .splitting import grouped_split, near_duplicate_groups
-from .splits import label_names
 from ..config.schema import AuditConfig, DataConfig, PrepareConfig
 from ..errors import ConfigError, DataError
 from ..utils import atomic_dir, atomic_write_json, fingerprint, resolve_path
@@ -29,7 +26,9 @@ from .augment import Paraphraser, augment_rows
 from .balance import class_weights, resample
 from .clean import CleanStep, clean_table, to_table
 from .dedup import NearIndex, cross_matches, normalize_text
-from .loaders import load_table
+from .loaders import load_table, require_columns
+from .splits import label_names
+from .splitting import grouped_split, near_duplicate_groups
 
 SETS = ("train", "validation", "test")
 
@@ -66,24 +65,48 @@ def prepare(
     audit_cfg = audit_cfg or AuditConfig(seed=seed)
     raw, sources = _load(data)
     for name, df in raw.items():
-        for role, col in (("text", data.text_column), ("label", data.label_column), ("group", cfg.group_column)):
-            if col and col not in df.columns:
-                raise DataError(f"{sources[name]}: no {role} column '{col}' (columns: {', '.join(map(str, df.columns[:20]))}); set data.{role}_column" if role != "group" else f"{sources[name]}: no group column '{col}'; fix prepare.group_column")
+        require_columns(df, {"text": data.text_column, "label": data.label_column}, sources[name])
+        if cfg.group_column:
+            require_columns(df, {"group": cfg.group_column}, sources[name], "fix prepare.group_column")
 
-    input_audit = audit(raw["train"], {k: v for k, v in raw.items() if k != "train"}, data.text_column, data.label_column, audit_cfg, sources=sources)
+    input_audit = audit(
+        raw["train"],
+        {k: v for k, v in raw.items() if k != "train"},
+        data.text_column,
+        data.label_column,
+        audit_cfg,
+        sources=sources,
+    )
     fixes = _label_fixes(input_audit, cfg, len(raw["train"]))
     log: list[CleanStep] = []
-    tables = {name: clean_table(to_table(df, data.text_column, data.label_column, cfg.group_column), name, cfg, audit_cfg, fixes if name == "train" else {}, log)
-              for name, df in raw.items()}
+    tables = {
+        name: clean_table(
+            to_table(df, data.text_column, data.label_column, cfg.group_column),
+            name,
+            cfg,
+            audit_cfg,
+            fixes if name == "train" else {},
+            log,
+        )
+        for name, df in raw.items()
+    }
     tables = _drop_rare_labels(tables, cfg.min_label_rows, log)
     if cfg.drop_leaked:
         tables = _drop_leaked(tables, audit_cfg, log)
     tables = _split(tables, data, cfg, audit_cfg, seed, sources["train"])
     label_names = _label_names(data, tables["train"])
 
-    frames = {name: tables[name].rename(columns={"text": data.text_column, "label": data.label_column}) for name in SETS}
-    output_audit = audit(frames["train"], {n: frames[n] for n in SETS[1:]}, data.text_column, data.label_column,
-                         dataclasses.replace(audit_cfg, label_errors=False), sources={n: f"prepared {n}" for n in SETS})
+    frames = {
+        name: tables[name].rename(columns={"text": data.text_column, "label": data.label_column}) for name in SETS
+    }
+    output_audit = audit(
+        frames["train"],
+        {n: frames[n] for n in SETS[1:]},
+        data.text_column,
+        data.label_column,
+        dataclasses.replace(audit_cfg, label_errors=False),
+        sources={n: f"prepared {n}" for n in SETS},
+    )
 
     train = tables["train"]
     before = len(train)
@@ -93,26 +116,60 @@ def prepare(
     train = train.assign(augmented=False)
     new_texts, new_labels = augment_rows(train["text"].tolist(), train["label"].tolist(), cfg.augment, seed, paraphrase)
     if new_texts:
-        train = pd.concat([train, pd.DataFrame({"text": new_texts, "label": new_labels, "augmented": True})], ignore_index=True)
+        train = pd.concat(
+            [train, pd.DataFrame({"text": new_texts, "label": new_labels, "augmented": True})], ignore_index=True
+        )
     tables["train"] = train
 
     splits_fp = {name: fingerprint(tables[name]["text"].tolist(), tables[name]["label"].tolist()) for name in SETS}
-    version = hashlib.sha256(("|".join(splits_fp[n] for n in SETS) + "|" + ",".join(label_names)).encode()).hexdigest()[:16]
+    version = hashlib.sha256(("|".join(splits_fp[n] for n in SETS) + "|" + ",".join(label_names)).encode()).hexdigest()[
+        :16
+    ]
     target = Path(out or cfg.output_dir) / f"{cfg.name}-{version}"
     manifest = {
-        "name": cfg.name, "version": version, "fingerprint": version,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "sources": sources, "source_sha256": {n: _file_hash(s) for n, s in sources.items()},
-        "text_column": data.text_column, "label_column": data.label_column, "group_column": cfg.group_column,
-        "label_names": label_names, "format": cfg.format, "seed": seed,
-        "splits": {n: {"file": f"{n}.{cfg.format}", "rows": len(tables[n]), "fingerprint": splits_fp[n],
-                       "labels": tables[n]["label"].value_counts().to_dict()} for n in SETS},
+        "name": cfg.name,
+        "version": version,
+        "fingerprint": version,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "sources": sources,
+        "source_sha256": {n: _file_hash(s) for n, s in sources.items()},
+        "text_column": data.text_column,
+        "label_column": data.label_column,
+        "group_column": cfg.group_column,
+        "label_names": label_names,
+        "format": cfg.format,
+        "seed": seed,
+        "splits": {
+            n: {
+                "file": f"{n}.{cfg.format}",
+                "rows": len(tables[n]),
+                "fingerprint": splits_fp[n],
+                "labels": tables[n]["label"].value_counts().to_dict(),
+            }
+            for n in SETS
+        },
         "cleaning": [dataclasses.asdict(step) for step in log],
-        "balance": {"method": cfg.balance, "class_weights": dict(zip(label_names, weights)) if weights else None,
-                    "train_rows_before": before, "train_rows_after": before if cfg.balance not in ("oversample", "undersample") else len(train) - len(new_texts)},
-        "augmentation": {"rows_added": len(new_texts), **dataclasses.asdict(cfg.augment), "hook": getattr(paraphrase, "__name__", None)},
-        "audit": {"input": "audit_input.md", "output": "audit.md", "input_blocking": input_audit.blocking, "output_blocking": output_audit.blocking},
-        "prepare": dataclasses.asdict(cfg), "audit_settings": dataclasses.asdict(audit_cfg),
+        "balance": {
+            "method": cfg.balance,
+            "class_weights": dict(zip(label_names, weights)) if weights else None,
+            "train_rows_before": before,
+            "train_rows_after": before
+            if cfg.balance not in ("oversample", "undersample")
+            else len(train) - len(new_texts),
+        },
+        "augmentation": {
+            "rows_added": len(new_texts),
+            **dataclasses.asdict(cfg.augment),
+            "hook": getattr(paraphrase, "__name__", None),
+        },
+        "audit": {
+            "input": "audit_input.md",
+            "output": "audit.md",
+            "input_blocking": input_audit.blocking,
+            "output_blocking": output_audit.blocking,
+        },
+        "prepare": dataclasses.asdict(cfg),
+        "audit_settings": dataclasses.asdict(audit_cfg),
     }
     with atomic_dir(target) as tmp:
         for name in SETS:
@@ -162,7 +219,15 @@ def _drop_rare_labels(tables: dict, minimum: int, log: list[CleanStep]) -> dict:
     for name, t in tables.items():
         mask = t["label"].isin(rare)
         if mask.any():
-            log.append(CleanStep("rare_labels", name, "dropped", int(mask.sum()), f"labels with fewer than {minimum} training rows: {sorted(rare)}"))
+            log.append(
+                CleanStep(
+                    "rare_labels",
+                    name,
+                    "dropped",
+                    int(mask.sum()),
+                    f"labels with fewer than {minimum} training rows: {sorted(rare)}",
+                )
+            )
         out[name] = t.loc[~mask].reset_index(drop=True)
     return out
 
@@ -173,7 +238,11 @@ def _drop_leaked(tables: dict, a: AuditConfig, log: list[CleanStep]) -> dict:
     for i, later in enumerate(names[1:], start=1):
         for ref in names[:i]:
             keys = tables[ref]["text"].map(normalize_text).tolist()
-            index = NearIndex(keys, a.near_threshold, a.num_perm, a.shingle_size, a.shingle_unit, a.seed) if a.near_duplicates and keys else None
+            index = (
+                NearIndex(keys, a.near_threshold, a.num_perm, a.shingle_size, a.shingle_unit, a.seed)
+                if a.near_duplicates and keys
+                else None
+            )
             hits = {m.other for m in cross_matches(keys, index, tables[later]["text"].map(normalize_text).tolist())}
             if hits:
                 log.append(CleanStep("leakage", later, "dropped", len(hits), f"duplicates of {ref} rows"))
@@ -194,7 +263,9 @@ def _split(tables: dict, data: DataConfig, cfg: PrepareConfig, a: AuditConfig, s
             continue
         if share <= 0:
             raise ConfigError(f"data.{name}_size must be positive when there is no data.{name} file")
-        train, tables[name], groups = grouped_split(train, share / (1 - carved), groups, seed + (name == "validation"), src, name)
+        train, tables[name], groups = grouped_split(
+            train, share / (1 - carved), groups, seed + (name == "validation"), src, name
+        )
         carved = share if name == "test" else carved
     tables["train"] = train
     return tables

@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from .splitting import grouped_split
-from .splitting import near_duplicate_groups
 from ..config.schema import AuditConfig, DataConfig
 from ..errors import DataError
 from ..utils import fingerprint
-from .loaders import label_str, load_table, pick_split, require_columns
+from .loaders import label_str, load_table, require_columns
+from .splitting import grouped_split, near_duplicate_groups
 
 
 @dataclass
@@ -79,7 +78,14 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     carved = 0.0  # share of the original rows already split off as test
     groups = _groups(train_df, cfg, seed) if ("test" not in tables or "validation" not in tables) else None
     if groups is not None:
-        kept = [k for k, on in (("near duplicates", cfg.group_near_duplicates), (f"'{cfg.group_column}' groups", cfg.group_column)) if on]
+        kept = [
+            k
+            for k, on in (
+                ("near duplicates", cfg.group_near_duplicates),
+                (f"'{cfg.group_column}' groups", cfg.group_column),
+            )
+            if on
+        ]
         notes.append(f"split so that {' and '.join(kept)} stay on one side ({len(set(groups))} groups)")
     if "test" not in tables:
         train_df, tables["test"], groups = _split_off(train_df, cfg.test_size, seed, train_src, "test", groups)
@@ -101,7 +107,9 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
                 f"add training examples for them or remove those rows"
             )
     splits = {
-        name: TextSplit(name, tables[name]["__text"].tolist(), [index[y] for y in tables[name]["__label"]], frames[name][1])
+        name: TextSplit(
+            name, tables[name]["__text"].tolist(), [index[y] for y in tables[name]["__label"]], frames[name][1]
+        )
         for name in ("train", "validation", "test")
     }
     return Splits(splits["train"], splits["validation"], splits["test"], names, notes)
@@ -164,7 +172,9 @@ def _groups(df: pd.DataFrame, cfg: DataConfig, seed: int):
     table = pd.DataFrame({"text": df["__text"], "label": df["__label"]})
     if cfg.group_column:
         if cfg.group_column not in df.columns:
-            raise DataError(f"{cfg.path or cfg.train}: no group column '{cfg.group_column}'; set data.group_column to an existing column")
+            raise DataError(
+                f"{cfg.path or cfg.train}: no group column '{cfg.group_column}'; set data.group_column to an existing column"
+            )
         table["group"] = df[cfg.group_column].to_numpy()
     near = AuditConfig(seed=seed) if cfg.group_near_duplicates else None
     return near_duplicate_groups(table, cfg.group_column, near)
@@ -186,7 +196,9 @@ def _safe_split(df, size, seed, src, what, train_size=True):
     try:
         a, b = train_test_split(df, random_state=seed, stratify=df["__label"], **kwargs)
     except ValueError as err:
-        raise DataError(f"{src}: cannot make a stratified {what} split ({err}); use more data or a larger data.{what}_size") from None
+        raise DataError(
+            f"{src}: cannot make a stratified {what} split ({err}); use more data or a larger data.{what}_size"
+        ) from None
     return a.reset_index(drop=True), b.reset_index(drop=True)
 
 

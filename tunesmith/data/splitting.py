@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
@@ -11,8 +10,7 @@ from ..errors import DataError
 from .dedup import NearIndex, near_clusters, normalize_text
 
 
-
-def near_duplicate_groups(t: pd.DataFrame, group_column: str | None, near: "AuditConfig | None") -> np.ndarray:
+def near_duplicate_groups(t: pd.DataFrame, group_column: str | None, near: AuditConfig | None) -> np.ndarray:
     """A group id per row: rows share an id when they share a `group` value or sit in one near-duplicate cluster."""
     n = len(t)
     parent = list(range(n))
@@ -55,11 +53,15 @@ def grouped_split(t: pd.DataFrame, share: float, groups: np.ndarray | None, seed
         try:
             keep, off = train_test_split(np.arange(len(t)), test_size=share, random_state=seed, stratify=t["label"])
         except ValueError as err:
-            raise DataError(f"{src}: cannot make a stratified {what} split ({err}); add rows or raise prepare.min_label_rows") from None
+            raise DataError(
+                f"{src}: cannot make a stratified {what} split ({err}); add rows or raise prepare.min_label_rows"
+            ) from None
     else:
         folds = max(2, round(1 / share))
         if len(set(groups)) < folds:
-            raise DataError(f"{src}: only {len(set(groups))} groups; a grouped {what} split needs at least {folds}; use fewer, larger splits or more groups")
+            raise DataError(
+                f"{src}: only {len(set(groups))} groups; a grouped {what} split needs at least {folds}; use fewer, larger splits or more groups"
+            )
         cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         keep, off = next(cv.split(np.zeros(len(t)), t["label"], groups))
     keep, off = np.sort(keep), np.sort(off)

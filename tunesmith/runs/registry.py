@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlparse
-
 from types import SimpleNamespace
+from urllib.parse import unquote, urlparse
 
 from ..errors import RegistryError
 from ..tracking.mlflow_tracker import default_uri
@@ -54,16 +53,27 @@ def register(run_path: str | Path, name: str, uri: str | None = None) -> dict:
         client.create_registered_model(name, description=f"tunesmith {run.info.get('task')} model")
     except MlflowException as err:
         if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
-            raise RegistryError(f"register: cannot create model '{name}' in {uri} ({err.message.splitlines()[0]}); check the name") from None
+            raise RegistryError(
+                f"register: cannot create model '{name}' in {uri} ({err.message.splitlines()[0]}); check the name"
+            ) from None
     test = run.metrics.get("test") or {}
     ci = run.metrics.get("test_ci") or {}
-    tags = {"run_folder": str(run.path.resolve()), "strategy": str(run.info.get("strategy")), "base_model": str(run.info.get("model", {}).get("name")),
-            "test_fingerprint": str(run.info.get("data", {}).get("splits", {}).get("test", {}).get("fingerprint")),
-            **{f"test_{m}": f"{test[m]:.4f}" for m in HEADLINE if m in test},
-            **{f"test_{m}_ci": f"{ci[m]['low']:.4f}-{ci[m]['high']:.4f}" for m in HEADLINE if m in ci}}
+    tags = {
+        "run_folder": str(run.path.resolve()),
+        "strategy": str(run.info.get("strategy")),
+        "base_model": str(run.info.get("model", {}).get("name")),
+        "test_fingerprint": str(run.info.get("data", {}).get("splits", {}).get("test", {}).get("fingerprint")),
+        **{f"test_{m}": f"{test[m]:.4f}" for m in HEADLINE if m in test},
+        **{f"test_{m}_ci": f"{ci[m]['low']:.4f}-{ci[m]['high']:.4f}" for m in HEADLINE if m in ci},
+    }
     card = run.path / "MODEL_CARD.md"
-    mv = client.create_model_version(name, source, run_id=run_id, tags=tags,
-                                     description=card.read_text(encoding="utf-8")[:4000] if card.is_file() else None)
+    mv = client.create_model_version(
+        name,
+        source,
+        run_id=run_id,
+        tags=tags,
+        description=card.read_text(encoding="utf-8")[:4000] if card.is_file() else None,
+    )
     return {"name": name, "version": int(mv.version), "source": source, "run_id": run_id, "uri": uri}
 
 
@@ -80,8 +90,14 @@ def _source(client, run) -> tuple[str, str]:
         except MlflowException:
             pass  # the run is not in this store: log the files afresh
     exp = client.get_experiment_by_name("tunesmith")
-    exp_id = exp.experiment_id if exp else client.create_experiment("tunesmith", artifact_location=_artifact_location(client))
-    mlrun = client.create_run(exp_id, run_name=f"register-{run.path.name}", tags={"tunesmith.run_folder": str(run.path.resolve())})
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else client.create_experiment("tunesmith", artifact_location=_artifact_location(client))
+    )
+    mlrun = client.create_run(
+        exp_id, run_name=f"register-{run.path.name}", tags={"tunesmith.run_folder": str(run.path.resolve())}
+    )
     for item in sorted(run.path.iterdir()):
         if item.name in ("checkpoints",) or item.name.startswith("."):
             continue
@@ -107,7 +123,9 @@ def promote(name: str, version: int, alias: str = "production", uri: str | None 
     try:
         client.get_model_version(name, str(version))
     except MlflowException:
-        raise RegistryError(f"promote: model '{name}' has no version {version} in {registry_uri(uri)}; `tunesmith models` lists them") from None
+        raise RegistryError(
+            f"promote: model '{name}' has no version {version} in {registry_uri(uri)}; `tunesmith models` lists them"
+        ) from None
     client.set_registered_model_alias(name, alias, str(version))
 
 
@@ -120,8 +138,17 @@ def list_models(uri: str | None = None) -> list[dict]:
         for alias, version in (rm.aliases or {}).items():
             aliases.setdefault(str(version), []).append(alias)
         for mv in sorted(client.search_model_versions(f"name='{rm.name}'"), key=lambda v: -int(v.version)):
-            out.append({"name": rm.name, "version": int(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])), "tags": dict(mv.tags),
-                        "source": mv.source, "run_id": mv.run_id, "created": mv.creation_timestamp})
+            out.append(
+                {
+                    "name": rm.name,
+                    "version": int(mv.version),
+                    "aliases": sorted(aliases.get(str(mv.version), [])),
+                    "tags": dict(mv.tags),
+                    "source": mv.source,
+                    "run_id": mv.run_id,
+                    "created": mv.creation_timestamp,
+                }
+            )
     return out
 
 
@@ -134,14 +161,21 @@ def resolve(model_uri: str, uri: str | None = None) -> Path:
     try:
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException:
-        raise RegistryError(f"{model_uri}: no such model version in {registry_uri(uri)}; `tunesmith models` lists them "
-                            f"(set MLFLOW_TRACKING_URI to use another store)") from None
+        raise RegistryError(
+            f"{model_uri}: no such model version in {registry_uri(uri)}; `tunesmith models` lists them "
+            f"(set MLFLOW_TRACKING_URI to use another store)"
+        ) from None
     parsed = urlparse(mv.source)
     if parsed.scheme == "file" and Path(unquote(parsed.path), "run.json").is_file():
         return Path(unquote(parsed.path))
     import mlflow
 
-    cache = Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith")) / "registry" / name / str(mv.version)
+    cache = (
+        Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith"))
+        / "registry"
+        / name
+        / str(mv.version)
+    )
     if not (cache / "run.json").is_file():
         mlflow.set_tracking_uri(registry_uri(uri))
         mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(cache))
@@ -157,5 +191,7 @@ def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
         name, _, version = spec.rpartition("/")
         alias = None
     if not name or not (alias or (version or "").isdigit()):
-        raise RegistryError(f"{model_uri}: expected models:/NAME@ALIAS (e.g. models:/sentiment@production) or models:/NAME/VERSION")
+        raise RegistryError(
+            f"{model_uri}: expected models:/NAME@ALIAS (e.g. models:/sentiment@production) or models:/NAME/VERSION"
+        )
     return name, alias, version

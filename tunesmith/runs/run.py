@@ -82,13 +82,18 @@ class Run:
         if for_inference and self._loaded is not None:
             return self._loaded
         if self.status != "complete" or not (self.path / "model").is_dir():
-            raise RunError(f"{self.path}: the run is {self.status}, it has no saved model; resume it with `tunesmith train --resume {self.path}`")
+            raise RunError(
+                f"{self.path}: the run is {self.status}, it has no saved model; resume it with `tunesmith train --resume {self.path}`"
+            )
         from transformers import AutoTokenizer
 
         cfg, task = self.config, self.task
         strategy = build_strategy(cfg.strategy.name, cfg.strategy.options)
         tokenizer = AutoTokenizer.from_pretrained(self.path / "model")
-        model = strategy.load(self.path / "model", lambda: task.load_model(resolve_model(cfg.model.name), tokenizer, strategy, self.label_names))
+        model = strategy.load(
+            self.path / "model",
+            lambda: task.load_model(resolve_model(cfg.model.name), tokenizer, strategy, self.label_names),
+        )
         model.eval()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
@@ -119,11 +124,15 @@ class Run:
         """Class probabilities, one row per text, columns in `label_names` order."""
         return self.predictor.predict_probs(list(texts), batch_size)
 
-    def generate(self, prompts: list[str] | list[list[dict]], max_new_tokens: int | None = None, **overrides) -> list[str]:
+    def generate(
+        self, prompts: list[str] | list[list[dict]], max_new_tokens: int | None = None, **overrides
+    ) -> list[str]:
         """Completions for prompts: strings (chat models: one user turn each) or message lists, rendered as in training."""
         return self.predictor.generate(prompts, max_new_tokens, **overrides)
 
-    def evaluate(self, data: str, text_column: str | None = None, label_column: str | None = None, save: bool = True) -> dict:
+    def evaluate(
+        self, data: str, text_column: str | None = None, label_column: str | None = None, save: bool = True
+    ) -> dict:
         """Metrics of this run's model on another file (written to `evals/` in the run folder)."""
         metrics = self.predictor.evaluate(data, text_column=text_column, label_column=label_column)
         if save:
