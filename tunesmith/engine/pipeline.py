@@ -62,19 +62,12 @@ def finetune(
     strategy = build_strategy(cfg.strategy.name, cfg.strategy.options)
     task.check_strategy(strategy)
     precision, why = choose_precision(cfg.train.precision, "cuda" if torch.cuda.is_available() else "cpu")
-    AcceleratorState._reset_state(
-        reset_partial_state=False
-    )  # a second finetune() in one process may pick another precision
+    # A second finetune() in one process may pick another precision.
+    AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True lets Accelerate see a torchrun launch on a machine without GPUs (gloo backend).
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if precision == "fp32" else precision)
-    ctx = Context(
-        acc,
-        cfg,
-        precision,
-        resume=resume_dir is not None,
-        minimize=task.minimize,
-        model_key=f"{source.location}|{cfg.model.revision}|{cfg.data.max_length}",
-    )
+    model_key = f"{source.location}|{cfg.model.revision}|{cfg.data.max_length}"
+    ctx = Context(acc, cfg, precision, resume=resume_dir is not None, minimize=task.minimize, model_key=model_key)
 
     # ---- model + strategy
     set_seed(cfg.seed)  # the head's initialisation depends on it
@@ -85,54 +78,45 @@ def finetune(
     trainable, total = count_parameters(model)
     frozen_cast = cast_frozen_weights(model, precision) if task.cast_frozen_weights and not strategy.saves_base else 0
 
-    # ---- the run folder: from here on, whatever happens is recorded in run.json
-    folder = RunFolder.open(
-        cfg,
-        acc,
-        resume_dir,
-        lambda name, run_id: make_tracker(cfg.tracking, cfg.output_dir, name, acc.is_main_process, run_id),
-    )
-    ctx.run_dir, ctx.log = folder.path, folder.tracker.log_metrics
-    say = ctx.say
-    say(f"tunesmith {__version__} | run {folder.path}")
-    split_rows = " / ".join(f"{k} {v['rows']}" for k, v in data.summary.items())
-    say(f"data: {cfg.task}, {split_rows} rows" + (f", labels {data.labels}" if data.labels else ""))
-    for line in [*(f"data: {n}" for n in data.notes), *findings.lines]:
-        say(line)
-    say(f"model: {cfg.model.name} ({source.kind}: {source.location})")
-    say(f"strategy: {strategy.name} | trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
-    if frozen_cast:
-        say(
-            f"precision: frozen weights stored in {precision} ({frozen_cast / 2**20:.0f} MiB saved; no per-step casts), trained ones in fp32"
-        )
-    say(
-        f"precision: {precision} ({why}) | device {acc.device} | processes {acc.num_processes}"
-        f"{' | gradient checkpointing' if cfg.train.gradient_checkpointing else ''}"
-    )
-    folder.start(
-        cfg,
-        model={"name": cfg.model.name, "kind": source.kind, "location": source.location},
-        strategy=strategy.name,
-        precision=precision,
-        processes=acc.num_processes,
-        parameters={"trainable": trainable, "total": total},
-        data={"splits": data.summary, "labels": data.labels, "notes": data.notes, **data.record},
-        **findings.record,
-    )
+    # ---- the run folder: from here on, whatever happens is recorded (failed / interrupted) in run.json and MLflow
+    def tracker(name: str, run_id: str | None):
+        return make_tracker(cfg.tracking, cfg.output_dir, name, acc.is_main_process, run_id)
 
+    folder = RunFolder.open(cfg, acc, resume_dir, tracker)
+    ctx.run_dir, ctx.log = folder.path, folder.tracker.log_metrics
     with folder.lifecycle():
+        say = ctx.say
+        say(f"tunesmith {__version__} | run {folder.path}")
+        rows = " / ".join(f"{k} {v['rows']}" for k, v in data.summary.items())
+        say(f"data: {cfg.task}, {rows} rows" + (f", labels {data.labels}" if data.labels else ""))
+        for line in [*(f"data: {n}" for n in data.notes), *findings.lines]:
+            say(line)
+        say(f"model: {cfg.model.name} ({source.kind}: {source.location})")
+        say(
+            f"strategy: {strategy.name} | trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+        )
+        if frozen_cast:
+            say(
+                f"precision: frozen weights stored in {precision} ({frozen_cast / 2**20:.0f} MiB saved), trained ones in fp32"
+            )
+        checkpointing = " | gradient checkpointing" if cfg.train.gradient_checkpointing else ""
+        say(f"precision: {precision} ({why}) | device {acc.device} | processes {acc.num_processes}{checkpointing}")
+        folder.start(
+            cfg,
+            model={"name": cfg.model.name, "kind": source.kind, "location": source.location},
+            strategy=strategy.name,
+            precision=precision,
+            processes=acc.num_processes,
+            parameters={"trainable": trainable, "total": total},
+            data={"splits": data.summary, "labels": data.labels, "notes": data.notes, **data.record},
+            **findings.record,
+        )
         if acc.is_main_process:
             if findings.save:
                 findings.save(folder.path)
             if not ctx.resume:
-                folder.tracker.log_params(
-                    {
-                        **flatten(config_to_dict(cfg)),
-                        "trainable_parameters": trainable,
-                        "total_parameters": total,
-                        "precision": precision,
-                    }
-                )
+                params = {"trainable_parameters": trainable, "total_parameters": total, "precision": precision}
+                folder.tracker.log_params({**flatten(config_to_dict(cfg)), **params})
                 folder.tracker.log_metrics(findings.metrics)
 
         # ---- encode, score the pretrained model (once: a resumed run keeps the first scores), train
@@ -153,19 +137,14 @@ def finetune(
         acc.wait_for_everyone()
         metrics = task.test(model, trained, data, batches, state["before"], ctx)
         if acc.is_main_process:
-            metrics.update(
-                validation_best=result.best_metrics,
-                best_step=result.best_step,
-                steps=result.steps,
-                stopped_early=result.stopped_early,
-            )
+            fitted = {"best_step": result.best_step, "steps": result.steps, "stopped_early": result.stopped_early}
+            metrics.update(validation_best=result.best_metrics, **fitted)
             task.write_artifacts(folder.path, metrics, result.history, data, folder.info, ctx)
             folder.tracker.log_metrics(task.tracked(metrics))
             folder.tracker.log_metrics({"samples_per_second": result.samples_per_second, "peak_rss_mb": peak_mb})
             folder.complete(cfg.train.keep_checkpoints)
-            for line in task.summary_lines(metrics, folder.info):
+            for line in [*task.summary_lines(metrics, folder.info), f"run folder: {folder.path}"]:
                 say(line)
-            say(f"run folder: {folder.path}")
     acc.wait_for_everyone()
     return Run(folder.path)
 
