@@ -44,8 +44,12 @@ class Splits:
         }
 
 
-def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    """Load, check and split the data as configured. Raises DataError on anything unusable."""
+def load_splits(cfg: DataConfig, seed: int, near: AuditConfig | None = None) -> Splits:
+    """Load, check and split the data as configured. Raises DataError on anything unusable.
+
+    `near`: the audit settings that decide near duplicates (the run's `audit:`), so the split keeps apart exactly
+    what the audit would call leakage; default: the audit defaults with `seed`.
+    """
     notes: list[str] = []
     frames: dict[str, tuple[pd.DataFrame, str]] = {}
     if cfg.path:
@@ -76,7 +80,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     _require_two_classes(train_df, train_src)
 
     carved = 0.0  # share of the original rows already split off as test
-    groups = _groups(train_df, cfg, seed) if ("test" not in tables or "validation" not in tables) else None
+    groups = _groups(train_df, cfg, near or AuditConfig(seed=seed)) if ("test" not in tables or "validation" not in tables) else None
     if groups is not None:
         kept = [
             k
@@ -164,7 +168,7 @@ def _split_off(df: pd.DataFrame, share: float, seed: int, src: str, what: str, g
     return rest.rename(columns={"label": "__label"}), off.rename(columns={"label": "__label"}), rest_groups
 
 
-def _groups(df: pd.DataFrame, cfg: DataConfig, seed: int):
+def _groups(df: pd.DataFrame, cfg: DataConfig, audit: AuditConfig):
     """Group ids that must not be split: near-duplicate clusters and/or a source column."""
     if not cfg.group_near_duplicates and not cfg.group_column:
         return None
@@ -176,7 +180,7 @@ def _groups(df: pd.DataFrame, cfg: DataConfig, seed: int):
                 f"{cfg.path or cfg.train}: no group column '{cfg.group_column}'; set data.group_column to an existing column"
             )
         table["group"] = df[cfg.group_column].to_numpy()
-    near = AuditConfig(seed=seed) if cfg.group_near_duplicates else None
+    near = audit if cfg.group_near_duplicates else None
     return near_duplicate_groups(table, cfg.group_column, near)
 
 

@@ -40,7 +40,7 @@ class ClassificationTask(Task):
 
     # ---- data
     def load_data(self) -> TaskData:
-        splits = load_splits(self.cfg.data, self.cfg.seed)
+        splits = load_splits(self.cfg.data, self.cfg.seed, self.cfg.audit)  # near duplicates as the audit sees them
         self._check_slice_columns()
         return TaskData(splits, splits.summary(), splits.label_names, splits.notes)
 

@@ -9,7 +9,6 @@ those spans train (label = token id); every other token gets -100.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,7 +243,7 @@ def _groups(samples: list[Sample], cfg: Config) -> list[int]:
     if not cfg.data.group_near_duplicates:
         return list(range(len(samples)))
     table = pd.DataFrame({"text": [sample_text(s) for s in samples], "label": "-"})
-    return near_duplicate_groups(table, None, dataclasses.replace(cfg.audit, seed=cfg.seed)).tolist()
+    return near_duplicate_groups(table, None, cfg.audit).tolist()  # what the audit will call near duplicates
 
 
 def _split_by_groups(
