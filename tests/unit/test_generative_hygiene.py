@@ -39,3 +39,33 @@ def test_the_audit_blocks_a_test_file_that_repeats_training_samples(tmp_path):
     cfg.audit.block_on_leakage = False
     findings = build_task(cfg).check_data(task.load_data(), tok)
     assert findings.record["audit"] and any(line.startswith("audit:") for line in findings.lines)
+
+
+def test_a_split_made_by_tunesmith_never_trips_its_own_leakage_check(tmp_path):
+    """Near duplicates around the threshold: the split groups them with the audit's own settings (not the run's
+    seed), so the audit of that split finds nothing to block (it did on the Debian demo data)."""
+    import random
+
+    rng = random.Random(0)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda sigma tau omega".split()
+    base = [" ".join(rng.choices(words, k=12)) for _ in range(40)]
+    rows = []
+    for i in range(240):
+        text = base[i % 40].split()
+        for _ in range(rng.randint(0, 4)):  # 0-4 words changed: Jaccard of shingles from ~1 down past 0.7
+            text[rng.randrange(len(text))] = rng.choice(words)
+        rows.append({"prompt": "Summarise: " + " ".join(text), "completion": f" {text[0]} {text[-1]}"})
+    cfg = load_config(
+        {
+            "task": "causal-lm",
+            "seed": 0,
+            "data": {"path": str(write_jsonl(tmp_path / "n.jsonl", rows)), "max_length": 512},
+            "model": {"name": str(tmp_path)},
+        }
+    )
+    task = build_task(cfg)
+    data = task.load_data()
+    tok = build_tokenizer(tmp_path / "tok")
+    tok.chat_template = chat_template_for(tok, None)
+    findings = task.check_data(data, tok)  # raises DataError on leakage
+    assert findings.record["audit"]["train.near_duplicate_clusters"] > 0
