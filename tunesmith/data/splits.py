@@ -80,7 +80,11 @@ def load_splits(cfg: DataConfig, seed: int, near: AuditConfig | None = None) -> 
     _require_two_classes(train_df, train_src)
 
     carved = 0.0  # share of the original rows already split off as test
-    groups = _groups(train_df, cfg, near or AuditConfig(seed=seed)) if ("test" not in tables or "validation" not in tables) else None
+    groups = (
+        _groups(train_df, cfg, near or AuditConfig(seed=seed))
+        if ("test" not in tables or "validation" not in tables)
+        else None
+    )
     if groups is not None:
         kept = [
             k
