@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -126,3 +127,20 @@ def human_bytes(n: float) -> str:
 
 def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def lookup_class(name: str, builtin: dict[str, str], registered: dict[str, type]) -> type:
+    """A registry lookup: a registered class, a built-in `module:Class` imported on first use, or a user's
+    `module:Class` from the Python path. KeyError when there is none (the caller says what exists)."""
+    if name in registered:
+        return registered[name]
+    target = builtin.get(name) or (name if ":" in name else None)
+    if target is None:
+        raise KeyError(name)
+    module, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        raise KeyError(name) from None
+    registered.setdefault(name, cls)
+    return cls

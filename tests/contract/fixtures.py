@@ -1,42 +1,23 @@
 """Tiny random models and toy tasks for the contract tests, built in code (no downloads).
 
-Copied (not imported) from tests/conftest.py and tests/gen_fixtures.py, so that this directory keeps
-working while those files move. Only transformers / tokenizers / pandas are used here, never tunesmith.
+The shared pieces come from tests/conftest.py and tests/gen_fixtures.py; the variants here take sizes and
+initialisation as parameters. Only transformers / tokenizers / pandas are used, never tunesmith internals.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
+
+from conftest import NEGATIVE, NEUTRAL, POSITIVE, WORDS, build_tiny_bert, write_csv  # noqa: F401
+from gen_fixtures import ANIMALS, ANSWER, COLOURS, toy_pairs, write_jsonl  # noqa: F401
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 # ---- classification: the label is given by which sentiment word the text contains
-
-POSITIVE = ["good", "great", "fine", "lovely", "superb"]
-NEGATIVE = ["bad", "awful", "poor", "nasty", "dire"]
-NEUTRAL = [
-    "table",
-    "chair",
-    "river",
-    "paper",
-    "green",
-    "house",
-    "seven",
-    "north",
-    "cloud",
-    "stone",
-    "the",
-    "a",
-    "is",
-    "it",
-    "was",
-]
-WORDS = POSITIVE + NEGATIVE + NEUTRAL
 
 
 def toy_rows(n: int, seed: int = 0, neutral_words: tuple[int, int] = (3, 12), sentiment_words: int = 5) -> list[dict]:
@@ -55,52 +36,7 @@ def toy_rows(n: int, seed: int = 0, neutral_words: tuple[int, int] = (3, 12), se
     return rows
 
 
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    import pandas as pd
-
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
-
-
-def build_tiny_bert(folder: Path, dropout: float = 0.0) -> Path:
-    """A 2-layer, 32-wide random BERT plus a word-level tokenizer over the toy vocabulary."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    tok.save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        initializer_range=0.2,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return folder
-
-
 # ---- generation: each animal has one colour, and the answer names it
-
-ANIMALS = ["cat", "dog", "fox", "owl", "bee", "cow", "elk", "ant"]
-COLOURS = ["red", "blue", "green", "black", "white", "pink", "gray", "gold"]
-ANSWER = dict(zip(ANIMALS, COLOURS))
-
-
-def toy_pairs(n: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        a = rng.choice(ANIMALS)
-        rows.append({"prompt": f"What colour is the {a}?", "completion": f"The {a} is {ANSWER[a]}."})
-    return rows
 
 
 def toy_chats(n: int, seed: int = 0) -> list[dict]:
@@ -109,11 +45,6 @@ def toy_chats(n: int, seed: int = 0) -> list[dict]:
         {"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]}
         for r in toy_pairs(n, seed)
     ]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def build_tokenizer(folder: Path):

@@ -11,8 +11,7 @@ A user-defined strategy is one file with a `Strategy` subclass and one call:
 
 from __future__ import annotations
 
-import importlib
-
+from ..utils import lookup_class
 from .base import Strategy
 
 _BUILTIN = {
@@ -43,18 +42,7 @@ def strategy_names() -> list[str]:
 
 def get_strategy_class(name: str) -> type[Strategy]:
     """The class for `name`; `module:Class` also works (imports a user's file from the Python path)."""
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    target = _BUILTIN.get(name) or (name if ":" in name else None)
-    if target is None:
-        raise KeyError(name)
-    module, _, attr = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        raise KeyError(name) from None
-    _REGISTERED.setdefault(name, cls)
-    return cls
+    return lookup_class(name, _BUILTIN, _REGISTERED)
 
 
 def build_strategy(name: str, options=None) -> Strategy:

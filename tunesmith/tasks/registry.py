@@ -8,7 +8,7 @@ register_task(MyTask)
 
 from __future__ import annotations
 
-import importlib
+from ..utils import lookup_class
 
 _BUILTIN = {
     "text-classification": "tunesmith.tasks.classification:ClassificationTask",
@@ -34,18 +34,7 @@ def task_names() -> list[str]:
 
 def get_task_class(name: str) -> type:
     """The class for `name`; `module:Class` also works (imports a user's file from the Python path)."""
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    target = _BUILTIN.get(name) or (name if ":" in name else None)
-    if target is None:
-        raise KeyError(name)
-    module, _, attr = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        raise KeyError(name) from None
-    _REGISTERED.setdefault(name, cls)
-    return cls
+    return lookup_class(name, _BUILTIN, _REGISTERED)
 
 
 def build_task(cfg):
