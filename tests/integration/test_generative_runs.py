@@ -7,27 +7,15 @@ import math
 
 import pytest
 from conftest import ROOT, run_cli, write_yaml
-from gen_fixtures import ANSWER, build_tiny_lm, build_tokenizer, toy_pairs, write_jsonl
+from gen_fixtures import ANSWER, build_tiny_lm, toy_pairs, write_jsonl
 
 from tunesmith.config import load_config
 from tunesmith.errors import DataError
-from tunesmith.tasks.generative.formats import DEFAULT_CHAT_TEMPLATE, IGNORE
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    t = build_tokenizer(tmp_path_factory.mktemp("tok"))
-    t.chat_template = DEFAULT_CHAT_TEMPLATE
-    return t
 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     return build_tiny_lm(tmp_path_factory.mktemp("llama"), "llama")
-
-
-def trained_text(tok, r) -> str:
-    return tok.decode([t for t in r.labels if t != IGNORE])
 
 
 # ---- end to end through the CLI

@@ -22,11 +22,6 @@ def tok(tmp_path_factory):
     return t
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return build_tiny_lm(tmp_path_factory.mktemp("llama"), "llama")
-
-
 def trained_text(tok, r) -> str:
     return tok.decode([t for t in r.labels if t != IGNORE])
 

@@ -93,9 +93,12 @@ def cmd_runs(args) -> int:
         return 0
     print(f"{'run':42} {'status':11} {'task':19} {'strategy':9} {'model':12} results (test)")
     for run in runs:
-        brief = run.task.brief(run.metrics) if run.metrics else "-"
+        try:
+            brief = run.task.brief(run.metrics) if run.metrics else "-"
+        except TunesmithError:  # e.g. a user task that is not importable here: list the run all the same
+            brief = "-"
         print(
-            f"{run.path.name:42} {run.status:11} {run.config.task[-19:]:19} {run.info.get('strategy', '?'):9} "
+            f"{run.path.name:42} {run.status:11} {str(run.info.get('task'))[-19:]:19} {run.info.get('strategy', '?'):9} "
             f"{run.info.get('model', {}).get('name', '?')[-12:]:12} {brief}"
         )
     return 0

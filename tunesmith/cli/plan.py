@@ -79,9 +79,9 @@ def _lengths(cfg, sample: int = 2000) -> tuple[list[int], int, int]:
 
     task = build_task(cfg)
     data = task.load_data()
-    batches = task.encode(data, task.load_tokenizer(resolve_model(cfg.model.name)))
-    n = sum(len(b) for b in batches.values())
-    return batches["train"].lengths[:sample], n, max(2, len(data.labels))
+    train = task.encode(data, task.load_tokenizer(resolve_model(cfg.model.name)))["train"]
+    n = sum(split["rows"] for split in data.summary.values())
+    return train.lengths[:sample], n, max(2, len(data.labels))
 
 
 def _mean_padded(lengths: list[int], batch: int, seed: int, group: bool) -> float:

@@ -162,9 +162,9 @@ def resolve_config(config, overrides, run_dir: Path | None) -> Config:
         raise RunError(
             f"{run_dir}: no checkpoint to resume from (it stopped before its first checkpoint); start the run again"
         )
-    saved = load_config(run_dir / "config.yaml", strict=False)
     if config is None:
         return load_config(run_dir / "config.yaml", overrides, strict=False)
+    saved = load_config(run_dir / "config.yaml", strict=False)
     given = config if isinstance(config, Config) else load_config(config, overrides)
     a, b = flatten(config_to_dict(saved)), flatten(config_to_dict(given))
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)

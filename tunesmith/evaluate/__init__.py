@@ -1,5 +1,5 @@
 """Evaluation: task metrics, baselines."""
 
-from .metrics import METRIC_NAMES, classification_metrics, headline, is_better
+from .metrics import METRIC_NAMES, classification_metrics, headline
 
-__all__ = ["METRIC_NAMES", "classification_metrics", "headline", "is_better"]
+__all__ = ["METRIC_NAMES", "classification_metrics", "headline"]

@@ -25,7 +25,6 @@ METRIC_NAMES = [
     "weighted_recall",
     "loss",
 ]
-LOWER_IS_BETTER = {"loss", "perplexity"}
 
 
 def classification_metrics(y_true: list[int], probs: np.ndarray, label_names: list[str]) -> dict:
@@ -49,12 +48,6 @@ def classification_metrics(y_true: list[int], probs: np.ndarray, label_names: li
 def headline(metrics: dict) -> dict[str, float]:
     """The scalar metrics only (what goes to MLflow and `tunesmith runs`)."""
     return {k: metrics[k] for k in METRIC_NAMES if k in metrics}
-
-
-def is_better(metric: str, new: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    return new < best if metric in LOWER_IS_BETTER else new > best
 
 
 def plot_confusion(matrix: list[list[int]], label_names: list[str], path: Path, title: str) -> None:

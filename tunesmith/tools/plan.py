@@ -101,12 +101,6 @@ class Workload:
     n_examples: int = 0
     """Examples in the data set (linear-probe: the feature pass runs over all of them once)."""
 
-    def __post_init__(self):
-        # How to model the strategy comes from the strategy class (plan_family), never from its name.
-        if "plan" not in self.strategy:
-            family = get_strategy_class(self.strategy.get("name", "full")).plan_family
-            self.strategy = {**self.strategy, "plan": family or "dense", "plan_declared": family is not None}
-
     @classmethod
     def from_model_name(cls, model: str, strategy: dict, **kw) -> Workload:
         from transformers import AutoConfig
@@ -174,7 +168,8 @@ def predict(w: Workload, peak_flops: dict | None = None, device: Device | None =
     dev = device or cpu_device(peak_flops)
     prec = w.precision if w.precision in dev.peak_flops else "fp32"
     sources = [f"peak {prec} {dev.peak_flops[prec] / 1e12:.3g} TFLOP/s: {dev.source}"]
-    if not w.strategy.get("plan_declared", True):
+    declared = get_strategy_class(w.strategy.get("name", "full")).plan_family
+    if "plan" not in w.strategy and declared is None:
         sources.append(f"strategy {w.strategy.get('name')} declares no plan_family: planned as full fine-tuning")
     P, P_lin = s.params(), s.linear()
     P_t, P_t_lin, back_layers = trainable(s, w.strategy)
