@@ -290,8 +290,20 @@ def test_dirty_corpus_planted_leaks_are_found_and_block(dirty):
     assert r.blocking and "test rows" in r.blocking[0]
 
 
-def test_dirty_corpus_flipped_labels_rank_high(dirty):
+def test_dirty_corpus_weak_label_model_withholds_its_list(dirty):
+    """TF-IDF alone on short tweets is too weak to judge labels: the suspects are counted, not listed, and why is said."""
     d, r = dirty
+    ln = r.label_noise
+    assert ln.kappa < AuditConfig().label_error_min_kappa
+    assert ln.issues == [] and ln.withheld_count > 0 and "too weak" in ln.withheld
+    assert "Not listed" in r.to_markdown()
+
+
+def test_dirty_corpus_flipped_labels_rank_high(dirty):
+    """Forced to list anyway (min kappa 0), the ranking still puts planted flips far above their base rate."""
+    d, _ = dirty
+    train = load_table(str(d.train), "csv", "utf-8", "replace")
+    r = audit(train, None, "text", "sentiment", AuditConfig(near_duplicates=False, label_error_min_kappa=0))
     k = len(d.flipped)
     labelled = r.label_noise.checked_rows
     base_rate = k / labelled

@@ -227,10 +227,13 @@ def test_dirty_corpus_prepare_removes_leaks_and_duplicates(tmp_path):
         data, PrepareConfig(label_issues="drop", label_issue_share=0.02), AuditConfig(seed=0), out=tmp_path / "ds"
     )
     assert res.input_audit.blocking and res.output_audit.blocking == []
-    log = {(s["rule"], s["set"]): s["rows"] for s in res.manifest["cleaning"]}
+    steps = {(s["rule"], s["set"]): s for s in res.manifest["cleaning"]}
+    log = {k: s["rows"] for k, s in steps.items()}
     assert log[("leakage", "test")] >= 0.95 * len(d.leak_pairs)
     assert log[("exact_duplicates", "train")] >= len(d.dup_pairs)
-    assert log[("label_issues", "train")] == int(0.02 * d.train_rows)
+    # TF-IDF alone on tweets is too weak to judge labels: prepare does not drop what the audit would not list
+    skipped = steps[("label_issues", "train")]
+    assert skipped["action"] == "skipped" and skipped["rows"] == 0 and "too weak" in skipped["detail"]
     train = pd.read_csv(res.path / "train.csv")
     assert train["text"].map(normalize_text).is_unique
     assert res.class_weights and len(res.class_weights) == 3

@@ -31,6 +31,11 @@ def add_data_commands(subparsers) -> None:
     a.add_argument("--max-length", type=int, help="report the share of texts longer than this many tokens")
     a.add_argument("--tokenizer", help="count lengths in tokens of this model's tokenizer (alias, folder or hub id)")
     a.add_argument(
+        "--model",
+        help="the model you will fine-tune (alias, folder or hub id): its frozen features join TF-IDF in the "
+        "label-error model (more precise), and its tokenizer counts lengths",
+    )
+    a.add_argument(
         "--encoding",
         default="utf-8",
         help="text encoding of CSV/JSONL files (undecodable bytes are reported, not fatal)",
@@ -71,7 +76,25 @@ def cmd_audit(args) -> int:
                     f"{spec}: a saved DatasetDict folder; audit one split file at a time (export it to CSV/Parquet)"
                 )
             frames[name] = table
-    tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else None
+    embed = None
+    if args.model:
+        from ..models.features import text_embedder
+        from ..models.loading import load_tokenizer, resolve_model
+
+        source = resolve_model(args.model)
+        tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else load_tokenizer(source)
+        import torch
+
+        from ..engine.precision import choose_precision
+
+        precision, _ = choose_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        cache = Path(".cache") / "features"
+        embed = text_embedder(
+            source, tokenizer, args.max_length or 256, cache, dtype=dtype, log=lambda s: print(s, file=sys.stderr)
+        )
+    else:
+        tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else None
     report = audit(
         frames.pop("train"),
         frames,
@@ -81,6 +104,8 @@ def cmd_audit(args) -> int:
         sources={"train": args.file, "validation": args.validation, "test": args.test},
         tokenizer=tokenizer,
         max_length=args.max_length,
+        embed=embed,
+        embed_name=f"{args.model} features",
     )
     if args.out:
         md, js = report.save(Path(args.out))

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,11 +162,15 @@ def audit(
     sources: dict[str, str] | None = None,
     tokenizer: Any = None,
     max_length: int | None = None,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
+    embed_name: str = "features",
 ) -> AuditReport:
     """Audit a training table and optional later sets ({"validation": df, "test": df}); changes nothing.
 
     `tokenizer` (a Hugging Face tokenizer or any callable returning `input_ids`) measures lengths in
     its tokens instead of whitespace tokens; `max_length` adds the share of texts it would truncate.
+    `embed` (texts -> one vector each, e.g. the frozen model about to be fine-tuned) gives the label-error
+    model its second view (`embed_name` names it in the report); without it, TF-IDF alone.
     """
     cfg = options or AuditConfig()
     cfg.check()
@@ -214,12 +219,18 @@ def audit(
     if cfg.label_errors:
         t = tables["train"]
         labelled = [i for i, y in enumerate(t.key_labels) if y is not None]
+        texts = [t.texts[i] for i in labelled]
+        features = embed(texts) if embed is not None and cfg.label_error_model == "auto" and texts else None
+        lap("label_features")
         noise = find_label_errors(
-            [t.texts[i] for i in labelled],
+            texts,
             [t.key_labels[i] for i in labelled],
             [t.rows[i] for i in labelled],
             cfg.label_error_folds,
             cfg.seed,
+            features=features,
+            feature_name=embed_name,
+            min_kappa=cfg.label_error_min_kappa,
         )
     lap("label_errors")
 
@@ -234,7 +245,13 @@ def audit(
 
 
 def audit_splits(
-    splits, cfg: AuditConfig | None = None, *, tokenizer: Any = None, max_length: int | None = None
+    splits,
+    cfg: AuditConfig | None = None,
+    *,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
+    embed_name: str = "features",
 ) -> AuditReport:
     """Audit the loaded `tunesmith.data.splits.Splits` (row numbers are positions within each split)."""
     frames, sources = {}, {}
@@ -242,7 +259,18 @@ def audit_splits(
         frames[split.name] = pd.DataFrame({"text": split.texts, "label": [splits.label_names[y] for y in split.labels]})
         sources[split.name] = split.source or split.name
     train = frames.pop("train")
-    return audit(train, frames, "text", "label", cfg, sources=sources, tokenizer=tokenizer, max_length=max_length)
+    return audit(
+        train,
+        frames,
+        "text",
+        "label",
+        cfg,
+        sources=sources,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        embed=embed,
+        embed_name=embed_name,
+    )
 
 
 # --------------------------------------------------------------------------------------------

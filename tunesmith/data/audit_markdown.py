@@ -79,10 +79,26 @@ def render(r) -> str:  # r: an AuditReport (audit.py imports this module, not th
     if ln.skipped:
         out.append(f"Not checked: {ln.skipped}.")
     else:
-        out.append(
-            f"{len(ln.issues)} of {ln.checked_rows} rows flagged by confident learning (cleanlab) on {ln.folds}-fold out-of-fold "
-            f"TF-IDF + logistic-regression probabilities (model accuracy {ln.model_accuracy:.3f}); most suspicious first."
+        views = ", ".join(f"{k} {v:.3f}" for k, v in ln.view_accuracy.items())
+        est = (
+            f"estimated precision {ln.estimated_precision:.2f}"
+            if ln.estimated_precision is not None
+            else "nothing flagged"
         )
+        out.append(
+            f"Confident learning (cleanlab) on {ln.folds}-fold out-of-fold probabilities of {ln.model} "
+            f"(accuracy {ln.model_accuracy:.3f}, kappa {ln.kappa:.2f}; each view: {views}); "
+            f"cleanlab estimates {ln.estimated_errors} wrong labels."
+        )
+        if ln.withheld:
+            out += ["", f"**Not listed**: {ln.withheld}; it would flag {ln.withheld_count} rows, mostly hard examples."]
+        else:
+            out += [
+                "",
+                f"{len(ln.issues)} of {ln.checked_rows} rows flagged, most suspicious first ({est}). "
+                "`p(given)` is the out-of-fold probability of the row's label; read the text and fix the label, "
+                "or let `prepare.label_issues` drop or relabel them.",
+            ]
         if ln.excluded_labels:
             out.append(f"Labels with too few rows to check: {ln.excluded_labels}.")
         if ln.issues:
@@ -164,9 +180,11 @@ def warnings_of(r) -> list[str]:  # r: an AuditReport
             out.append(
                 f"{name}: duplicates with conflicting labels: {len(d.exact_conflicts)} exact groups, {len(d.near_conflicts)} near clusters"
             )
-    if r.label_noise.issues:
+    ln = r.label_noise
+    if ln.issues:
         out.append(
-            f"train: {len(r.label_noise.issues)} likely label errors (of {r.label_noise.checked_rows} rows checked)"
+            f"train: {len(ln.issues)} likely label errors (of {ln.checked_rows} rows checked; estimated precision "
+            f"{ln.estimated_precision:.2f})"
         )
     for name, counts in r.balance.items():
         if len(counts) > 1 and max(counts.values()) >= r.config.imbalance_warning * min(counts.values()):

@@ -22,7 +22,7 @@ class CleanStep:
     rule: str
     set: str
     action: str
-    """`dropped` or `changed` (text rewritten or label replaced)."""
+    """`dropped`, `changed` (text rewritten or label replaced) or `skipped` (asked for, not done: `detail` says why)."""
     rows: int
     detail: str = ""
 

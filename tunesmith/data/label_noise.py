@@ -1,9 +1,24 @@
-"""Likely label errors: confident learning (`cleanlab`) on out-of-fold probabilities of a cheap model.
+"""Likely label errors: confident learning (`cleanlab`) on out-of-fold probabilities.
 
-The cheap model is TF-IDF (word 1-2 grams) + logistic regression. `cross_val_predict` gives every
-row a probability vector from a model that never saw it; `cleanlab.filter.find_label_issues`
-then flags rows whose given label is unlikely under the per-class thresholds of confident
-learning, ranked by self-confidence (the out-of-fold probability of the given label, lowest first).
+Confident learning is only as good as the probabilities it reads, so they come from two views of
+each text, each from a model that never saw the row (`cross_val_predict`):
+  - words: TF-IDF (word 1-2 grams) + logistic regression;
+  - meaning: logistic regression on the frozen features of the pretrained model the run fine-tunes
+    (mean-pooled, cached), when one is at hand.
+Their average is the out-of-fold model. `cleanlab.filter.find_label_issues(filter_by="both")` flags a
+row only when both the per-class thresholds and the estimated noise rates say its label is unlikely;
+rows are ranked by cleanlab's label-quality score (self-confidence: the out-of-fold probability of the
+given label, lowest first).
+
+Measured on 2,520 Debian package descriptions (9 topics) with 80 planted flips
+(`benchmarks/label_errors.py`): TF-IDF alone with cleanlab's default filter flagged 116 rows at
+precision 0.53 / recall 0.76; both views with `both` flag about 72 at precision 0.83 / recall 0.75.
+
+Two figures say how far to trust the list: the out-of-fold accuracy (and Cohen's kappa: accuracy beyond
+what the class shares give for free), and an estimated precision (cleanlab's own estimate of how many
+labels are wrong, over the number flagged). When the model is too weak to tell a wrong label from a
+hard example, the list is withheld and the report says why: a list that is mostly wrong teaches users
+to ignore it.
 """
 
 from __future__ import annotations
@@ -31,56 +46,115 @@ class LabelNoiseFindings:
     checked_rows: int = 0
     """Rows the model saw (rows with a text and a label)."""
     folds: int = 0
+    model: str = ""
+    """What gave the out-of-fold probabilities (e.g. `tfidf + minilm features`)."""
     model_accuracy: float | None = None
-    """Out-of-fold accuracy of the cheap model against the given labels (how much signal it had)."""
+    """Out-of-fold accuracy of the model against the given labels (how much signal it had)."""
+    view_accuracy: dict[str, float] = field(default_factory=dict)
+    """Out-of-fold accuracy of each view alone (tfidf, features)."""
+    kappa: float | None = None
+    """Cohen's kappa of the out-of-fold predictions: 0 = no better than the class shares, 1 = perfect."""
+    estimated_errors: int | None = None
+    """cleanlab's estimate of how many training labels are wrong (from the confident joint)."""
+    estimated_precision: float | None = None
+    """Estimated share of the flagged rows whose label really is wrong: estimated_errors / flagged, at most 1."""
     issues: list[LabelIssue] = field(default_factory=list)
-    """Every flagged row, most suspicious first."""
+    """Every flagged row, most suspicious first (empty when withheld)."""
+    withheld: str | None = None
+    """Why the flagged rows are not listed (the out-of-fold model is too weak to judge), if they are not."""
+    withheld_count: int = 0
+    """How many rows the weak model would have flagged."""
     excluded_labels: list[str] = field(default_factory=list)
     """Labels with fewer rows than folds, left out of the check."""
     skipped: str | None = None
     """Why the check did not run (too few rows per label), if it did not."""
 
 
-def out_of_fold_probs(texts: list[str], labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Probabilities of each class for each row, from a TF-IDF + logistic-regression model that did not see the row."""
+def out_of_fold_probs(
+    texts: list[str], labels: np.ndarray, folds: int, seed: int, features: np.ndarray | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(averaged probabilities, {view: probabilities}) for each row, from models that did not see the row."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
 
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     # The vectoriser sits inside the pipeline so that each fold learns its vocabulary from its own training part.
-    model = make_pipeline(
+    words = make_pipeline(
         TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True, max_features=200_000),
         # saga converges in a few dozen passes on L2-normalised TF-IDF rows: ~7x faster than lbfgs here.
         LogisticRegression(max_iter=1000, C=4.0, solver="saga", random_state=seed),
     )
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return cross_val_predict(model, texts, labels, cv=cv, method="predict_proba", n_jobs=1)
+    views = {"tfidf": cross_val_predict(words, texts, labels, cv=cv, method="predict_proba", n_jobs=1)}
+    if features is not None:
+        # Unit-length features, C=1: stronger regularisation gives better-calibrated probabilities (measured: C=10 or
+        # standardised features flag 2-3x more rows at half the precision).
+        meaning = LogisticRegression(C=1.0, max_iter=2000)
+        views["features"] = cross_val_predict(meaning, features, labels, cv=cv, method="predict_proba", n_jobs=1)
+    return np.mean(list(views.values()), axis=0), views
 
 
 def find_label_errors(
-    texts: list[str], labels: list[str], rows: list[int], folds: int, seed: int
+    texts: list[str],
+    labels: list[str],
+    rows: list[int],
+    folds: int,
+    seed: int,
+    features: np.ndarray | None = None,
+    feature_name: str = "features",
+    min_kappa: float = 0.5,
 ) -> LabelNoiseFindings:
-    """Rank likely label errors among `texts` with string `labels`; `rows` are their 1-based row numbers."""
+    """Rank likely label errors among `texts` with string `labels`; `rows` are their 1-based row numbers.
+
+    `features`: one vector per text from a pretrained model (the meaning view); without it, TF-IDF alone.
+    `min_kappa`: below this chance-corrected accuracy the out-of-fold model is too weak and the list is withheld.
+    """
+    from cleanlab.count import num_label_issues
     from cleanlab.filter import find_label_issues
+    from sklearn.metrics import cohen_kappa_score
 
     counts = Counter(labels)
     rare = sorted(name for name, n in counts.items() if n < folds)
     if rare:  # too few rows to appear in every fold: left out of the check, and said so
         keep = [i for i, v in enumerate(labels) if counts[v] >= folds]
         texts, labels, rows = [texts[i] for i in keep], [labels[i] for i in keep], [rows[i] for i in keep]
+        features = features[keep] if features is not None else None
     names = sorted(set(labels))
     if len(names) < 2:
         why = f"labels {rare} have fewer than {folds} rows (one per fold)" if rare else "fewer than 2 labels"
         return LabelNoiseFindings(checked_rows=0, skipped=why)
     index = {n: i for i, n in enumerate(names)}
     y = np.array([index[v] for v in labels], dtype=int)
-    probs = out_of_fold_probs(texts, y, folds, seed)
+    probs, views = out_of_fold_probs(texts, y, folds, seed, features)
+    predicted = probs.argmax(axis=1)
     # n_jobs=1: cleanlab would otherwise fork one worker per core (the trainer may be using them).
-    ranked = find_label_issues(y, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
-    issues = [
-        LabelIssue(rows[i], names[y[i]], names[int(probs[i].argmax())], round(float(probs[i, y[i]]), 4), texts[i])
+    ranked = find_label_issues(y, probs, filter_by="both", return_indices_ranked_by="self_confidence", n_jobs=1)
+    estimated = int(num_label_issues(y, probs))
+    kappa = float(cohen_kappa_score(y, predicted))
+    found = LabelNoiseFindings(
+        checked_rows=len(texts),
+        folds=folds,
+        model=" + ".join(["tfidf", *([feature_name] if features is not None else [])]),
+        model_accuracy=round(float((predicted == y).mean()), 4),
+        view_accuracy={
+            (feature_name if k == "features" else k): round(float((p.argmax(1) == y).mean()), 4)
+            for k, p in views.items()
+        },
+        kappa=round(kappa, 4),
+        estimated_errors=estimated,
+        estimated_precision=round(min(1.0, estimated / len(ranked)), 3) if len(ranked) else None,
+        excluded_labels=rare,
+    )
+    if min_kappa > 0 and kappa < min_kappa:  # 0: always list
+        found.withheld = (
+            f"the out-of-fold model is too weak to tell a wrong label from a hard example (accuracy "
+            f"{found.model_accuracy:.2f}, kappa {kappa:.2f} < audit.label_error_min_kappa {min_kappa})"
+        )
+        found.withheld_count = len(ranked)
+        return found
+    found.issues = [
+        LabelIssue(rows[i], names[y[i]], names[int(predicted[i])], round(float(probs[i, y[i]]), 4), texts[i])
         for i in ranked
     ]
-    accuracy = float((probs.argmax(axis=1) == y).mean())
-    return LabelNoiseFindings(len(texts), folds, round(accuracy, 4), issues, excluded_labels=rare)
+    return found

@@ -79,6 +79,10 @@ def prepare(
     )
     fixes = _label_fixes(input_audit, cfg, len(raw["train"]))
     log: list[CleanStep] = []
+    if cfg.label_issues != "keep" and input_audit.label_noise.withheld:  # a weak model's list is not acted on either
+        log.append(
+            CleanStep("label_issues", "train", "skipped", 0, f"not acted on: {input_audit.label_noise.withheld}")
+        )
     tables = {
         name: clean_table(
             to_table(df, data.text_column, data.label_column, cfg.group_column),

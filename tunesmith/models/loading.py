@@ -190,6 +190,19 @@ def load_classifier(
     return model
 
 
+def load_backbone(source: ModelSource, revision: str | None = None, trust_remote_code: bool = False):
+    """The pretrained model without any head (AutoModel): what the audit takes sentence features from."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return AutoModel.from_pretrained(source.location, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model '{source.name}': cannot load its backbone ({_first_line(err)})") from None
+
+
 def auto_class_for(folder: str | Path):
     """The transformers Auto class that loads a saved folder with its head (from config.json)."""
     import json

@@ -7,9 +7,6 @@ example instead of once per example per epoch.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +19,7 @@ from torch import nn
 
 from ..engine.batches import Features, map_batches
 from ..errors import ConfigError
+from ..models.features import cache_key, cached_features
 from .base import Strategy, set_trainable
 
 HEAD_NAMES = ("classifier", "score")
@@ -124,25 +122,3 @@ class LinearProbeStrategy(Strategy):
         model = load_base()
         model.load_state_dict(load_file(str(folder / "head.safetensors")), strict=False)
         return model
-
-
-def cache_key(model_key: str, fingerprint: str) -> str:
-    """Features depend on the weights and the encoding (`model_key`: location, revision, max length) and the data."""
-    return hashlib.sha256(f"{model_key}|{fingerprint}".encode()).hexdigest()[:20]
-
-
-def cached_features(
-    folder: Path, key: str, compute: Callable[[], torch.Tensor], read: bool, write: bool
-) -> tuple[torch.Tensor, bool]:
-    """(features, was_cached): load `<folder>/<key>.safetensors`, or compute (and store it atomically)."""
-    path = Path(folder) / f"{key}.safetensors"
-    if read and path.is_file():
-        return load_file(str(path))["features"], True
-    x = compute()
-    if write:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        save_file({"features": x.contiguous()}, tmp)
-        os.replace(tmp, path)
-    return x, False

@@ -111,8 +111,8 @@ class Task:
     def load_tokenizer(self, source):
         return load_tokenizer(source, self.cfg.model.revision, self.cfg.model.trust_remote_code)
 
-    def check_data(self, data: TaskData, tokenizer) -> Findings:
-        """Audit/lint the data; raise DataError when something must stop the run."""
+    def check_data(self, data: TaskData, tokenizer, source=None) -> Findings:
+        """Audit/lint the data; raise DataError when something must stop the run. `source`: the model's ModelSource."""
         return Findings()
 
     def lint(self, data: TaskData, tokenizer, show: int = 2):

@@ -8,6 +8,7 @@ baseline beside them, slices, calibration, robustness, efficiency -> report, mod
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,11 +17,13 @@ import torch
 from ...data.audit import audit_splits
 from ...data.balance import class_weights
 from ...data.splits import Splits, load_splits
+from ...engine.precision import choose_precision
 from ...errors import DataError
 from ...evaluate.baseline import tfidf_baseline
 from ...evaluate.markdown import add_to_report
 from ...evaluate.metrics import METRIC_NAMES, classification_metrics, headline, plot_confusion
 from ...evaluate.slices import column_values
+from ...models.features import text_embedder
 from ...models.loading import load_classifier
 from ...tracking.model_card import write_model_card
 from ...tracking.report import write_report
@@ -51,21 +54,52 @@ class ClassificationTask(Task):
         if columns:
             column_values(self.cfg.data, [], columns)
 
-    def check_data(self, data: TaskData, tokenizer) -> Findings:
-        """The audit; leakage between train and validation/test stops the run (unless allowed)."""
+    def check_data(self, data: TaskData, tokenizer, source=None) -> Findings:
+        """The audit; leakage between train and validation/test stops the run (unless allowed).
+
+        With `source` (the model about to be fine-tuned), the label-error model also reads its frozen features.
+        """
         if not self.cfg.audit.enabled:
             return Findings()
-        report = audit_splits(data.splits, self.cfg.audit, tokenizer=tokenizer, max_length=self.cfg.data.max_length)
+        said: list[str] = []
+        embed = None
+        if source is not None and self.cfg.audit.label_errors and self.cfg.audit.label_error_model == "auto":
+            m, device = self.cfg.model, "cuda" if torch.cuda.is_available() else "cpu"
+            precision, _ = choose_precision(self.cfg.train.precision, device)
+            embed = text_embedder(
+                source,
+                tokenizer,
+                self.cfg.data.max_length,
+                Path(self.cfg.output_dir) / ".cache" / "features",
+                m.revision,
+                m.trust_remote_code,
+                {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision),
+                log=said.append,
+            )
+        report = audit_splits(
+            data.splits,
+            self.cfg.audit,
+            tokenizer=tokenizer,
+            max_length=self.cfg.data.max_length,
+            embed=embed,
+            embed_name=f"{self.cfg.model.name} features",
+        )
         if report.blocking:
             raise DataError(f"{report.blocking[0]} (or pass --allow-leakage)")
-        c = report.counts()
+        c, noise = report.counts(), report.label_noise
+        if noise.withheld:
+            errors = f"likely label errors not listed ({noise.withheld})"
+        elif noise.skipped:
+            errors = f"label errors not checked ({noise.skipped})"
+        else:
+            est = f", estimated precision {noise.estimated_precision:.2f}" if noise.issues else ""
+            errors = f"{len(noise.issues)} likely label errors in train{est}"
         line = (
             f"audit: {c.get('train.exact_duplicate_rows', 0)} duplicate rows, {c.get('train.near_duplicate_clusters', 0)} "
-            f"near-duplicate clusters, {c.get('label_issues', 0)} likely label errors in train; no leakage between splits "
-            f"(audit.md in the run folder)"
+            f"near-duplicate clusters, {errors}; no leakage between splits (audit.md in the run folder)"
         )
         return Findings(
-            lines=[line, *[f"audit: {w}" for w in report.warnings[:5]]],
+            lines=[*said, line, *[f"audit: {w}" for w in report.warnings[:5]]],
             record={"audit": c},
             metrics={f"audit.{k}": v for k, v in c.items() if isinstance(v, (int, float))},
             save=lambda run_dir: report.save(run_dir, "audit"),

@@ -64,7 +64,7 @@ class GenerativeTask(Task):
         samples = s.train.samples + s.validation.samples + s.test.samples
         return lint(tokenizer, samples, self.name, d.max_length, d.add_eos, model, show, d.long_samples)
 
-    def check_data(self, data: TaskData, tokenizer) -> Findings:
+    def check_data(self, data: TaskData, tokenizer, source=None) -> Findings:
         report = self.lint(data, tokenizer)
         if not report.ok:
             raise DataError(f"{report.errors[0]} (`tunesmith data lint CONFIG` shows rendered samples)")
