@@ -104,13 +104,13 @@ def main() -> int:
         for seed in args.seeds:
             flips = 0 if name == "topics-250" else args.flips
             labels, planted = plant(clean, flips, seed)
-            for method, run in (
-                ("before", lambda: before(texts, labels, 5, 42)),
-                ("tfidf", lambda: after(texts, labels, 5, 42)),
-                ("tfidf+minilm", lambda: after(texts, labels, 5, 42, x)),
+            for method, run, extra in (
+                ("before", before, ()),
+                ("tfidf", after, ()),
+                ("tfidf+minilm", after, (x,)),
             ):
                 t0 = time.perf_counter()
-                flagged, acc, est, note = run()
+                flagged, acc, est, note = run(texts, labels, 5, 42, *extra)
                 hit = len(set(flagged) & planted)
                 results.append(
                     {
