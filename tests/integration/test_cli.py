@@ -151,3 +151,23 @@ def test_data_audit_command(tmp_path):
     assert report["counts"]["train.exact_duplicate_rows"] >= 5
     assert report["counts"]["leakage.test_in_train"] >= 3
     _one_line_error(run_cli("data", "audit", str(tmp_path / "nope.csv")), "nope.csv", "not found")
+
+
+def test_a_run_killed_before_its_first_checkpoint_reads_died_and_restarts_in_place(tmp_path, tiny_model, toy_csv):
+    cfg = tiny_config(tmp_path, tiny_model, toy_csv, train={"epochs": 1, "eval_every": 1000})
+    config = write_yaml(tmp_path / "c.yaml", cfg)
+    killed = run_cli("train", str(config), env={"TUNESMITH_FAULT_AT_STEP": "2:KILL"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file()]
+    assert not (run_dir / "checkpoints" / "last").exists()
+
+    listing = run_cli("runs", "--output-dir", str(tmp_path / "runs"))
+    assert f"{run_dir.name}" in listing.stdout and "died (step " in listing.stdout, listing.stdout
+    line = _one_line_error(run_cli("train", "--resume", str(run_dir)), "died before its first checkpoint")
+    assert line.endswith(f"tunesmith train --restart {run_dir}")
+
+    restarted = run_cli("train", "--restart", str(run_dir))
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file()] == [run_dir.name]
+    listing = run_cli("runs", "--output-dir", str(tmp_path / "runs"))
+    assert "complete" in listing.stdout and "died" not in listing.stdout

@@ -26,6 +26,7 @@ def add_data_commands(subparsers) -> None:
     a.add_argument("--text-column", default="text")
     a.add_argument("--label-column", default="label")
     a.add_argument("--out", help="folder for audit.md + audit.json (default: print the Markdown report)")
+    a.add_argument("--delimiter", help="CSV field delimiter (default: comma, or what the file's head shows)")
     a.add_argument("--near-threshold", type=float, help="Jaccard similarity for near duplicates (default 0.7)")
     a.add_argument("--no-label-errors", action="store_true", help="skip the cross-validated label-error model")
     a.add_argument("--max-length", type=int, help="report the share of texts longer than this many tokens")
@@ -70,7 +71,7 @@ def cmd_audit(args) -> int:
     frames = {}
     for name, spec in (("train", args.file), ("validation", args.validation), ("test", args.test)):
         if spec:
-            table = load_table(spec, "auto", args.encoding, "replace")
+            table = load_table(spec, "auto", args.encoding, "replace", args.delimiter)
             if isinstance(table, dict):
                 raise ConfigError(
                     f"{spec}: a saved DatasetDict folder; audit one split file at a time (export it to CSV/Parquet)"

@@ -29,9 +29,9 @@ def cmd_train(args) -> int:
 
     try:
         overrides = list(args.overrides) + (["audit.block_on_leakage=false"] if args.allow_leakage else [])
-        finetune(args.config, overrides, resume=args.resume)
+        finetune(args.config, overrides, resume=args.resume, restart=args.restart)
     except Interrupted as stop:
-        run = args.resume or "<the run folder printed above>"
+        run = args.resume or args.restart or "<the run folder printed above>"
         print(
             f"\ninterrupted after step {stop.step}; checkpoint saved. Resume with:\n  tunesmith train --resume {run}",
             file=sys.stderr,
@@ -91,14 +91,14 @@ def cmd_runs(args) -> int:
     if not runs:
         print(f"no runs in {args.output_dir}/")
         return 0
-    print(f"{'run':42} {'status':11} {'task':19} {'strategy':9} {'model':12} results (test)")
+    print(f"{'run':42} {'status':26} {'task':19} {'strategy':9} {'model':12} results (test)")
     for run in runs:
         try:
             brief = run.task.brief(run.metrics) if run.metrics else "-"
         except TunesmithError:  # e.g. a user task that is not importable here: list the run all the same
             brief = "-"
         print(
-            f"{run.path.name:42} {run.status:11} {str(run.info.get('task'))[-19:]:19} {run.info.get('strategy', '?'):9} "
+            f"{run.path.name:42} {run.liveness.describe():26} {str(run.info.get('task'))[-19:]:19} {run.info.get('strategy', '?'):9} "
             f"{run.info.get('model', {}).get('name', '?')[-12:]:12} {brief}"
         )
     return 0
@@ -137,9 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="fine-tune, evaluate and record a run")
-    t.add_argument("config", nargs="?", help="YAML config (optional with --resume)")
+    t.add_argument(
+        "config", nargs="?", help="YAML config (optional with --resume; not with --restart: it uses the saved one)"
+    )
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 strategy.r=16")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    again = t.add_mutually_exclusive_group()
+    again.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    again.add_argument(
+        "--restart", metavar="RUN_DIR", help="train a run that did not complete again from scratch, in the same folder"
+    )
     t.add_argument(
         "--allow-leakage", action="store_true", help="train even if validation/test rows also occur in train"
     )
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning)
         # bitsandbytes (imported by PEFT) warns at import that its optional hub-fetched CPU kernels are absent.
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    if args.command == "train" and args.config and "=" in args.config and not args.resume:
+    if args.command == "train" and args.config and "=" in args.config and not Path(args.config).is_file():
         args.overrides.insert(0, args.config)  # `train --resume RUN key=value` parses the override as config
         args.config = None
     try:

@@ -35,6 +35,10 @@ class DataConfig:
     """Column holding the class label (strings or integers)."""
     labels: list[str] | None = None
     """Label names in the order of the model's outputs; default: sorted labels of the training set."""
+    normalize_labels: bool = False
+    """Labels that differ only in case, surrounding/inner spaces or Unicode form ("COMPUTERS " vs "computers")
+    stop the run with their counts; `true` merges each group into its most common spelling (or its data.labels
+    spelling) and says so."""
     validation_size: float = 0.1
     """Share of rows held out for validation when it is split from the data."""
     test_size: float = 0.1
@@ -43,6 +47,9 @@ class DataConfig:
     """Stratified subsample of the data to this many rows before splitting (quick experiments)."""
     encoding: str = "utf-8"
     """Text encoding of CSV/JSONL files."""
+    delimiter: str | None = None
+    """CSV field delimiter; default: `,` (tab for .tsv), and a file that does not parse that way is sniffed for
+    `;`, tab or `|` (the run's data notes say what was used)."""
     encoding_errors: Literal["strict", "replace"] = "strict"
     """`strict` stops at the first undecodable byte (with its line); `replace` substitutes U+FFFD."""
     max_length: int = 128
@@ -261,6 +268,8 @@ class Config:
             raise ConfigError("data.validation_size + data.test_size must be below 1 (each between 0 and 1)")
         if d.max_length < 8:
             raise ConfigError(f"data.max_length={d.max_length} is too short; use at least 8 tokens")
+        if d.delimiter is not None and len(d.delimiter) != 1:
+            raise ConfigError(f"data.delimiter={d.delimiter!r} must be one character, e.g. ';' or a tab ('\\t')")
         for key, value in [("batch_size", t.batch_size), ("grad_accum", t.grad_accum), ("log_every", t.log_every)]:
             if value < 1:
                 raise ConfigError(f"train.{key} must be at least 1 (got {value})")
@@ -289,6 +298,7 @@ TASK_KEYS: dict[str, set[str]] = {
     "data": {
         "label_column",
         "labels",
+        "normalize_labels",
         "sample_format",
         "messages_column",
         "prompt_column",

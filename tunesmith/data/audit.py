@@ -24,7 +24,8 @@ from ..utils import atomic_write_text
 from .audit_markdown import render, warnings_of
 from .dedup import Match, NearIndex, cross_matches, exact_groups, near_clusters, normalize_text
 from .label_noise import LabelNoiseFindings, find_label_errors
-from .loaders import label_str, require_columns
+from .lengths import length_stats
+from .loaders import label_str, label_variants, require_columns
 
 
 @dataclass
@@ -94,11 +95,21 @@ class AuditReport:
     warnings: list[str]
     config: AuditConfig
     seconds: dict[str, float] = field(default_factory=dict)
+    label_variants: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Label names that differ only by case, spaces or Unicode form, across all sets: {canonical: {spelling: rows}}."""
 
     @property
     def blocking(self) -> list[str]:
         """One-line messages of the problems that should stop training."""
         out = []
+        if self.label_variants:
+            described = "; ".join(
+                " vs ".join(f"{k!r} ({n})" for k, n in v.items()) for v in self.label_variants.values()
+            )
+            out.append(
+                f"label variants: {described} would train as separate classes; fix the labels, or set "
+                f"data.normalize_labels: true to merge them"
+            )
         if self.config.block_on_leakage:
             for leak in self.leakage:
                 if leak.pairs and leak.share > self.config.leakage_tolerance:
@@ -124,6 +135,7 @@ class AuditReport:
         for leak in self.leakage:
             out[f"leakage.{leak.set}_in_{leak.reference}"] = len(leak.pairs)
         out["label_issues"] = len(self.label_noise.issues)
+        out["label_variants"] = sum(len(v) - 1 for v in self.label_variants.values())
         out["blocking"] = len(self.blocking)
         return out
 
@@ -235,11 +247,12 @@ def audit(
     lap("label_errors")
 
     balance = {name: dict(Counter(t.labels.dropna()).most_common()) for name, t in tables.items()}
-    lengths = {name: _length_stats(t.texts, tokenizer, max_length) for name, t in tables.items()}
+    lengths = {name: length_stats(t.texts, tokenizer, max_length) for name, t in tables.items()}
     lap("balance_and_lengths")
     report = AuditReport(
         text_column, label_column, sources, schema, duplicates, leakage, noise, balance, lengths, [], cfg, seconds
     )
+    report.label_variants = label_variants(Counter(y for t in tables.values() for y in t.labels.dropna()))
     report.warnings.extend(warnings_of(report))
     return report
 
@@ -362,32 +375,6 @@ def _leak(name: str, ref: str, t: _Table, r: _Table, matches: list[Match], max_e
             pair.update(text=_clip(t.texts[m.other]), reference_text=_clip(r.texts[m.train]))
         leak.pairs.append(pair)
     return leak
-
-
-def _length_stats(texts: list[str], tokenizer: Any, max_length: int | None) -> dict[str, float]:
-    if not texts:
-        return {"unit": "none", "count": 0}
-    if tokenizer is None:
-        unit, lengths = "whitespace tokens", np.array([len(s.split()) for s in texts])
-    else:
-        ids = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
-        unit, lengths = (
-            f"{getattr(tokenizer, 'name_or_path', '') or 'tokenizer'} tokens",
-            np.array([len(x) for x in ids]),
-        )
-    stats: dict[str, Any] = {
-        "unit": unit,
-        "count": int(lengths.size),
-        "mean": round(float(lengths.mean()), 2),
-        "min": int(lengths.min()),
-    }
-    for q in (50, 90, 95, 99):
-        stats[f"p{q}"] = float(np.percentile(lengths, q))
-    stats["max"] = int(lengths.max())
-    if max_length:
-        stats["max_length"] = max_length
-        stats["truncated_share"] = round(float((lengths > max_length).mean()), 4)
-    return stats
 
 
 def _clip(text: str, n: int = 160) -> str:

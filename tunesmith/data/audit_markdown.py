@@ -192,9 +192,13 @@ def warnings_of(r) -> list[str]:  # r: an AuditReport
                 f"{name}: classes are imbalanced ({max(counts.values())} vs {min(counts.values())} rows); consider prepare.balance"
             )
     for name, stats in r.lengths.items():
-        if stats.get("truncated_share", 0) > r.config.truncation_warning:
+        if stats.get("truncated_rows"):
+            many = stats["truncated_share"] > r.config.truncation_warning
             out.append(
-                f"{name}: {stats['truncated_share']:.1%} of texts are longer than max_length {stats['max_length']} and get truncated"
+                f"{name}: {stats['truncated_rows']:,} of {stats['count']:,} texts ({stats['truncated_share']:.1%}) are longer "
+                f"than max_length {stats['max_length']} and are truncated, losing {stats['truncated_tokens_mean']:,.0f} "
+                f"tokens on average ({stats['truncated_tokens_max']:,} at most)"
+                + ("; consider a larger data.max_length" if many else "")
             )
     return out
 

@@ -26,7 +26,7 @@ from .augment import Paraphraser, augment_rows
 from .balance import class_weights, resample
 from .clean import CleanStep, clean_table, to_table
 from .dedup import NearIndex, cross_matches, normalize_text
-from .loaders import load_table, require_columns
+from .loaders import label_str, load_table, require_columns, unify_labels
 from .splits import label_names
 from .splitting import grouped_split, near_duplicate_groups
 
@@ -69,6 +69,7 @@ def prepare(
         if cfg.group_column:
             require_columns(df, {"group": cfg.group_column}, sources[name], "fix prepare.group_column")
 
+    raw, merged = _unify_labels(raw, data, sources)
     input_audit = audit(
         raw["train"],
         {k: v for k, v in raw.items() if k != "train"},
@@ -78,7 +79,7 @@ def prepare(
         sources=sources,
     )
     fixes = _label_fixes(input_audit, cfg, len(raw["train"]))
-    log: list[CleanStep] = []
+    log: list[CleanStep] = list(merged)
     if cfg.label_issues != "keep" and input_audit.label_noise.withheld:  # a weak model's list is not acted on either
         log.append(
             CleanStep("label_issues", "train", "skipped", 0, f"not acted on: {input_audit.label_noise.withheld}")
@@ -197,7 +198,7 @@ def _load(data: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     specs = {"train": data.path} if data.path else {n: getattr(data, n) for n in SETS if getattr(data, n)}
     raw, sources = {}, {}
     for name, spec in specs.items():
-        loaded = load_table(spec, data.format, data.encoding, data.encoding_errors)
+        loaded = load_table(spec, data.format, data.encoding, data.encoding_errors, data.delimiter)
         if isinstance(loaded, dict):  # a saved DatasetDict brings its own splits
             if "train" not in loaded:
                 raise DataError(f"{spec}: the saved DatasetDict has no 'train' split (has {', '.join(loaded)})")
@@ -207,6 +208,21 @@ def _load(data: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
         else:
             raw[name], sources[name] = loaded, spec
     return raw, sources
+
+
+def _unify_labels(raw: dict, data: DataConfig, sources: dict) -> tuple[dict, list[CleanStep]]:
+    """Label spelling variants across every set: a DataError, or (data.normalize_labels) merged and logged."""
+    given = {n: df[data.label_column].map(label_str) for n, df in raw.items()}
+    labels, notes = unify_labels(given, data.normalize_labels, data.labels, ", ".join(dict.fromkeys(sources.values())))
+    if not notes:
+        return raw, []
+    steps = []
+    for n, df in raw.items():
+        changed = int((labels[n].fillna("\0") != given[n].fillna("\0")).sum())
+        if changed:
+            raw[n] = df.assign(**{data.label_column: labels[n]})
+            steps.append(CleanStep("label_variants", n, "changed", changed, notes[0].split(": ", 1)[1]))
+    return raw, steps
 
 
 def _label_fixes(report: AuditReport, cfg: PrepareConfig, rows: int) -> dict[int, str]:

@@ -10,7 +10,7 @@ from sklearn.model_selection import train_test_split
 from ..config.schema import AuditConfig, DataConfig
 from ..errors import DataError
 from ..utils import fingerprint
-from .loaders import label_str, load_table, require_columns
+from .loaders import label_str, load_table, require_columns, table_notes, unify_labels
 from .splitting import grouped_split, near_duplicate_groups
 
 
@@ -71,8 +71,19 @@ def load_splits(cfg: DataConfig, seed: int, near: AuditConfig | None = None) -> 
                     raise DataError(f"{spec}: a DatasetDict folder; give it as data.path instead of data.{name}")
                 frames[name] = (loaded, spec)
 
+    for df, _ in frames.values():
+        notes.extend(table_notes(df))
     tables = {name: _clean(df, cfg, src, notes) for name, (df, src) in frames.items()}
     train_df, train_src = tables["train"], frames["train"][1]
+    labels, merged = unify_labels(
+        {name: t["__label"] for name, t in tables.items()},
+        cfg.normalize_labels,
+        cfg.labels,
+        ", ".join(dict.fromkeys(src for _, src in frames.values())),
+    )
+    for name, t in tables.items():
+        t["__label"] = labels[name]
+    notes.extend(merged)
 
     if cfg.max_samples and len(train_df) > cfg.max_samples and "test" not in tables and "validation" not in tables:
         train_df = _stratified_take(train_df, cfg.max_samples, seed, train_src)
@@ -124,7 +135,7 @@ def load_splits(cfg: DataConfig, seed: int, near: AuditConfig | None = None) -> 
 
 
 def _load(cfg: DataConfig, spec: str):
-    return load_table(spec, cfg.format, cfg.encoding, cfg.encoding_errors)
+    return load_table(spec, cfg.format, cfg.encoding, cfg.encoding_errors, cfg.delimiter)
 
 
 def _clean(df: pd.DataFrame, cfg: DataConfig, src: str, notes: list[str]) -> pd.DataFrame:

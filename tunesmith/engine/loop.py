@@ -72,12 +72,14 @@ def fit(
     validate: Callable[[nn.Module], dict],
     cfg: TrainConfig,
     ctx: Context,
+    reached: Callable[[int], None] = lambda step: None,
 ) -> FitResult:
     """Train `model` as `strategy` says; returns with the best checkpoint's weights loaded.
 
     The task enters through two functions: `loss(model, inputs)` returns the loss SUMMED over the
     batch's units (examples for classification, trained tokens for language models: `train.units`),
-    and `validate(model)` returns validation metrics, `cfg.metric` among them.
+    and `validate(model)` returns validation metrics, `cfg.metric` among them. `reached(step)` is told
+    each optimizer step reached (the run folder's heartbeat; it must be cheap: no I/O).
     """
     acc, seed, run_dir = ctx.acc, ctx.cfg.seed, ctx.run_dir
     world, rank = acc.num_processes, acc.process_index
@@ -105,6 +107,7 @@ def fit(
         torch.set_rng_state(rng[rank] if rank < len(rng) else rng[0])
         strategy.on_step(acc.unwrap_model(model), state.step, steps_per_epoch)  # the schedule as it was (not an event)
         acc.print(f"resumed from step {state.step} of {total_steps}")
+        reached(state.step)
     else:
         torch.manual_seed(seed + rank)
 
@@ -152,6 +155,7 @@ def fit(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
+                reached(state.step)
                 n_examples = sum(train.examples(b) for b in micro_batches)
                 state.samples += n_examples
                 samples_window += n_examples

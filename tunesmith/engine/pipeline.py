@@ -20,7 +20,7 @@ from ..config.schema import Config
 from ..errors import ConfigError, RunError
 from ..models.loading import resolve_model
 from ..runs.folder import RunFolder
-from ..runs.record import read_info
+from ..runs.record import liveness, read_info
 from ..runs.run import Run
 from ..strategies import build_strategy, count_parameters
 from ..tasks.registry import build_task
@@ -44,21 +44,27 @@ def finetune(
     config: Config | str | Path | dict | None = None,
     overrides: list[str] | None = None,
     resume: str | Path | None = None,
+    restart: str | Path | None = None,
 ) -> Run:
-    """Fine-tune as configured and return the finished Run. `resume` continues an interrupted run folder."""
+    """Fine-tune as configured and return the finished Run. `resume` continues an interrupted run folder from its
+    last checkpoint; `restart` trains a run folder that did not complete again from scratch, in place, with its
+    saved config (+ `overrides`)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
+    if resume and restart:
+        raise ConfigError("give --resume (continue from the last checkpoint) or --restart (from scratch), not both")
     resume_dir = Path(resume) if resume else None
-    cfg = resolve_config(config, overrides, resume_dir)
+    run_dir = resume_dir or (Path(restart) if restart else None)
+    cfg = resolve_config(config, overrides, run_dir, restart=bool(restart))
     task = build_task(cfg)
 
     # ---- cheap checks first: data, its audit/lint, the strategy, model availability
     data = task.load_data()
     source = resolve_model(cfg.model.name)
     tokenizer = task.load_tokenizer(source)
-    findings = task.check_data(data, tokenizer)
+    findings = task.check_data(data, tokenizer, source)
     strategy = build_strategy(cfg.strategy.name, cfg.strategy.options)
     task.check_strategy(strategy)
     precision, why = choose_precision(cfg.train.precision, "cuda" if torch.cuda.is_available() else "cpu")
@@ -82,7 +88,7 @@ def finetune(
     def tracker(name: str, run_id: str | None):
         return make_tracker(cfg.tracking, cfg.output_dir, name, acc.is_main_process, run_id)
 
-    folder = RunFolder.open(cfg, acc, resume_dir, tracker)
+    folder = RunFolder.open(cfg, acc, run_dir, tracker, restart=bool(restart))
     ctx.run_dir, ctx.log = folder.path, folder.tracker.log_metrics
     with folder.lifecycle():
         say = ctx.say
@@ -128,7 +134,16 @@ def finetune(
         trained, batches = strategy.training_view(model, batches, ctx)
         train = task.train_batches(trained, batches, strategy, ctx)
         folder.update(**ctx.record)
-        result = fit(trained, strategy, train, task.loss, lambda m: task.validate(m, batches, ctx), cfg.train, ctx)
+        result = fit(
+            trained,
+            strategy,
+            train,
+            task.loss,
+            lambda m: task.validate(m, batches, ctx),
+            cfg.train,
+            ctx,
+            folder.reached,
+        )
 
         # ---- with the best weights: save, test, write, track
         model, trained = acc.unwrap_model(model), acc.unwrap_model(trained)
@@ -149,18 +164,37 @@ def finetune(
     return Run(folder.path)
 
 
-def resolve_config(config, overrides, run_dir: Path | None) -> Config:
-    """The run's config: a new one, or for --resume the saved one (only RESUMABLE_CHANGES may differ)."""
+def resolve_config(config, overrides, run_dir: Path | None, restart: bool = False) -> Config:
+    """The run's config: a new one; for --resume the saved one (only RESUMABLE_CHANGES may differ); for --restart
+    the saved one + overrides. Refuses a run that is complete, or still running (two writers corrupt a folder)."""
     if run_dir is None:
         if config is None:
             raise ConfigError("no config given; pass a YAML file (or --resume RUN_DIR)")
         return config if isinstance(config, Config) else load_config(config, overrides)
-    status = read_info(run_dir).get("status")
-    if status == "complete":
-        raise RunError(f"{run_dir}: this run is already complete; start a new run instead of --resume")
-    if not (run_dir / "checkpoints" / "last").is_dir():
+    run_dir, flag = Path(run_dir), "--restart" if restart else "--resume"
+    live = liveness(run_dir, read_info(run_dir))
+    if live.status == "complete":
         raise RunError(
-            f"{run_dir}: no checkpoint to resume from (it stopped before its first checkpoint); start the run again"
+            f"{run_dir}: this run is already complete; start a new run instead of {flag}: tunesmith train {run_dir / 'config.yaml'}"
+        )
+    if live.status == "running" and live.process:
+        pid, host = live.process.get("pid"), live.process.get("host")
+        raise RunError(
+            f"{run_dir}: this run is still running (pid {pid} on {host}, {live.last_seen()}); a second process would "
+            f"corrupt its folder: wait for it, or stop it first (`kill {pid}` on {host}; in training it checkpoints first)"
+        )
+    if restart:
+        if config is not None:
+            raise ConfigError(f"--restart {run_dir} trains with the run's saved config (+ overrides); drop {config}")
+        return load_config(run_dir / "config.yaml", overrides, strict=False)
+    if not (run_dir / "checkpoints" / "last").is_dir():
+        if live.status == "died":
+            why = f"it died before its first checkpoint ({live.last_seen()}: {live.why})"
+        else:
+            why = f"it has no checkpoint (status {live.status}: it stopped before its first one)"
+        raise RunError(
+            f"{run_dir}: cannot be resumed: {why}. Train it again from scratch in the same folder: "
+            f"tunesmith train --restart {run_dir}"
         )
     if config is None:
         return load_config(run_dir / "config.yaml", overrides, strict=False)

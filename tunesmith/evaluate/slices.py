@@ -31,7 +31,11 @@ def length_buckets(texts: list[str], buckets: int = 3) -> list[str]:
 def column_values(data_cfg, texts: list[str], columns: list[str]) -> dict[str, list[str]]:
     """The value of each column for each test text, looked up by text in the data file the test split came from."""
     source = data_cfg.test or data_cfg.path or data_cfg.train
-    table = pick_split(load_table(source, data_cfg.format, data_cfg.encoding, data_cfg.encoding_errors), "test", source)
+    table = pick_split(
+        load_table(source, data_cfg.format, data_cfg.encoding, data_cfg.encoding_errors, data_cfg.delimiter),
+        "test",
+        source,
+    )
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise DataError(

@@ -22,7 +22,7 @@ from ..strategies import build_strategy
 from ..tasks.base import Prediction
 from ..tasks.registry import build_task
 from ..utils import atomic_write_json
-from .record import is_run_folder, read_info, read_labels, read_metrics
+from .record import Liveness, is_run_folder, liveness, read_info, read_labels, read_metrics
 from .registry import resolve
 
 __all__ = ["LoadedModel", "Prediction", "Run", "list_runs", "load_run"]
@@ -50,8 +50,15 @@ class Run:
         self._loaded: LoadedModel | None = None
 
     @property
+    def liveness(self) -> Liveness:
+        """The status now, with the last step reached: run.json's, or `died` when it says running but the process is
+        gone (derived on each read, never written back)."""
+        return liveness(self.path, self.info)
+
+    @property
     def status(self) -> str:
-        return self.info.get("status", "unknown")
+        """running | interrupted | failed | complete | died (see `liveness`)."""
+        return self.liveness.status
 
     @property
     def metrics(self) -> dict:
@@ -81,9 +88,11 @@ class Run:
         """
         if for_inference and self._loaded is not None:
             return self._loaded
-        if self.status != "complete" or not (self.path / "model").is_dir():
+        status = self.status
+        if status != "complete" or not (self.path / "model").is_dir():
             raise RunError(
-                f"{self.path}: the run is {self.status}, it has no saved model; resume it with `tunesmith train --resume {self.path}`"
+                f"{self.path}: the run {'died' if status == 'died' else f'is {status}'}, it has no saved model; "
+                f"resume it with `tunesmith train --resume {self.path}`"
             )
         from transformers import AutoTokenizer
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...data.loaders import label_str, load_table, pick_split, require_columns
+from ...data.loaders import label_key, label_str, load_table, pick_split, require_columns
 from ...errors import DataError, TunesmithError
 from ...evaluate.calibration import calibration_report, plot_reliability
 from ...evaluate.efficiency import measure_efficiency
@@ -100,7 +100,9 @@ def load_labelled(
     data_cfg, spec: str, label_names: list[str], text_column: str | None = None, label_column: str | None = None
 ) -> tuple[list[str], list[int]]:
     """Texts and label ids of another labelled file, with the run's columns (or the given ones) and label order."""
-    df = pick_split(load_table(spec, "auto", data_cfg.encoding, data_cfg.encoding_errors), "test", spec)
+    df = pick_split(
+        load_table(spec, "auto", data_cfg.encoding, data_cfg.encoding_errors, data_cfg.delimiter), "test", spec
+    )
     require_columns(
         df,
         {"text": text_column or data_cfg.text_column, "label": label_column or data_cfg.label_column},
@@ -111,9 +113,17 @@ def load_labelled(
     df = df.dropna(subset=[text_column, label_column])
     labels = df[label_column].map(label_str)
     df, labels = df[labels.notna()], labels[labels.notna()]
+    if data_cfg.normalize_labels:  # the spelling variants the run merged are merged here too
+        known = {label_key(n): n for n in label_names}
+        labels = labels.map(lambda v: v if v in label_names else known.get(label_key(v), v))
     unseen = sorted(set(labels) - set(label_names))
     if unseen:
-        raise DataError(f"{spec}: labels {unseen} were not trained (the run knows {label_names}); remove those rows")
+        alike = {v: n for v in unseen for n in label_names if label_key(v) == label_key(n)}
+        hint = f" ({', '.join(f'{v!r} is {n!r} spelt otherwise' for v, n in alike.items())}: set data.normalize_labels: true)"
+        raise DataError(
+            f"{spec}: labels {unseen} were not trained (the run knows {label_names}){hint if alike else ''}; "
+            f"remove those rows"
+        )
     if df.empty:
         raise DataError(f"{spec}: no labelled rows")
     index = {n: i for i, n in enumerate(label_names)}

@@ -37,7 +37,7 @@ class ClassificationTask(Task):
     name = "text-classification"
     summary = "A label per text: sentiment, topic, intent, spam, ... (a classification head on a pretrained encoder)."
     metrics = ("macro_f1", *[m for m in METRIC_NAMES if m != "macro_f1"])
-    uses = frozenset({"data.label_column", "data.labels", "train.class_weights", "eval.*"})
+    uses = frozenset({"data.label_column", "data.labels", "data.normalize_labels", "train.class_weights", "eval.*"})
     supports_cv = True
     supports_compare = True
 

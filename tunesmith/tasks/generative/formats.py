@@ -190,7 +190,9 @@ def load_gen_splits(cfg: Config) -> GenSplits:
 
     def read(spec: str, split: str = "train") -> pd.DataFrame:
         df = pick_split(
-            loaded if spec == first else load_table(spec, d.format, d.encoding, d.encoding_errors), split, spec
+            loaded if spec == first else load_table(spec, d.format, d.encoding, d.encoding_errors, d.delimiter),
+            split,
+            spec,
         )
         if df.empty:
             raise DataError(f"{spec}: no rows")
@@ -198,7 +200,7 @@ def load_gen_splits(cfg: Config) -> GenSplits:
 
     notes: list[str] = []
     first = d.path or d.train
-    loaded = load_table(first, d.format, d.encoding, d.encoding_errors)
+    loaded = load_table(first, d.format, d.encoding, d.encoding_errors, d.delimiter)
     if isinstance(loaded, dict) and d.train:
         raise DataError(f"{first}: a saved DatasetDict folder; give it as data.path instead of data.train")
     main = read(first)

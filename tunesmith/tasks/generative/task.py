@@ -328,7 +328,9 @@ class GenerativePredictor(Predictor):
 
         run, cfg = self.run, self.run.config
         task = run.task
-        df = pick_split(load_table(data, "auto", cfg.data.encoding, cfg.data.encoding_errors), "test", data)
+        df = pick_split(
+            load_table(data, "auto", cfg.data.encoding, cfg.data.encoding_errors, cfg.data.delimiter), "test", data
+        )
         fmt = detect_format(df.columns, cfg.data, cfg.task)
         items = to_samples(df, cfg.data, fmt, cfg.task, data)
         m = run.load()
