@@ -70,7 +70,8 @@ def cases(tmp_path_factory, tiny_model, toy_csv):
 def test_user_errors_are_one_line_exit_2(cases, case, needles):
     result = run_cli("train", str(cases[case]))
     _one_line_error(result, *needles)
-    assert not (cases["dir"] / "runs").exists() or not any((cases["dir"] / "runs").iterdir())  # nothing half-written
+    runs = cases["dir"] / "runs"
+    assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]  # nothing half-written
 
 
 def test_missing_config_and_unknown_override(cases):
@@ -87,7 +88,7 @@ def test_train_predict_eval_runs_end_to_end(cases, tmp_path):
     d = cases["dir"]
     result = run_cli("train", str(cases["good"]))
     assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = next((d / "runs").iterdir())
+    (run_dir,) = [p for p in (d / "runs").iterdir() if (p / "run.json").is_file()]
 
     pred = run_cli("predict", str(run_dir), "--text", "great good fine", "--text", "awful bad dire")
     assert pred.returncode == 0, pred.stderr[-2000:]
@@ -135,7 +136,7 @@ def test_train_refuses_a_leaking_split_unless_allowed(tmp_path, tiny_model):
     assert not (tmp_path / "runs").exists()
     allowed = run_cli("train", str(config), "--allow-leakage")
     assert allowed.returncode == 0, allowed.stderr[-2000:]
-    run_dir = next((tmp_path / "runs").iterdir())
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file()]
     assert (run_dir / "audit.md").is_file() and "leak" in (run_dir / "audit.md").read_text().lower()
 
 

@@ -38,7 +38,7 @@ def test_planted_flips_in_real_text_are_mostly_real(tmp_path):
     precision, recall = len(flagged & flipped) / len(flagged), len(flagged & flipped) / len(flipped)
     print(f"flagged {len(flagged)}: precision {precision:.3f}, recall {recall:.3f}, est {found.estimated_precision}")
     assert precision >= 0.5 and recall >= 0.7
-    assert found.withheld is None and found.kappa >= 0.6
+    assert found.withheld is None and found.kappa >= 0.75
     assert abs(found.estimated_precision - precision) < 0.3  # the estimate is in the right region
 
     embed(texts)  # the same texts again: read from the cache, not recomputed

@@ -135,7 +135,9 @@ def test_linear_probe_reuses_cached_features(tmp_path, tiny_model, toy_csv, caps
     tunesmith.finetune(_cfg(tmp_path, tiny_model, toy_csv, "linear-probe"))
     assert "computed in" in capsys.readouterr().out
     tunesmith.finetune(_cfg(tmp_path, tiny_model, toy_csv, "linear-probe"))
-    assert capsys.readouterr().out.count("from cache") == 3
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(ln.startswith("linear-probe:") and "from cache" in ln for ln in lines) == 3  # train/validation/test
+    assert any(ln.startswith("audit: frozen") and "from cache" in ln for ln in lines)  # the audit's features too
 
 
 def test_discriminative_lr_groups_decay_with_depth(tiny_model):

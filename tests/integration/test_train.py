@@ -156,7 +156,7 @@ def test_interrupted_run_resumes_to_identical_result(tmp_path, tiny_model, toy_c
 
     stopped = run_cli("train", str(config), env={"TUNESMITH_FAULT_AT_STEP": f"13:{signal_name}"})
     assert stopped.returncode == (130 if signal_name == "INT" else -9), stopped.stderr[-2000:]
-    runs = sorted((tmp_path / "runs").iterdir())
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file())
     run_dir = [r for r in runs if json.loads((r / "run.json").read_text())["status"] != "complete"][0]
     state = json.loads((run_dir / "checkpoints/last/state.json").read_text())
     assert state["step"] == (13 if signal_name == "INT" else 8)
@@ -166,7 +166,7 @@ def test_interrupted_run_resumes_to_identical_result(tmp_path, tiny_model, toy_c
     resumed = run_cli("train", "--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from step {state['step']}" in resumed.stdout + resumed.stderr
-    done = [tunesmith.load_run(r) for r in sorted((tmp_path / "runs").iterdir())]
+    done = [tunesmith.load_run(r.parent) for r in sorted((tmp_path / "runs").glob("*/run.json"))]
     a, b = [r for r in done if r.path != run_dir][0], tunesmith.load_run(run_dir)
     assert b.status == "complete"
     assert a.metrics["test"]["macro_f1"] == pytest.approx(b.metrics["test"]["macro_f1"])

@@ -43,7 +43,11 @@ def test_label_variants_stop_the_loader_with_their_counts(tmp_path):
     with pytest.raises(DataError) as err:
         load_splits(DataConfig(path=str(path)), seed=0)
     msg = str(err.value)
-    assert "\n" not in msg and "'pos' (20 rows) vs 'POS' (10 rows)" in msg and "'neg' (29 rows) vs 'ｎｅｇ' (1 rows)" in msg
+    assert (
+        "\n" not in msg
+        and "'pos' (20 rows) vs 'POS' (10 rows)" in msg
+        and "'neg' (29 rows) vs 'ｎｅｇ' (1 rows)" in msg
+    )
     assert "data.normalize_labels: true" in msg
 
 

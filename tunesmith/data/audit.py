@@ -176,6 +176,7 @@ def audit(
     max_length: int | None = None,
     embed: Callable[[list[str]], np.ndarray] | None = None,
     embed_name: str = "features",
+    stop_at_leakage: bool = False,
 ) -> AuditReport:
     """Audit a training table and optional later sets ({"validation": df, "test": df}); changes nothing.
 
@@ -183,6 +184,7 @@ def audit(
     its tokens instead of whitespace tokens; `max_length` adds the share of texts it would truncate.
     `embed` (texts -> one vector each, e.g. the frozen model about to be fine-tuned) gives the label-error
     model its second view (`embed_name` names it in the report); without it, TF-IDF alone.
+    `stop_at_leakage`: a blocking leak skips the label-error model (a run refuses to start anyway).
     """
     cfg = options or AuditConfig()
     cfg.check()
@@ -211,7 +213,15 @@ def audit(
     duplicates = {}
     for name, t in tables.items():
         index = (
-            NearIndex(t.keys, cfg.near_threshold, cfg.num_perm, cfg.shingle_size, cfg.shingle_unit, cfg.seed)
+            NearIndex(
+                t.keys,
+                cfg.near_threshold,
+                cfg.num_perm,
+                cfg.shingle_size,
+                cfg.shingle_unit,
+                cfg.seed,
+                words=cfg.near_words,
+            )
             if cfg.near_duplicates and t.keys
             else None
         )
@@ -228,7 +238,10 @@ def audit(
     lap("leakage")
 
     noise = LabelNoiseFindings(skipped="disabled (audit.label_errors: false)")
-    if cfg.label_errors:
+    leaks = cfg.block_on_leakage and any(k.pairs and k.share > cfg.leakage_tolerance for k in leakage)
+    if stop_at_leakage and leaks:  # training stops anyway: skip the costly label-error model
+        noise = LabelNoiseFindings(skipped="the split leaks (training stops before it matters)")
+    elif cfg.label_errors:
         t = tables["train"]
         labelled = [i for i, y in enumerate(t.key_labels) if y is not None]
         texts = [t.texts[i] for i in labelled]
@@ -265,6 +278,7 @@ def audit_splits(
     max_length: int | None = None,
     embed: Callable[[list[str]], np.ndarray] | None = None,
     embed_name: str = "features",
+    stop_at_leakage: bool = False,
 ) -> AuditReport:
     """Audit the loaded `tunesmith.data.splits.Splits` (row numbers are positions within each split)."""
     frames, sources = {}, {}
@@ -283,6 +297,7 @@ def audit_splits(
         max_length=max_length,
         embed=embed,
         embed_name=embed_name,
+        stop_at_leakage=stop_at_leakage,
     )
 
 

@@ -33,6 +33,8 @@ def render(r) -> str:  # r: an AuditReport (audit.py imports this module, not th
         "## Duplicates",
         "",
         f"Near duplicates: Jaccard >= {r.config.near_threshold} on {r.config.shingle_size}-{r.config.shingle_unit} shingles"
+        + (" or on word sequences (4+ words)" if r.config.near_words else "")
+        + " after dropping case, punctuation, symbols and accents"
         + ("" if r.config.near_duplicates else " (disabled)")
         + ".",
         "",

@@ -95,12 +95,20 @@ def clean_table(
         drop(t["text"].map(normalize_text).duplicated(), "exact_duplicates", "kept the first of each group")
     if cfg.drop_near_duplicates and len(t):
         keys = t["text"].map(normalize_text).tolist()
-        index = NearIndex(keys, near.near_threshold, near.num_perm, near.shingle_size, near.shingle_unit, near.seed)
+        index = NearIndex(
+            keys,
+            near.near_threshold,
+            near.num_perm,
+            near.shingle_size,
+            near.shingle_unit,
+            near.seed,
+            words=near.near_words,
+        )
         later = {r for c in near_clusters(keys, index) for r in c.rows[1:]}
         drop(
             pd.Series([i in later for i in range(len(t))]),
             "near_duplicates",
-            f"Jaccard >= {near.near_threshold}; kept the first of each cluster",
+            f"similarity >= {near.near_threshold} (shingles{' or word sequences' if near.near_words else ''}); kept the first of each cluster",
         )
     return t
 

@@ -259,7 +259,9 @@ def _drop_leaked(tables: dict, a: AuditConfig, log: list[CleanStep]) -> dict:
         for ref in names[:i]:
             keys = tables[ref]["text"].map(normalize_text).tolist()
             index = (
-                NearIndex(keys, a.near_threshold, a.num_perm, a.shingle_size, a.shingle_unit, a.seed)
+                NearIndex(
+                    keys, a.near_threshold, a.num_perm, a.shingle_size, a.shingle_unit, a.seed, words=a.near_words
+                )
                 if a.near_duplicates and keys
                 else None
             )

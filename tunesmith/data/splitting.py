@@ -33,7 +33,15 @@ def near_duplicate_groups(t: pd.DataFrame, group_column: str | None, near: Audit
             union(rows)
     if near is not None and n:
         keys = t["text"].map(normalize_text).tolist()
-        index = NearIndex(keys, near.near_threshold, near.num_perm, near.shingle_size, near.shingle_unit, near.seed)
+        index = NearIndex(
+            keys,
+            near.near_threshold,
+            near.num_perm,
+            near.shingle_size,
+            near.shingle_unit,
+            near.seed,
+            words=near.near_words,
+        )
         for cluster in near_clusters(keys, index):
             union(cluster.rows)
         for rows in pd.Series(range(n)).groupby(keys).indices.values():  # exact copies (if kept) too

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil  # a dependency of accelerate
+import psutil
 
 from ..errors import RunError
 from ..utils import read_json

@@ -83,6 +83,7 @@ class ClassificationTask(Task):
             max_length=self.cfg.data.max_length,
             embed=embed,
             embed_name=f"{self.cfg.model.name} features",
+            stop_at_leakage=True,
         )
         if report.blocking:
             raise DataError(f"{report.blocking[0]} (or pass --allow-leakage)")
