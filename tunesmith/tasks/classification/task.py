@@ -89,9 +89,9 @@ class ClassificationTask(Task):
             raise DataError(f"{report.blocking[0]} (or pass --allow-leakage)")
         c, noise = report.counts(), report.label_noise
         if noise.withheld:
-            errors = f"likely label errors not listed ({noise.withheld})"
+            errors = f"likely label errors not listed: {noise.withheld}"
         elif noise.skipped:
-            errors = f"label errors not checked ({noise.skipped})"
+            errors = f"label errors not checked: {noise.skipped}"
         else:
             est = f", estimated precision {noise.estimated_precision:.2f}" if noise.issues else ""
             errors = f"{len(noise.issues)} likely label errors in train{est}"
