@@ -1,5 +1,8 @@
 """Every user error gets one clear line and exit code 2; the commands work on a real run folder."""
 
+import json
+
+import pandas as pd
 import pytest
 from conftest import run_cli, tiny_config, toy_rows, write_csv, write_yaml
 
@@ -152,6 +155,27 @@ def test_data_audit_command(tmp_path):
     assert report["counts"]["train.exact_duplicate_rows"] >= 5
     assert report["counts"]["leakage.test_in_train"] >= 3
     _one_line_error(run_cli("data", "audit", str(tmp_path / "nope.csv")), "nope.csv", "not found")
+
+
+def test_data_audit_with_a_model_a_semicolon_file_and_label_variants(tmp_path, tiny_model):
+    rows = toy_rows(90)
+    for r in rows[::9]:
+        r["label"] = r["label"].upper() + " "  # "POS " beside "pos"
+    path = tmp_path / "semi.csv"
+    pd.DataFrame(rows).to_csv(path, index=False, sep=";")
+    cache = tmp_path / "xdg"
+    out = tmp_path / "report"
+    result = run_cli(
+        "data", "audit", str(path), "--model", str(tiny_model), "--out", str(out), env={"XDG_CACHE_HOME": str(cache)}
+    )
+    assert result.returncode == 1, result.stderr[-2000:]  # label variants block, like leakage
+    assert "blocking: label variants: 'pos' (" in result.stderr and "data.normalize_labels" in result.stderr
+    assert f"frozen {tiny_model} features of 90 texts" in result.stderr  # the model's features were computed...
+    assert list((cache / "tunesmith" / "features").glob("*.safetensors"))  # ...into the user's cache, not the cwd
+    report = json.loads((out / "audit.json").read_text())
+    assert (
+        report["label_noise"]["model"] == f"tfidf + {tiny_model} features" and report["schema"]["train"]["rows"] == 90
+    )
 
 
 def test_a_run_killed_before_its_first_checkpoint_reads_died_and_restarts_in_place(tmp_path, tiny_model, toy_csv):

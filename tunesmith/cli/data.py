@@ -6,6 +6,7 @@ tunesmith data prepare config.yaml [--out datasets/]               # a versioned
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def cmd_audit(args) -> int:
 
         precision, _ = choose_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        cache = Path(".cache") / "features"
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tunesmith" / "features"
         embed = text_embedder(
             source, tokenizer, args.max_length or 256, cache, dtype=dtype, log=lambda s: print(s, file=sys.stderr)
         )
