@@ -178,3 +178,21 @@ def test_restart_trains_a_died_run_again_from_scratch_in_its_folder(tmp_path, cf
     assert not [t for t in threading.enumerate() if t.name == "tunesmith-heartbeat"]  # the thread has stopped
     with pytest.raises(RunError, match="already complete; start a new run instead of --restart"):
         resolve_config(None, [], path, restart=True)
+
+
+def test_restart_ends_the_died_attempts_mlflow_run(tmp_path, cfg):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = {**cfg, "tracking": {"backend": "mlflow", "uri": uri, "experiment": "died"}}
+    client = MlflowClient(uri)
+    stale = client.create_run(client.create_experiment("died")).info.run_id  # what the dead attempt left RUNNING
+    path = _run_folder(
+        tmp_path / "runs" / "tiny-died", {**this_process(), "pid": _gone_pid()}, beat=time.time(), config=cfg
+    )
+    info = json.loads((path / RUN_FILE).read_text())
+    atomic_write_json(path / RUN_FILE, {**info, "mlflow_run_id": stale})
+    run = tunesmith.finetune(restart=path)
+    assert client.get_run(stale).info.status == "KILLED"
+    fresh = run.info["mlflow_run_id"]
+    assert fresh != stale and client.get_run(fresh).info.status == "FINISHED"

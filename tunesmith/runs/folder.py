@@ -115,11 +115,14 @@ class RunFolder:
             name = [str(new_run_dir(cfg))] if acc.is_main_process else [None]
             path = Path(broadcast_object_list(name)[0] if acc.num_processes > 1 else name[0])
         folder = cls(path, acc.is_main_process, None, resume=run_dir is not None and not restart)
+        stale = read_json(path / RUN_FILE).get("mlflow_run_id") if restart else None
         if restart:
             if folder.is_main:
                 folder.clear()
             acc.wait_for_everyone()
         folder.tracker = make_tracker(path.name, folder.info.get("mlflow_run_id"))
+        if stale:  # the died attempt's MLflow run would otherwise stay RUNNING there
+            folder.tracker.end_stale(stale)
         return folder
 
     def clear(self) -> None:

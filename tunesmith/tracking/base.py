@@ -13,6 +13,7 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_artifacts(self, folder: Path) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
+    def end_stale(self, run_id: str) -> None: ...
 
 
 class NullTracker:
@@ -30,4 +31,7 @@ class NullTracker:
         pass
 
     def finish(self, status="FINISHED"):
+        pass
+
+    def end_stale(self, run_id):
         pass

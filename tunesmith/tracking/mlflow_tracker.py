@@ -59,3 +59,14 @@ class MlflowTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self._mlflow.end_run(status=status)
+
+    def end_stale(self, run_id: str) -> None:
+        """Mark another run of this store KILLED (a died attempt that `--restart` replaces), if it is still RUNNING."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        try:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, status="KILLED")
+        except Exception:  # noqa: BLE001 - a run deleted from the store is not worth stopping for
+            pass
