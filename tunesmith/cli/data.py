@@ -28,7 +28,11 @@ def add_data_commands(subparsers) -> None:
     a.add_argument("--label-column", default="label")
     a.add_argument("--out", help="folder for audit.md + audit.json (default: print the Markdown report)")
     a.add_argument("--delimiter", help="CSV field delimiter (default: comma, or what the file's head shows)")
-    a.add_argument("--near-threshold", type=float, help="Jaccard similarity for near duplicates (default 0.7)")
+    a.add_argument(
+        "--near-threshold",
+        type=float,
+        help="similarity for near duplicates: shingle Jaccard, or word sequences for 4+ words (default 0.7)",
+    )
     a.add_argument("--no-label-errors", action="store_true", help="skip the cross-validated label-error model")
     a.add_argument("--max-length", type=int, help="report the share of texts longer than this many tokens")
     a.add_argument("--tokenizer", help="count lengths in tokens of this model's tokenizer (alias, folder or hub id)")
