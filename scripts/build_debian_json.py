@@ -62,14 +62,8 @@ def first_paragraph(long: str) -> str:
     return " ".join(para.split())
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="data/debian-json.jsonl")
-    ap.add_argument("--n", type=int, default=900, help="packages to sample")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-words", type=int, default=60, help="skip descriptions whose first paragraph is longer")
-    args = ap.parse_args()
-
+def indexes() -> tuple[dict[str, str], list[str]] | None:
+    """({package: section} from the Packages indexes, the Translation-en index files); None (said why) without them."""
     translations = sorted(glob.glob(f"{LISTS}/*_debian_dists_bookworm_main_i18n_Translation-en*"))
     packages = sorted(glob.glob(f"{LISTS}/*_debian_dists_bookworm_main_binary-*_Packages*"))
     if not translations or not packages:
@@ -80,11 +74,26 @@ def main() -> int:
             f"error: no apt Packages/Translation-en indexes in {LISTS}; run `apt-get update -o Acquire::Languages=en` (as root) first",
             file=sys.stderr,
         )
-        return 2
+        return None
     section = {}
     for p in packages:
         for f in stanzas(p):
             section.setdefault(f["Package"], f.get("Section", "").split("/")[-1])
+    return section, translations
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="data/debian-json.jsonl")
+    ap.add_argument("--n", type=int, default=900, help="packages to sample")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-words", type=int, default=60, help="skip descriptions whose first paragraph is longer")
+    args = ap.parse_args()
+
+    found = indexes()
+    if found is None:
+        return 2
+    section, translations = found
     rows = []
     seen = set()
     for t in translations:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import os
 import random
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from build_debian_json import LISTS, first_paragraph, stanzas  # noqa: E402
+from build_debian_json import first_paragraph, indexes, stanzas  # noqa: E402
 
 SECTIONS = ("games", "science", "sound", "graphics", "mail", "math", "electronics", "database", "web")
 
@@ -35,18 +34,10 @@ def main() -> int:
     ap.add_argument("--sections", default=",".join(SECTIONS))
     args = ap.parse_args()
     wanted = set(args.sections.split(","))
-    packages = sorted(glob.glob(f"{LISTS}/*_debian_dists_bookworm_main_binary-*_Packages*"))
-    translations = sorted(glob.glob(f"{LISTS}/*_debian_dists_bookworm_main_i18n_Translation-en*"))
-    if not packages or not translations:
-        print(
-            f"error: no apt Packages/Translation-en indexes in {LISTS}; run `apt-get update -o Acquire::Languages=en`",
-            file=sys.stderr,
-        )
+    found = indexes()
+    if found is None:
         return 2
-    section = {}
-    for p in packages:
-        for f in stanzas(p):
-            section.setdefault(f["Package"], f.get("Section", "").split("/")[-1])
+    section, translations = found
     by_section: dict[str, list[str]] = {s: [] for s in sorted(wanted)}
     seen_text = set()
     for t in translations:

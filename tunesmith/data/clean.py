@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..config.schema import AuditConfig, PrepareConfig
-from .dedup import NearIndex, exact_groups, near_clusters, normalize_text
+from .dedup import NearIndex, exact_groups, near_clusters
 from .loaders import label_str
+from .textkeys import normalize_text
 
 
 @dataclass
@@ -95,15 +96,7 @@ def clean_table(
         drop(t["text"].map(normalize_text).duplicated(), "exact_duplicates", "kept the first of each group")
     if cfg.drop_near_duplicates and len(t):
         keys = t["text"].map(normalize_text).tolist()
-        index = NearIndex(
-            keys,
-            near.near_threshold,
-            near.num_perm,
-            near.shingle_size,
-            near.shingle_unit,
-            near.seed,
-            words=near.near_words,
-        )
+        index = NearIndex.for_audit(keys, near)
         later = {r for c in near_clusters(keys, index) for r in c.rows[1:]}
         drop(
             pd.Series([i in later for i in range(len(t))]),

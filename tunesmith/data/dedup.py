@@ -5,98 +5,31 @@ and "  great   MOVIE! ". Near duplicates are compared on the `near_key`, which a
 symbols (emoji too), control/format characters and accents, and are pairs where either reaches the threshold:
 
 - the Jaccard similarity of their shingle sets (character n-grams by default), or
-- for texts of at least `WORD_MIN` words, their word similarity LCS / (|a| + |b| - LCS) (LCS: the longest
-  common subsequence of words), a Jaccard similarity that respects word order. A dropped or replaced word
-  takes a 6-word tweet's shingle Jaccard to about 0.6, its word similarity to 0.83 / 0.71; shuffled words
-  are not near. Shorter texts are left to the shingles: "not good at all" minus "not" is another text, and
-  texts of two or three words coincide by chance in any large corpus.
+- for texts of at least `WORD_MIN` words, their word similarity LCS / (|a| + |b| - LCS) (LCS: the longest common
+  subsequence of words), a Jaccard similarity that respects word order. A dropped or replaced word takes a 6-word
+  tweet's shingle Jaccard to about 0.6, its word similarity to 0.83 / 0.71; shuffled words are not near. Shorter
+  texts are left to the shingles: "not good at all" minus "not" is another text, and texts of two or three words
+  coincide by chance in any large corpus.
 
-Candidates come from MinHash signatures (`datasketch.MinHash`), banded as `datasketch.MinHashLSH` would for
-a threshold `LSH_MARGIN` lower, over shingle sets and over word sets. Every candidate is verified exactly
-(shingle Jaccard and a word-multiset bound by sparse set algebra, then the LCS where the bound allows), so a
-reported pair is never an LSH false positive; its similarity is the larger of the two measures.
-Positions here are 0-based indices into the lists passed in; callers turn them into row numbers.
+Candidates come from MinHash signatures (`datasketch.MinHash`), banded as `datasketch.MinHashLSH` would for a
+threshold `LSH_MARGIN` lower, over shingle sets and over word sets. Every candidate is verified exactly (shingle
+Jaccard and a word-multiset bound by sparse set algebra, then the LCS where the bound allows): a reported pair is
+never an LSH false positive; its similarity is the larger of the two. Positions are 0-based indices into the lists.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 
-_SPACE = re.compile(r"\s+")
-WORD_MIN = 4
-"""Fewest words that both texts need before their word sequences are compared."""
+from .textkeys import WORD_MIN, near_key, shingles, word_similarity
+
 LSH_MARGIN = 0.1
 """Bands are set this far below the threshold: at 0.7 itself (b=16, r=8) they find ~60% of the pairs at 0.7;
 at 0.6 (b=21, r=6) 93% of those and 98% of the pairs at 0.75."""
-_ACCENTS = ((0x300, 0x36F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F))
-"""Blocks of combining diacritical marks (what NFKD splits off accented Latin, Greek and Cyrillic letters)."""
-
-
-def normalize_text(text: str) -> str:
-    """The comparison key of a text: NFKC, case-folded, whitespace collapsed and stripped."""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
-
-
-class _NearTable(dict):
-    """`str.translate` table of `near_key`, filled per code point on first sight."""
-
-    def __missing__(self, cp: int) -> str | None:
-        ch, cat = chr(cp), unicodedata.category(chr(cp))
-        # Deleted: punctuation, symbols, control/format/private/unassigned characters, combining accents.
-        drop = cat[0] in "PSC" or (cat == "Mn" and any(lo <= cp <= hi for lo, hi in _ACCENTS))
-        self[cp] = out = " " if ch.isspace() else None if drop else ch
-        return out
-
-
-_NEAR_TABLE = _NearTable()
-
-
-def near_key(key: str) -> str:
-    """What near-duplicate comparison sees of a `normalize_text` key: letters, digits, other marks, single spaces
-    ("don't" -> "dont", "café" -> "cafe"; emoji, curly quotes, zero-width spaces gone); if none is left, the key."""
-    s = unicodedata.normalize("NFKD", key).translate(_NEAR_TABLE)
-    s = " ".join(unicodedata.normalize("NFC", s).split())
-    return s or key
-
-
-def shingles(key: str, size: int, unit: str = "char") -> set[bytes]:
-    """Character (or word) n-grams of a normalised text; a text shorter than one shingle is its own shingle."""
-    if unit == "char":
-        return {key[i : i + size].encode("utf-8", "surrogatepass") for i in range(max(1, len(key) - size + 1))}
-    items = key.split(" ")
-    return {
-        " ".join(items[i : i + size]).encode("utf-8", "surrogatepass") for i in range(max(1, len(items) - size + 1))
-    }
-
-
-def jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if a or b else 1.0
-
-
-def lcs_length(a: list[str], b: list[str]) -> int:
-    """Length of the longest common subsequence of two word lists (bit-parallel, Hyyrö 2004: O(|b|) big-int steps)."""
-    masks: dict[str, int] = {}
-    for i, w in enumerate(a):
-        masks[w] = masks.get(w, 0) | (1 << i)
-    full = (1 << len(a)) - 1
-    v = full
-    for w in b:
-        u = v & masks.get(w, 0)
-        v = ((v + u) | (v - u)) & full
-    return len(a) - v.bit_count()
-
-
-def word_similarity(a: list[str], b: list[str]) -> float:
-    """LCS / (|a| + |b| - LCS): the Jaccard similarity of two word sequences, words counted only in order."""
-    common = lcs_length(a, b)
-    union = len(a) + len(b) - common
-    return common / union if union else 1.0
 
 
 def exact_groups(keys: list[str]) -> list[list[int]]:
@@ -234,6 +167,12 @@ class NearIndex:
         band_threshold = max(0.3, threshold - LSH_MARGIN)
         self.bands = _Bands(self.own.signatures, band_threshold, num_perm)
         self.word_bands = _Bands(self.own.word_signatures, band_threshold, num_perm) if words else None
+
+    @classmethod
+    def for_audit(cls, keys: list[str], cfg) -> NearIndex:
+        """The index the `audit:` settings (an AuditConfig) describe: one for the audit, leak-proof splits and prepare."""
+        c = cfg
+        return cls(keys, c.near_threshold, c.num_perm, c.shingle_size, c.shingle_unit, c.seed, words=c.near_words)
 
     def _sketch(self, keys: list[str], grow: bool = False) -> _Sketched:
         near = [near_key(k) for k in keys]

@@ -71,7 +71,12 @@ class LabelNoiseFindings:
 
 
 def out_of_fold_probs(
-    texts: list[str], labels: np.ndarray, folds: int, seed: int, features: np.ndarray | None = None
+    texts: list[str],
+    labels: np.ndarray,
+    folds: int,
+    seed: int,
+    features: np.ndarray | None = None,
+    feature_name: str = "features",
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(averaged probabilities, {view: probabilities}) for each row, from models that did not see the row."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -91,7 +96,7 @@ def out_of_fold_probs(
         # Unit-length features, C=1: stronger regularisation gives better-calibrated probabilities (measured: C=10 or
         # standardised features flag 2-3x more rows at half the precision).
         meaning = LogisticRegression(C=1.0, max_iter=2000)
-        views["features"] = cross_val_predict(meaning, features, labels, cv=cv, method="predict_proba", n_jobs=1)
+        views[feature_name] = cross_val_predict(meaning, features, labels, cv=cv, method="predict_proba", n_jobs=1)
     return np.mean(list(views.values()), axis=0), views
 
 
@@ -127,7 +132,7 @@ def find_label_errors(
         return LabelNoiseFindings(checked_rows=0, skipped=why)
     index = {n: i for i, n in enumerate(names)}
     y = np.array([index[v] for v in labels], dtype=int)
-    probs, views = out_of_fold_probs(texts, y, folds, seed, features)
+    probs, views = out_of_fold_probs(texts, y, folds, seed, features, feature_name)
     predicted = probs.argmax(axis=1)
     # n_jobs=1: cleanlab would otherwise fork one worker per core (the trainer may be using them).
     ranked = find_label_issues(
@@ -138,12 +143,9 @@ def find_label_errors(
     found = LabelNoiseFindings(
         checked_rows=len(texts),
         folds=folds,
-        model=" + ".join(["tfidf", *([feature_name] if features is not None else [])]),
+        model=" + ".join(views),
         model_accuracy=round(float((predicted == y).mean()), 4),
-        view_accuracy={
-            (feature_name if k == "features" else k): round(float((p.argmax(1) == y).mean()), 4)
-            for k, p in views.items()
-        },
+        view_accuracy={k: round(float((p.argmax(1) == y).mean()), 4) for k, p in views.items()},
         kappa=round(kappa, 4),
         estimated_errors=estimated,
         estimated_precision=round(min(1.0, estimated / len(ranked)), 3) if len(ranked) else None,

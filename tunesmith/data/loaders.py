@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..utils import resolve_path
+from .textkeys import normalize_text
 
 SUFFIX_FORMATS = {
     ".csv": "csv",
@@ -169,8 +169,8 @@ def label_str(v) -> str | None:
 
 
 def label_key(name: str) -> str:
-    """What makes two label names the same class: Unicode NFKC, case folded, whitespace collapsed."""
-    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+    """What makes two label names the same class: the key exact duplicates share (NFKC, case folded, spaces collapsed)."""
+    return normalize_text(name)
 
 
 def label_variants(counts: Counter, preferred: list[str] | None = None) -> dict[str, dict[str, int]]:

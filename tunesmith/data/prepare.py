@@ -25,10 +25,11 @@ from .audit import AuditReport, audit
 from .augment import Paraphraser, augment_rows
 from .balance import class_weights, resample
 from .clean import CleanStep, clean_table, to_table
-from .dedup import NearIndex, cross_matches, normalize_text
+from .dedup import NearIndex, cross_matches
 from .loaders import label_str, load_table, require_columns, unify_labels
 from .splits import label_names
 from .splitting import grouped_split, near_duplicate_groups
+from .textkeys import normalize_text
 
 SETS = ("train", "validation", "test")
 
@@ -258,13 +259,7 @@ def _drop_leaked(tables: dict, a: AuditConfig, log: list[CleanStep]) -> dict:
     for i, later in enumerate(names[1:], start=1):
         for ref in names[:i]:
             keys = tables[ref]["text"].map(normalize_text).tolist()
-            index = (
-                NearIndex(
-                    keys, a.near_threshold, a.num_perm, a.shingle_size, a.shingle_unit, a.seed, words=a.near_words
-                )
-                if a.near_duplicates and keys
-                else None
-            )
+            index = NearIndex.for_audit(keys, a) if a.near_duplicates and keys else None
             hits = {m.other for m in cross_matches(keys, index, tables[later]["text"].map(normalize_text).tolist())}
             if hits:
                 log.append(CleanStep("leakage", later, "dropped", len(hits), f"duplicates of {ref} rows"))

@@ -7,7 +7,8 @@ import pandas as pd
 
 from ..config.schema import AuditConfig
 from ..errors import DataError
-from .dedup import NearIndex, near_clusters, normalize_text
+from .dedup import NearIndex, near_clusters
+from .textkeys import normalize_text
 
 
 def near_duplicate_groups(t: pd.DataFrame, group_column: str | None, near: AuditConfig | None) -> np.ndarray:
@@ -33,15 +34,7 @@ def near_duplicate_groups(t: pd.DataFrame, group_column: str | None, near: Audit
             union(rows)
     if near is not None and n:
         keys = t["text"].map(normalize_text).tolist()
-        index = NearIndex(
-            keys,
-            near.near_threshold,
-            near.num_perm,
-            near.shingle_size,
-            near.shingle_unit,
-            near.seed,
-            words=near.near_words,
-        )
+        index = NearIndex.for_audit(keys, near)
         for cluster in near_clusters(keys, index):
             union(cluster.rows)
         for rows in pd.Series(range(n)).groupby(keys).indices.values():  # exact copies (if kept) too

@@ -31,6 +31,11 @@ def choose_precision(requested: str, device_type: str) -> tuple[str, str]:
     return "fp32", "CPU without fast bf16"
 
 
+def compute_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision: bf16, fp16, or None for fp32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
 def cast_frozen_weights(model, precision: str) -> int:
     """Store frozen float weights in the autocast dtype: autocast would cast them at every forward anyway.
 
@@ -38,7 +43,7 @@ def cast_frozen_weights(model, precision: str) -> int:
     weights stay fp32 (the optimizer's master copy). Only for strategies that do not save the frozen
     weights (adapters): those must stay exactly as pretrained. Returns the bytes saved.
     """
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = compute_dtype(precision)
     if dtype is None:
         return 0
     saved = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..config.loader import load_config
-from ..engine.precision import choose_precision
+from ..engine.precision import choose_precision, compute_dtype
 from ..errors import RunError, TunesmithError
 from ..models.loading import resolve_model
 from ..strategies import build_strategy
@@ -106,7 +106,7 @@ class Run:
         model.eval()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self._inference_precision(device.type))
+        dtype = compute_dtype(self._inference_precision(device.type))
         if dtype and task.infer_in_compute_dtype and for_inference:
             model.to(dtype)  # inference only: weights in the compute dtype, no cast per generated token
         autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext

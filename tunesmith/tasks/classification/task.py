@@ -17,7 +17,7 @@ import torch
 from ...data.audit import audit_splits
 from ...data.balance import class_weights
 from ...data.splits import Splits, load_splits
-from ...engine.precision import choose_precision
+from ...engine.precision import choose_precision, compute_dtype
 from ...errors import DataError
 from ...evaluate.baseline import tfidf_baseline
 from ...evaluate.markdown import add_to_report
@@ -73,7 +73,7 @@ class ClassificationTask(Task):
                 Path(self.cfg.output_dir) / ".cache" / "features",
                 m.revision,
                 m.trust_remote_code,
-                {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision),
+                compute_dtype(precision),
                 log=said.append,
             )
         report = audit_splits(
