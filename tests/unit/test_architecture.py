@@ -17,6 +17,8 @@ LAYERS = {
     "tunesmith.version": 0,
     "tunesmith.config.schema": 1,
     "tunesmith.config.hygiene": 1,
+    "tunesmith.config.forgetting": 1,
+    "tunesmith.forgetting": 2,
     "tunesmith.config.dump": 1,
     "tunesmith.models": 2,
     "tunesmith.data": 2,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from .forgetting import ReferenceSet, Regularizer, check_forgetting
 from .hygiene import AuditConfig, AugmentConfig, PrepareConfig
 
 
@@ -179,6 +180,11 @@ class EvalConfig:
     """Measure inference latency (batch 1, p50/p95), throughput (batch 32), size on disk and peak memory."""
     efficiency_batches: int = 32
     """Timed batch-1 calls (and a quarter as many batch-32 calls) for the efficiency figures."""
+    reference: list[ReferenceSet] = field(default_factory=list)
+    """Reference sets that stand for what the model must keep (forgetting), each measured with the original model
+    before training and with the result after: `- {name: general, path: data/reference-text.csv}` (see below)."""
+    reference_every_eval: bool = False
+    """Also measure the reference sets at every validation: a forgetting curve in training_curves.png."""
 
     def check(self) -> None:
         if not 0.5 <= self.ci_level < 1:
@@ -249,12 +255,17 @@ class Config:
     """Data audit run before training (see `tunesmith data audit`)."""
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     """Settings of `tunesmith data prepare` (cleaning, balancing, grouped splits, augmentation)."""
+    regularize: list[Regularizer] = field(default_factory=list)
+    """Remedies against forgetting, any combination, with every strategy:
+    `- {kind: l2sp, weight: 0.01}`, `- {kind: ewc, weight: 1.0}`, `- {kind: distill, weight: 1.0, on: train}`,
+    `- {kind: replay, fraction: 0.1}` (see below)."""
 
     def check(self) -> None:
         """Cross-field rules that no single field can check."""
         self.audit.check()
         self.prepare.check()
         self.eval.check()
+        check_forgetting(self.eval.reference, self.regularize)
         d, t = self.data, self.train
         if d.path and (d.train or d.validation or d.test):
             raise ConfigError(
@@ -338,6 +349,8 @@ __all__ = [
     "GenerateConfig",
     "ModelConfig",
     "PrepareConfig",
+    "ReferenceSet",
+    "Regularizer",
     "StrategyConfig",
     "TASK_KEYS",
     "TrackingConfig",

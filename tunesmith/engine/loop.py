@@ -24,6 +24,7 @@ from torch import nn
 
 from ..config.schema import TrainConfig
 from ..errors import ConfigError, Interrupted
+from ..forgetting.regularize import NO_REGULARIZATION, Regularization
 from ..strategies.base import trainable_state
 from ..utils import atomic_dir, atomic_write_json, read_json
 from .batches import Batches, plan_steps, shard
@@ -62,6 +63,9 @@ class LoopState:
     running_loss: float = 0.0
     """Loss summed since the last log, all processes (so the first log after a resume averages the right steps)."""
     running_units: float = 0.0
+    logged_step: int = 0
+    running_parts: dict = field(default_factory=dict)
+    """Each regulariser's contribution to the loss summed since the last log (over processes, / processes)."""
 
 
 def fit(
@@ -73,13 +77,15 @@ def fit(
     cfg: TrainConfig,
     ctx: Context,
     reached: Callable[[int], None] = lambda step: None,
+    regularization: Regularization = NO_REGULARIZATION,
 ) -> FitResult:
     """Train `model` as `strategy` says; returns with the best checkpoint's weights loaded.
 
     The task enters through two functions: `loss(model, inputs)` returns the loss SUMMED over the
     batch's units (examples for classification, trained tokens for language models: `train.units`),
     and `validate(model)` returns validation metrics, `cfg.metric` among them. `reached(step)` is told
-    each optimizer step reached (the run folder's heartbeat; it must be cheap: no I/O).
+    each optimizer step reached (the run folder's heartbeat; it must be cheap: no I/O). `regularization` adds the
+    remedies against forgetting (forgetting/regularize.py): terms per micro-batch and per step, logged apart.
     """
     acc, seed, run_dir = ctx.acc, ctx.cfg.seed, ctx.run_dir
     world, rank = acc.num_processes, acc.process_index
@@ -121,6 +127,11 @@ def fit(
     # Stays on the device: no per-step sync. A resumed run carries on with what the checkpoint had (main process).
     running_loss = torch.tensor(state.running_loss if rank == 0 else 0.0, dtype=torch.float64, device=acc.device)
     running_n = state.running_units if rank == 0 else 0
+    reg = regularization
+    running_parts = {
+        n: torch.tensor(state.running_parts.get(n, 0.0) if rank == 0 else 0.0, dtype=torch.float64, device=acc.device)
+        for n in reg.names
+    }
     t_window, samples_window = time.perf_counter(), 0
     t_start = time.perf_counter() - state.train_seconds
     model.train()
@@ -136,17 +147,22 @@ def fit(
                     state.history.append({"step": state.step, "event": changed})
                 # Normalise by the units (examples, or trained tokens) in the whole optimizer step (all
                 # micro-batches, all processes), so accumulation and uneven last batches weigh every unit equally.
-                n_step = sum(train.units(b) for b in micro_batches)
+                # Replayed reference rows (regularize: replay) count among the step's units.
+                n_step = sum(train.units(b) for b in micro_batches) + reg.step_units(state.step)
                 for k, global_batch in enumerate(micro_batches):
                     rows = shard(global_batch, rank, world)
                     inputs = {k: v.to(acc.device) for k, v in train.batch(rows).items()}
                     # In DDP only the last micro-step needs to all-reduce gradients.
                     sync = k == len(micro_batches) - 1
                     with nullcontext() if sync else acc.no_sync(model), acc.autocast():
-                        loss_sum = loss(model, inputs)
+                        loss_sum, parts = reg.micro(model, inputs, lambda b: loss(model, b), world, n_step)
+                        if sync:  # per-step terms (penalties, replay) join the last micro-batch's backward pass
+                            parts.update(reg.step(model, state.step, rank, world, n_step))
                     # DDP averages gradients over processes; multiply by `world` to get the global sum.
-                    acc.backward(loss_sum * world / n_step)
+                    acc.backward(loss_sum * world / n_step + sum(parts.values()))
                     running_loss += loss_sum.detach().double()
+                    for name, value in parts.items():
+                        running_parts[name] += value.detach().double() / world
                     running_n += train.units(rows)
                     state.tokens += train.tokens(global_batch)
                 if cfg.max_grad_norm:
@@ -168,9 +184,11 @@ def fit(
                     mean = total / max(1.0, units)
                     rate = samples_window / max(1e-9, time.perf_counter() - t_window)
                     lr = scheduler.get_last_lr()[0]
-                    ctx.log({"train_loss": mean, "lr": lr, "samples_per_s": rate}, state.step)
-                    state.history.append({"step": state.step, "train_loss": mean, "lr": lr})
+                    terms = _terms(acc, running_parts, state.step - state.logged_step)
+                    ctx.log({"train_loss": mean, **terms, "lr": lr, "samples_per_s": rate}, state.step)
+                    state.history.append({"step": state.step, "train_loss": mean, **terms, "lr": lr})
                     progress.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
+                    state.logged_step = state.step
                     running_loss.zero_()
                     running_n, t_window, samples_window = 0, time.perf_counter(), 0
                 progress.update(1)
@@ -199,14 +217,14 @@ def fit(
                             f"step {state.step}: val {cfg.metric} {value:.4f} (best {state.best:.4f} at step {state.best_step})"
                         )
                     model.train()
-                    _carry(acc, running_loss, running_n, state)
+                    _carry(acc, running_loss, running_n, running_parts, state)
                     _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state, names)
 
                 fault(state.step)
                 if stop.requested(acc, state.step, sync_every=1 if world == 1 else cfg.log_every):
                     state.train_seconds = time.perf_counter() - t_start
                     if not evaluate_now:
-                        _carry(acc, running_loss, running_n, state)
+                        _carry(acc, running_loss, running_n, running_parts, state)
                         _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state, names)
                     raise Interrupted(state.step)
                 if state.stopped_early or state.step >= total_steps:
@@ -237,10 +255,22 @@ def fit(
 # helpers
 
 
-def _carry(acc, running_loss: torch.Tensor, running_n: float, state: LoopState) -> None:
+def _carry(acc, running_loss: torch.Tensor, running_n: float, parts: dict, state: LoopState) -> None:
     """Put the loss accumulated since the last log (summed over processes) into the state a checkpoint keeps."""
-    total, units = acc.reduce(torch.stack([running_loss, running_loss.new_tensor(float(running_n))]), "sum").tolist()
+    values = [running_loss, running_loss.new_tensor(float(running_n)), *parts.values()]
+    total, units, *terms = acc.reduce(torch.stack(values), "sum").tolist()
     state.running_loss, state.running_units = total, units
+    state.running_parts = dict(zip(parts, terms))
+
+
+def _terms(acc, parts: dict, steps: int) -> dict[str, float]:
+    """Each regulariser's mean contribution per optimizer step since the last log (`train_<name>`), then reset."""
+    if not parts:
+        return {}
+    sums = acc.reduce(torch.stack(list(parts.values())), "sum").tolist()
+    for value in parts.values():
+        value.zero_()
+    return {f"train_{name}": s / max(1, steps) for name, s in zip(parts, sums)}
 
 
 def _save_best(acc, model, best_dir: Path, state: LoopState, metrics: dict, names: set[str]) -> None:

@@ -18,6 +18,8 @@ from ..config.dump import config_to_dict, flatten
 from ..config.loader import load_config
 from ..config.schema import Config
 from ..errors import ConfigError, RunError
+from ..forgetting import build_regularization
+from ..forgetting import tracked as tracked_forgetting
 from ..models.loading import resolve_model
 from ..runs.folder import RunFolder
 from ..runs.record import liveness, read_info
@@ -81,6 +83,12 @@ def finetune(
     if strategy.quantize == "none":  # a quantized base is placed by bitsandbytes
         model.to(acc.device)
     model = strategy.prepare(model)
+    if cfg.regularize and strategy.features_only:
+        raise ConfigError(
+            f"regularize: strategy {strategy.name} trains a head on frozen features; the model cannot forget "
+            "anything, so there is nothing to regularise (remove `regularize`, or use full/lora)"
+        )
+    references = task.references(model, tokenizer, ctx)  # eval.reference: files and earlier runs, read now
     trainable, total = count_parameters(model)
     frozen_cast = cast_frozen_weights(model, precision) if task.cast_frozen_weights and not strategy.saves_base else 0
 
@@ -130,8 +138,23 @@ def finetune(
         state = folder.info.get("task_state")
         if state is None:
             state = {"before": task.before_training(model, data, batches, ctx)}
+            if references:
+                say(f"forgetting: scoring {len(references)} reference set(s) with the original model")
+                state["forgetting"] = task.forgetting_before(model, references, ctx)
             folder.update(task_state=state)  # kept until the run completes
+        acc.wait_for_everyone()
+        regularization = build_regularization(cfg.regularize, model, task, references, ctx)
+        if regularization:
+            say(f"regularize: {', '.join(regularization.names)} (each logged as train_<name>)")
         trained, batches = strategy.training_view(model, batches, ctx)
+        curve = references if cfg.eval.reference_every_eval else {}
+
+        def validate(m) -> dict:
+            return {
+                **task.validate(m, batches, ctx),
+                **task.forgetting_curve(model, curve, state.get("forgetting"), ctx),
+            }
+
         train = task.train_batches(trained, batches, strategy, ctx)
         folder.update(**ctx.record)
         result = fit(
@@ -139,10 +162,11 @@ def finetune(
             strategy,
             train,
             task.loss,
-            lambda m: task.validate(m, batches, ctx),
+            validate,
             cfg.train,
             ctx,
             folder.reached,
+            regularization,
         )
 
         # ---- with the best weights: save, test, write, track
@@ -151,14 +175,20 @@ def finetune(
             peak_mb = folder.save_model(strategy, model, tokenizer, result)
         acc.wait_for_everyone()
         metrics = task.test(model, trained, data, batches, state["before"], ctx)
+        forgetting = task.forgetting_after(model, trained, references, state.get("forgetting") or {}, ctx)
         if acc.is_main_process:
             fitted = {"best_step": result.best_step, "steps": result.steps, "stopped_early": result.stopped_early}
             metrics.update(validation_best=result.best_metrics, **fitted)
+            if forgetting:
+                metrics["forgetting"] = forgetting
+                metrics["forgetting"]["summary"] = task.forgetting_summary(metrics)
+                folder.tracker.log_metrics(tracked_forgetting(forgetting))
             task.write_artifacts(folder.path, metrics, result.history, data, folder.info, ctx)
             folder.tracker.log_metrics(task.tracked(metrics))
             folder.tracker.log_metrics({"samples_per_second": result.samples_per_second, "peak_rss_mb": peak_mb})
             folder.complete(cfg.train.keep_checkpoints)
-            for line in [*task.summary_lines(metrics, folder.info), f"run folder: {folder.path}"]:
+            said = [f"forgetting: {metrics['forgetting']['summary']}"] if forgetting else []
+            for line in [*task.summary_lines(metrics, folder.info), *said, f"run folder: {folder.path}"]:
                 say(line)
     acc.wait_for_everyone()
     return Run(folder.path)

@@ -8,8 +8,6 @@ The audit's label-error model reads them; `cached_features` also holds the linea
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,18 +25,16 @@ def cached_features(
     folder: Path, key: str, compute: Callable[[], torch.Tensor], read: bool, write: bool
 ) -> tuple[torch.Tensor, bool]:
     """(features, was_cached): load `<folder>/<key>.safetensors`, or compute (and store it atomically)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from ..utils import atomic_save_tensors
 
     path = Path(folder) / f"{key}.safetensors"
     if read and path.is_file():
         return load_file(str(path))["features"], True
     x = compute()
     if write:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        save_file({"features": x.contiguous()}, tmp)
-        os.replace(tmp, path)
+        atomic_save_tensors({"features": x}, path)
     return x, False
 
 

@@ -164,13 +164,16 @@ def load_classifier(
     hf_logging.set_verbosity_error()  # "some weights were newly initialised" is expected: it is the head
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             source.location,
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
             label2id={n: i for i, n in enumerate(label_names)},
             revision=revision,
             trust_remote_code=trust_remote_code,
+            # A classifier fine-tuned on another task (sequential fine-tuning) gets a fresh head of the right size.
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
             **(
                 {
                     "quantization_config": quantization_config(quantize),
@@ -186,6 +189,8 @@ def load_classifier(
         ) from None
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
+    # What loading initialised afresh (the head): it has no pretrained value to keep (regularize: l2sp, ewc).
+    model.tunesmith_new_weights = set(info.get("missing_keys", ())) | {k[0] for k in info.get("mismatched_keys", ())}
     _keep_trainable_4bit_layout(model)
     return model
 

@@ -179,3 +179,40 @@ class Task:
 
     def predictor(self, run) -> Predictor:
         return Predictor(run)
+
+    # ---- forgetting: reference sets measured before/after (eval.reference), and what the remedies read (regularize)
+    reference_hint: ClassVar[str] = ""
+    """What a reference set a remedy trains or scores on must be, for this task (said when one does not suit)."""
+    distill_flags: ClassVar[dict] = {}
+    """Extra forward arguments that make the training forward pass return what `distill_outputs` reads."""
+
+    def references(self, model, tokenizer, ctx) -> dict:
+        """{name: forgetting.Reference} of eval.reference, encoded (read before the run folder opens: a missing file
+        or run is the user's mistake, said before any work)."""
+        if self.cfg.eval.reference or self.cfg.regularize:
+            raise ConfigError(f"eval.reference / regularize: task {self.name} does not measure or prevent forgetting")
+        return {}
+
+    def forgetting_before(self, model, references: dict, ctx) -> dict:
+        """The reference sets scored with the original model (main process; kept in run.json until completion)."""
+        return {}
+
+    def forgetting_after(self, model, trained, references: dict, before: dict, ctx) -> dict:
+        """metrics.json's `forgetting`: every reference set before -> after, and a `summary` line."""
+        return {}
+
+    def forgetting_curve(self, model, references: dict, before: dict, ctx) -> dict[str, float]:
+        """eval.reference_every_eval: scalar forgetting figures (`ref_<set>_<figure>`) at a validation."""
+        return {}
+
+    def forgetting_summary(self, metrics: dict) -> str:
+        """One line: the task figure next to the forgetting figures (report, model card, end of the run)."""
+        return ""
+
+    def distill_forward(self, module, batch: dict):
+        """A forward pass of `module` on `batch` (no loss) whose output `distill_outputs` reads."""
+        raise ConfigError(f"regularize distill: task {self.name} has no outputs to distil")
+
+    def distill_outputs(self, output, batch: dict):
+        """(rows, kind) compared by distillation: kind `logits` (KL) or `embedding` (cosine); rows are the loss units."""
+        raise ConfigError(f"regularize distill: task {self.name} has no outputs to distil")

@@ -15,14 +15,28 @@ def plot_history(history: list[dict], metric: str, path: Path) -> None:
 
     train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
     val = [(h["step"], h.get("val_loss"), h.get(f"val_{metric}")) for h in history if "val_loss" in h]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    # regularisers' contributions (train_<name>) and forgetting curves (val_ref_<set>_<figure>), when the run has them
+    terms = sorted({k for h in history for k in h if k.startswith("train_") and k != "train_loss"})
+    curves = sorted({k for h in history for k in h if k.startswith("val_ref_")})
+    fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(15 if curves else 10, 3.6))
+    a, b = axes[0], axes[1]
     if train:
-        a.plot(*zip(*train), label="train loss", lw=1)
+        a.plot(*zip(*train), label="train loss (task)" if terms else "train loss", lw=1)
+    for k, name in enumerate(terms):
+        points = [(h["step"], h[name]) for h in history if name in h]
+        a.plot(*zip(*points), "--", lw=1, color=f"C{3 + k}", label=name.removeprefix("train_"))
     if val:
         a.plot([v[0] for v in val], [v[1] for v in val], "o-", label="validation loss")
         b.plot([v[0] for v in val], [v[2] for v in val], "o-", color="C2")
-    a.set_xlabel("optimizer step"), a.set_ylabel("cross-entropy"), a.legend(), a.grid(alpha=0.3)
+    a.set_xlabel("optimizer step"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
     b.set_xlabel("optimizer step"), b.set_ylabel(f"validation {metric}"), b.grid(alpha=0.3)
+    if curves:
+        c = axes[2]
+        for name in curves:
+            points = [(h["step"], h[name]) for h in history if name in h]
+            c.plot(*zip(*points), "o-", label=name.removeprefix("val_ref_"))
+        c.set_xlabel("optimizer step"), c.set_ylabel("reference sets"), c.legend(), c.grid(alpha=0.3)
+        c.set_title("what the original model knew", fontsize=10)
     fig.tight_layout()
     atomic_write_figure(fig, path)
     plt.close(fig)

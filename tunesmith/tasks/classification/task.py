@@ -31,6 +31,7 @@ from ...utils import atomic_write_json, atomic_write_text
 from ..base import Findings, Prediction, Predictor, Task, TaskData
 from .batches import Tokenized, cross_entropy_sum, predict_probs, tokenize
 from .evaluation import extended_evaluation, load_labelled, tracked_figures
+from .forgetting import REFERENCE_HINT, load_references, measure_after, measure_before, summary
 
 
 class ClassificationTask(Task):
@@ -217,6 +218,42 @@ class ClassificationTask(Task):
 
     def predictor(self, run) -> Predictor:
         return ClassificationPredictor(run)
+
+    # ---- forgetting (forgetting.py): representation drift on reference texts, retention of an earlier task
+    reference_hint = REFERENCE_HINT
+    distill_flags = {"output_hidden_states": True}
+
+    def references(self, model, tokenizer, ctx) -> dict:
+        return load_references(self.cfg, model, tokenizer)
+
+    def forgetting_before(self, model, references: dict, ctx) -> dict:
+        return measure_before(model, self._tokenizer, references, ctx) if ctx.is_main and references else {}
+
+    def forgetting_after(self, model, trained, references: dict, before: dict, ctx) -> dict:
+        if not ctx.is_main or not references:
+            return {}
+        return measure_after(model, self._tokenizer, references, before, ctx)
+
+    def forgetting_curve(self, model, references: dict, before: dict, ctx) -> dict:
+        if not references or not ctx.is_main:
+            return {}
+        now = measure_after(model, self._tokenizer, references, before, ctx, intervals=False)
+        out = {}
+        for name, m in now.items():
+            out.update({f"ref_{name}_cka": m["cka"]} if m["kind"] == "drift" else {f"ref_{name}_macro_f1": m["after"]})
+        return out
+
+    def forgetting_summary(self, metrics: dict) -> str:
+        return summary(metrics.get("test") or {}, {k: v for k, v in metrics["forgetting"].items() if k != "summary"})
+
+    def distill_forward(self, module, batch: dict):
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return module(**inputs, output_hidden_states=True)
+
+    def distill_outputs(self, output, batch: dict):
+        """The mean-pooled last hidden state (the representation the drift measure compares), one row per example."""
+        hidden, mask = output.hidden_states[-1].float(), batch["attention_mask"].unsqueeze(-1).float()
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1), "embedding"
 
 
 class ClassificationPredictor(Predictor):

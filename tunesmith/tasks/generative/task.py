@@ -22,7 +22,10 @@ from ...models.loading import load_generative
 from ...utils import atomic_write_text
 from ..base import Findings, Predictor, Task, TaskData
 from .batches import LMData, PackedLMData, Seq2SeqData, causal_lm_loss, packing_is_exact, seq2seq_loss
+from .forgetting import REFERENCE_HINT, compare, load_references, measure
+from .forgetting import summary as forgetting_line
 from .formats import (
+    IGNORE,
     Sample,
     chat_template_for,
     detect_format,
@@ -238,6 +241,57 @@ class GenerativeTask(Task):
 
     def predictor(self, run) -> Predictor:
         return GenerativePredictor(run)
+
+    # ---- forgetting (forgetting.py): perplexity and answers on reference samples, before and after
+    reference_hint = REFERENCE_HINT
+
+    def references(self, model, tokenizer, ctx) -> dict:
+        return load_references(self, tokenizer)
+
+    def forgetting_before(self, model, references: dict, ctx) -> dict:
+        if not ctx.is_main or not references:
+            return {}
+        pretrained = model.get_base_model() if hasattr(model, "get_base_model") else model  # adapters start as identity
+        return measure(self, pretrained, references, ctx)
+
+    def forgetting_after(self, model, trained, references: dict, before: dict, ctx) -> dict:
+        if not ctx.is_main or not references:
+            return {}
+        return compare(before, measure(self, model, references, ctx), references)
+
+    def forgetting_curve(self, model, references: dict, before: dict, ctx) -> dict:
+        if not references:
+            return {}
+        return {
+            f"ref_{name}_perplexity": m["perplexity"]
+            for name, m in measure(self, model, references, ctx, alone=False, generate=False).items()
+        }
+
+    def forgetting_summary(self, metrics: dict) -> str:
+        test, before = metrics.get("test") or {}, metrics.get("before") or {}
+        gen, was = test.get("generation") or {}, before.get("generation") or {}
+        key = "json_valid" if "json_valid" in gen else "rougeL" if "rougeL" in gen else None
+        if key and key in was:
+            gain = f"task {key} {was[key]:.2f} -> {gen[key]:.2f}"
+        elif before.get("perplexity") is not None:
+            gain = f"task perplexity {before['perplexity']:.2f} -> {test['perplexity']:.2f}"
+        else:
+            gain = ""
+        return forgetting_line(gain, {k: v for k, v in metrics["forgetting"].items() if k != "summary"})
+
+    def distill_forward(self, module, batch: dict):
+        inputs = batch if self.encoder_decoder else {k: v for k, v in batch.items() if k != "labels"}
+        return module(**inputs, use_cache=False)
+
+    def distill_outputs(self, output, batch: dict):
+        """The next-token logits at the trained positions (the loss's units), one row per trained token."""
+        logits, labels = output.logits, batch["labels"]
+        if self.encoder_decoder:
+            return logits[labels != IGNORE], "logits"
+        if logits.shape[1] != labels.shape[1]:  # soft prompts prepend virtual positions
+            logits = logits[:, -labels.shape[1] :]
+        targets = labels[:, 1:]
+        return logits[:, :-1][targets != IGNORE], "logits"
 
     # ---- helpers
     def encode_samples(self, tokenizer, samples: list[Sample]):
