@@ -87,6 +87,9 @@ def section_type(cls: type, f: dataclasses.Field) -> type | None:
         hint = None
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return hint
+    item = typing.get_args(hint)[0] if typing.get_origin(hint) is list and typing.get_args(hint) else None
+    if isinstance(item, type) and dataclasses.is_dataclass(item):  # a list of items: documented as `key[]`
+        return item
     if f.default_factory is not dataclasses.MISSING:
         try:
             value = f.default_factory()
@@ -154,9 +157,10 @@ def table(
         annotation, doc = docs.get(f.name, (getattr(f.type, "__name__", str(f.type)), ""))
         sub = section_type(cls, f)
         if sub is not None:
-            title = f"{prefix}{f.name}"
+            items = typing.get_origin(typing.get_type_hints(cls).get(f.name)) is list
+            title = f"{prefix}{f.name}" + ("[]" if items else "")
             nested.append((title, sub))
-            default = f"see [{title}](#{anchor(title)})"
+            default = ("`[]`, items: " if items else "") + f"see [{title}](#{anchor(title)})"
         else:
             default = f"`{cell(yaml_value(default_of(f)))}`"
         readers = (owners or {}).get(f"{prefix}{f.name}")

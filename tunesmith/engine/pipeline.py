@@ -18,7 +18,7 @@ from ..config.dump import config_to_dict, flatten
 from ..config.loader import load_config
 from ..config.schema import Config
 from ..errors import ConfigError, RunError
-from ..forgetting import build_regularization
+from ..forgetting import build_regularization, check_references
 from ..forgetting import tracked as tracked_forgetting
 from ..models.loading import resolve_model
 from ..runs.folder import RunFolder
@@ -89,6 +89,7 @@ def finetune(
             "anything, so there is nothing to regularise (remove `regularize`, or use full/lora)"
         )
     references = task.references(model, tokenizer, ctx)  # eval.reference: files and earlier runs, read now
+    check_references(cfg.regularize, references, task)
     trainable, total = count_parameters(model)
     frozen_cast = cast_frozen_weights(model, precision) if task.cast_frozen_weights and not strategy.saves_base else 0
 

@@ -95,6 +95,37 @@ def sections(result: dict) -> list[dict]:
             for m, d in c["metrics"].items()
         ]
         out.append({"title": f"{c['b']} vs {c['a']}", "text": [c["verdict"]], "table": (head, rows)})
+        if c.get("forgetting"):
+            frows = [
+                [
+                    name,
+                    d["measure"],
+                    _f(d["a"]),
+                    _f(d["b"]),
+                    f"{100 * d['delta']:+.2f}",
+                    f"{100 * d['low']:+.2f} to {100 * d['high']:+.2f}",
+                    _p(d["p"]) if "p" in d else "-",
+                ]
+                for name, d in c["forgetting"].items()
+            ]
+            head = [
+                "reference set",
+                "measure",
+                c["a"],
+                c["b"],
+                "delta (points)",
+                f"{100 * result['level']:.0f}% CI",
+                "p",
+            ]
+            out.append(
+                {
+                    "title": "Forgetting (reference sets)",
+                    "text": [
+                        "retention: the earlier task's macro-F1 with its head retained; cka: representation similarity to the starting model"
+                    ],
+                    "table": (head, frows),
+                }
+            )
         pc = [
             [k, _f(v["a"]), _f(v["b"]), f"{100 * v['delta']:+.2f}", int(v["support"])]
             for k, v in c["per_class"].items()

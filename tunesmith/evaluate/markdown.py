@@ -124,6 +124,43 @@ def efficiency_section(metrics: dict) -> list[str]:
     ]
 
 
+def forgetting_section(metrics: dict) -> list[str]:
+    """What the original model knew, before -> after (eval.reference), with the remedies the run used."""
+    f = metrics.get("forgetting") or {}
+    sets = {k: v for k, v in f.items() if isinstance(v, dict)}
+    if not sets:
+        return []
+    lines = ["## Forgetting (reference sets)", "", f"**{f.get('summary', '')}**", ""]
+    lines += ["| set | measure | rows | before | after | change |", "|---|---|---|---|---|---|"]
+    for name, m in sets.items():
+        if m["kind"] == "retention":
+            ci = (
+                f" ({m['level']:.0%} CI {100 * m['ci'][0]:+.1f} to {100 * m['ci'][1]:+.1f}, p={m['p']:.3g})"
+                if "ci" in m
+                else ""
+            )
+            lines.append(
+                f"| {name} | earlier task's macro-F1, its head retained | {m['rows']} | {m['before']:.4f} | "
+                f"{m['after']:.4f} | {100 * m['change']:+.1f} points{ci} |"
+            )
+        elif m["kind"] == "drift":
+            lines.append(
+                f"| {name} | representation: linear CKA / cosine-similarity correlation | {m['rows']} | 1 / 1 | "
+                f"{m['cka']:.4f} / {m['cosine_correlation']:.4f} | {m['cka'] - 1:+.4f} / {m['cosine_correlation'] - 1:+.4f} |"
+            )
+        elif m["kind"] == "perplexity":
+            lines.append(
+                f"| {name} | perplexity per token | {m['rows']} | {m['before']:.3f} | {m['after']:.3f} | {m['change_pct']:+.1f}% |"
+            )
+            if m.get("contains_after") is not None:
+                g = m["generation"]["after"]["n"]
+                lines.append(
+                    f"| {name} | answers kept (answer in the generation, {g} prompts) | {g} | "
+                    f"{m['contains_before']:.3f} | {m['contains_after']:.3f} | {m['contains_after'] - m['contains_before']:+.3f} |"
+                )
+    return lines + ["", "Before = the model this run started from; after = the fine-tuned one (best checkpoint).", ""]
+
+
 def cost_line(metrics: dict) -> list[str]:
     s = metrics.get("extended_seconds")
     if not s:
@@ -137,6 +174,7 @@ def extended_markdown(metrics: dict) -> list[str]:
     ci = ci_table(metrics)
     return (
         [*(["## Test metrics with confidence intervals", ""] + ci if ci else [])]
+        + forgetting_section(metrics)
         + sets_section(metrics)
         + slices_section(metrics)
         + calibration_section(metrics)

@@ -69,6 +69,15 @@ def build_regularization(
     return Regularization(terms)
 
 
+def check_references(regularize: list[Regularizer], references: dict[str, Reference], task) -> None:
+    """Every remedy that reads a reference set finds one that suits (before the run folder opens)."""
+    for reg in regularize:
+        if reg.kind in ("ewc", "replay"):
+            pick_reference(reg, references, trainable=True, task=task)
+        elif reg.kind == "distill" and reg.on == "reference":
+            pick_reference(reg, references, trainable=False, task=task)
+
+
 def tracked(forgetting: dict) -> dict[str, float]:
     """The forgetting figures as flat tracker metrics: forgetting_<set>_<figure>."""
     out = {}
@@ -139,6 +148,7 @@ __all__ = [
     "Reference",
     "Regularization",
     "build_regularization",
+    "check_references",
     "canonical_name",
     "cosine_correlation",
     "cosine_sum",

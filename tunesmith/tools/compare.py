@@ -158,6 +158,63 @@ def _pair(a: dict, b: dict, metric: str, paired: bool, resamples: int, level: fl
     out["mcnemar"] = mcnemar(y, pa, pb)
     out["verdict"] = verdict(out["metrics"][metric], name_b=b["name"])
     out["fixed"], out["broke"] = changed_examples(a, b, examples)
+    out["forgetting"] = forgetting_deltas(a, b, level, resamples, seed)
+    return out
+
+
+def forgetting_deltas(a: dict, b: dict, level: float, resamples: int, seed: int) -> dict:
+    """B - A on every reference set both runs measured on the same rows: task-A retention (paired bootstrap CI and
+    permutation p on the same rows) and representation CKA (paired bootstrap over the reference rows)."""
+    from safetensors.torch import load_file
+
+    from ..forgetting import linear_cka
+    from ..tasks.classification.forgetting import reference_file
+
+    fa, fb = a["run"].metrics.get("forgetting") or {}, b["run"].metrics.get("forgetting") or {}
+    out = {}
+    for name, ma in fa.items():
+        mb = fb.get(name)
+        if not isinstance(ma, dict) or not isinstance(mb, dict) or ma.get("fingerprint") != mb.get("fingerprint"):
+            continue
+        files = [reference_file(r["path"], name, when) for r in (a, b) for when in ("before", "after")]
+        if not all(f.is_file() for f in files):
+            continue
+        (_, after_a), (_, after_b) = (load_file(str(f)) for f in files[:2]), (load_file(str(f)) for f in files[2:])
+        if ma["kind"] == "retention":
+            y = after_a["y"].numpy()
+            d = paired_delta(
+                y,
+                after_a["pred"].numpy(),
+                after_b["pred"].numpy(),
+                int(y.max()) + 1,
+                "macro_f1",
+                level,
+                resamples,
+                seed,
+            )
+            out[name] = {"kind": "retention", "measure": "macro_f1", **d}
+        elif ma["kind"] == "drift":
+            before_a, before_b = (
+                load_file(str(files[0]))["features"].numpy(),
+                load_file(str(files[2]))["features"].numpy(),
+            )
+            xa, xb = after_a["features"].numpy(), after_b["features"].numpy()
+            rng = np.random.default_rng(seed)
+            deltas = []
+            for _ in range(min(resamples, 500)):
+                rows = rng.integers(0, len(xa), len(xa))
+                deltas.append(linear_cka(before_b[rows], xb[rows]) - linear_cka(before_a[rows], xa[rows]))
+            low, high = np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2])
+            out[name] = {
+                "kind": "drift",
+                "measure": "cka",
+                "a": ma["cka"],
+                "b": mb["cka"],
+                "delta": mb["cka"] - ma["cka"],
+                "low": float(low),
+                "high": float(high),
+                "level": level,
+            }
     return out
 
 

@@ -15,6 +15,7 @@ from ..evaluate.markdown import (
     calibration_section,
     ci_table,
     efficiency_section,
+    forgetting_section,
     robustness_section,
     sets_section,
     slices_section,
@@ -31,7 +32,9 @@ def write_model_card(run_dir: str | Path) -> Path:
     audit = _json(run_dir / "audit.json") if (run_dir / "audit.json").is_file() else None
     lines = [f"# Model card: {info['name']}", ""]
     lines += _details(info, cfg) + _intended_use(info, cfg, metrics) + _data(info, cfg, audit) + _metrics(metrics)
-    lines += sets_section(metrics) + slices_section(metrics) + calibration_section(metrics)
+    lines += (
+        forgetting_section(metrics) + sets_section(metrics) + slices_section(metrics) + calibration_section(metrics)
+    )
     lines += (
         _weaknesses(run_dir, metrics)
         + robustness_section(metrics)

@@ -26,7 +26,7 @@ from ...models.features import text_features
 from ...models.loading import resolve_model
 from ...runs.record import read_info, read_labels
 from ...strategies import build_strategy
-from ...utils import atomic_save_tensors
+from ...utils import atomic_save_tensors, fingerprint
 from .batches import Tokenized, cross_entropy_sum, predict_probs, tokenize
 
 REFERENCE_HINT = "text-classification trains or scores on a `run:` reference: an earlier task's labelled rows and head"
@@ -115,8 +115,13 @@ def _sample(items: list, n: int, seed: int) -> list:
     return [items[i] for i in keep]
 
 
+def reference_file(run_dir, name: str, when: str = "before") -> Path:
+    """Row-level figures of a reference set (`before` / `after` training): predictions or features."""
+    return Path(run_dir) / "forgetting" / f"{when}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.safetensors"
+
+
 def _file(ctx, name: str) -> Path:
-    return Path(ctx.run_dir) / "forgetting" / f"before-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.safetensors"
+    return reference_file(ctx.run_dir, name)
 
 
 def _features(model, tokenizer, texts, ctx) -> torch.Tensor:
@@ -167,6 +172,7 @@ def measure_after(
                 "kind": "retention",
                 "metric": "macro_f1",
                 "rows": len(y),
+                "fingerprint": fingerprint(ref.data["texts"], [labels[i] for i in y]),
                 "run": ref.data["run"],
                 "before": was["macro_f1"],
                 "after": m["macro_f1"],
@@ -185,10 +191,21 @@ def measure_after(
                     ev.bootstrap_resamples,
                 )
                 item.update(ci=[d["low"], d["high"]], p=d["p"], level=d["level"])
+                atomic_save_tensors(
+                    {"pred": torch.from_numpy(probs.argmax(1)), "y": torch.tensor(y)},
+                    reference_file(ctx.run_dir, name, "after"),
+                )
             out[name] = item
         else:
-            after = _features(model, tokenizer, ref.data["texts"], ctx).numpy()
-            out[name] = {"kind": "drift", **drift(saved["features"].numpy(), after)}
+            after = _features(model, tokenizer, ref.data["texts"], ctx)
+            texts = ref.data["texts"]
+            out[name] = {
+                "kind": "drift",
+                **drift(saved["features"].numpy(), after.numpy()),
+                "fingerprint": fingerprint(texts, [""] * len(texts)),
+            }
+            if intervals:
+                atomic_save_tensors({"features": after}, reference_file(ctx.run_dir, name, "after"))
     return out
 
 

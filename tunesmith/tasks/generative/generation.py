@@ -7,6 +7,7 @@ the share that parses as a JSON object with the required keys plus per-key exact
 from __future__ import annotations
 
 import json
+import math
 import re
 from contextlib import nullcontext
 
@@ -134,3 +135,7 @@ def parse_json_object(text: str) -> dict | None:
 
 def _norm(s: str) -> str:
     return " ".join(s.strip().lower().split())
+
+
+def perplexity(loss: float | None) -> float | None:
+    return None if loss is None else float(math.exp(min(loss, 50.0)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...evaluate.markdown import forgetting_section
 from ...utils import atomic_write_text, human_bytes
 
 SCORES = [
@@ -50,6 +51,7 @@ def write_generative_report(run_dir: Path, cfg, info: dict, metrics: dict, rows:
             f"\nGeneration scores over {ga['n']} held-out test prompts ({'sampled' if cfg.generate.do_sample else 'greedy'} decoding, "
             f"at most {cfg.generate.max_new_tokens} new tokens)."
         )
+    lines += ["", *forgetting_section(metrics)]
     if rows:
         lines += ["", "## Sample generations", "", "| prompt | reference | before | after |", "|---|---|---|---|"]
         for r in rows[:show]:

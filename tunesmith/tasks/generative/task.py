@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from ...data.audit import audit
-from ...data.loaders import load_table, pick_split
 from ...engine.batches import mean_loss
 from ...errors import ConfigError, DataError
 from ...models.loading import load_generative
@@ -28,15 +26,14 @@ from .formats import (
     IGNORE,
     Sample,
     chat_template_for,
-    detect_format,
     load_gen_splits,
     render,
     render_seq2seq,
     sample_text,
-    to_samples,
 )
-from .generation import generate_for, generation_scores
+from .generation import generate_for, generation_scores, perplexity
 from .lint import LintReport, lint
+from .predictor import GenerativePredictor
 from .report import write_generative_report
 
 GENERATIVE_KEYS = frozenset(
@@ -356,53 +353,6 @@ class Seq2SeqTask(GenerativeTask):
     summary = "An encoder-decoder's target sequence for an input (T5, BART, Marian): summarise, translate, rewrite."
     uses = GENERATIVE_KEYS
     encoder_decoder = True
-
-
-class GenerativePredictor(Predictor):
-    def generate(self, prompts: list, max_new_tokens: int | None = None, **overrides) -> list[str]:
-        """Completions for prompts: strings (chat models: one user turn each) or message lists, rendered as in training."""
-        run, cfg = self.run, self.run.config
-        m = run.load()
-        gen = dataclasses.replace(
-            cfg.generate, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}), **overrides
-        )
-        return generate_for(m.model, m.tokenizer, [self.sample(p) for p in prompts], gen, cfg.task, m.autocast)
-
-    def sample(self, prompt: str | list[dict]) -> Sample:
-        """A prompt as the run's training rendered it: a chat turn for chat/instruction runs, raw text otherwise."""
-        fmt = self.run.info.get("data", {}).get("format")
-        if isinstance(prompt, list):
-            return Sample(0, messages=[*prompt, {"role": "assistant", "content": ""}])
-        if self.run.task.supports_chat and fmt in ("chat", "instruction"):
-            return Sample(0, messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}])
-        return Sample(0, prompt=prompt, completion="")
-
-    def evaluate(self, data: str, samples: int | None = None, **columns) -> dict:
-        """Loss/perplexity and generation scores on another file (`tunesmith eval`)."""
-
-        run, cfg = self.run, self.run.config
-        task = run.task
-        df = pick_split(
-            load_table(data, "auto", cfg.data.encoding, cfg.data.encoding_errors, cfg.data.delimiter), "test", data
-        )
-        fmt = detect_format(df.columns, cfg.data, cfg.task)
-        items = to_samples(df, cfg.data, fmt, cfg.task, data)
-        m = run.load()
-        encoded = task.encode_samples(m.tokenizer, items)
-        loss = mean_loss(m.model, encoded, task.loss, cfg.eval.batch_size, m.autocast)
-        chosen = items[: samples if samples is not None else cfg.generate.samples]
-        out = generate_for(m.model, m.tokenizer, chosen, cfg.generate, cfg.task, m.autocast, progress=True)
-        return {
-            "data": str(data),
-            "n": len(items),
-            "loss": loss,
-            "perplexity": perplexity(loss),
-            "generation": generation_scores(out, [s.reference for s in chosen], cfg.generate.json_keys),
-        }
-
-
-def perplexity(loss: float | None) -> float | None:
-    return None if loss is None else float(math.exp(min(loss, 50.0)))
 
 
 def lint_text(report: LintReport) -> str:
