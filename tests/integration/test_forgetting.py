@@ -199,8 +199,9 @@ def test_remedies_under_two_processes_match_one(tmp_path):
     assert a.metrics["forgetting"]["chat"]["after"] == pytest.approx(b.metrics["forgetting"]["chat"]["after"], rel=1e-3)
     assert_same_weights(_final_weights(a), _final_weights(b), atol=1e-4)
     terms = lambda r: [
-        [h.get(k) for k in ("train_l2sp", "train_ewc", "train_distill", "train_replay")]
+        h[k]
         for h in map(json.loads, (r.path / "history.jsonl").read_text().splitlines())
         if "train_loss" in h
+        for k in ("train_l2sp", "train_ewc", "train_distill", "train_replay")
     ]
     assert terms(a) == pytest.approx(terms(b), rel=1e-3, abs=1e-7)

@@ -64,8 +64,8 @@ class Regularizer:
     the model's outputs from the original model's (LMs: KL of the temperature-softened next-token
     distributions x T^2; encoders: 1 - cosine of the mean-pooled representations); `replay`: `fraction` of every
     optimizer step's rows drawn from a reference set and trained on with the task loss."""
-    weight: float = 0.01
-    """Scale of the penalty (l2sp, ewc, distill)."""
+    weight: float = 1.0
+    """Scale of the penalty (l2sp, ewc, distill); see docs/forgetting.md and the benchmark for what it did."""
     batches: int = 50
     """ewc: reference batches (of 4 examples, each example's gradient apart) the Fisher is estimated on before
     training; saved in the run folder (a resumed run reads it)."""
