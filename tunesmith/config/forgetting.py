@@ -48,7 +48,7 @@ class ReferenceSet:
 REGULARIZER_KEYS = {
     "l2sp": {"weight"},
     "ewc": {"weight", "batches", "reference"},
-    "distill": {"weight", "temperature", "on", "reference"},
+    "distill": {"weight", "temperature", "inputs", "reference"},
     "replay": {"fraction", "reference"},
 }
 
@@ -71,9 +71,9 @@ class Regularizer:
     training; saved in the run folder (a resumed run reads it)."""
     temperature: float = 2.0
     """distill: softmax temperature of the LM distributions compared."""
-    on: Literal["train", "reference"] = "train"
+    inputs: Literal["train", "reference"] = "train"
     """distill: compare outputs on the training batches (no extra forward pass of the model being trained) or on
-    a batch of a reference set each step."""
+    a batch of a reference set each step. (Not `on:`: YAML reads an unquoted `on` key as true.)"""
     fraction: float = 0.1
     """replay: share of each optimizer step's rows that come from the reference set (0 < fraction < 1)."""
     reference: str | None = None
@@ -84,7 +84,7 @@ class Regularizer:
         default = Regularizer(kind=self.kind)
         stray = [
             k
-            for k in ("weight", "batches", "temperature", "on", "fraction", "reference")
+            for k in ("weight", "batches", "temperature", "inputs", "fraction", "reference")
             if k not in REGULARIZER_KEYS[self.kind] and getattr(self, k) != getattr(default, k)
         ]
         if stray:
@@ -112,7 +112,7 @@ class Regularizer:
 
     @property
     def needs_reference(self) -> bool:
-        return self.kind in ("ewc", "replay") or (self.kind == "distill" and self.on == "reference")
+        return self.kind in ("ewc", "replay") or (self.kind == "distill" and self.inputs == "reference")
 
 
 def check_forgetting(references: list[ReferenceSet], regularize: list[Regularizer]) -> None:

@@ -153,6 +153,11 @@ def _build(cls: type, raw: Any, path: tuple, where: str, lines: dict) -> Any:
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in raw.items():
+        if isinstance(key, bool):
+            raise ConfigError(
+                f"{_at(where, lines, path)}a key in {name} reads as {key}: YAML 1.1 takes an unquoted on/off/yes/no "
+                f"as a boolean; quote it or use the documented key name"
+            )
         if key not in fields:
             raise ConfigError(
                 f"{_at(where, lines, path + (key,))}unknown key '{key}' in {name}{suggest(str(key), fields)}"

@@ -56,7 +56,7 @@ def build_regularization(
             fisher = _fisher(model, anchors, ref, reg.batches, ctx)
             terms.append(ParamPenalty("ewc", reg.weight, anchors, fisher))
         elif reg.kind == "distill":
-            ref = pick_reference(reg, references, trainable=False, task=task) if reg.on == "reference" else None
+            ref = pick_reference(reg, references, trainable=False, task=task) if reg.inputs == "reference" else None
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(ctx.precision)
             teacher = Teacher(model, dtype)
             terms.append(
@@ -74,7 +74,7 @@ def check_references(regularize: list[Regularizer], references: dict[str, Refere
     for reg in regularize:
         if reg.kind in ("ewc", "replay"):
             pick_reference(reg, references, trainable=True, task=task)
-        elif reg.kind == "distill" and reg.on == "reference":
+        elif reg.kind == "distill" and reg.inputs == "reference":
             pick_reference(reg, references, trainable=False, task=task)
 
 
