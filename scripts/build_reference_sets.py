@@ -17,7 +17,7 @@ imported; it is not a tunesmith dependency) and from SmolLM2-135M-Instruct itsel
                             answer, <= 48 new tokens) and `base_correct` (the normalised known answer appears
                             in the normalised generation); the questions the base model gets right come first.
 
-    python -m pip install --no-deps --target /tmp/cbc chatterbot-corpus==1.3.3
+    .venv/bin/python -m pip install --no-deps --target /tmp/cbc chatterbot-corpus==1.3.3   # not a dependency
     .venv/bin/python scripts/build_reference_sets.py --corpus /tmp/cbc/chatterbot_corpus/data/english --out data
 """
 
