@@ -245,3 +245,41 @@ def test_forgetting_config_mistakes_are_one_line(tmp_path, regularize, reference
     data.write_text("text,label\na,b\n")
     with pytest.raises(ConfigError, match=message):
         load_config({"data": {"path": str(data)}, "eval": {"reference": reference}, "regularize": regularize})
+
+
+# ---- composable with every strategy that trains the model
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("full", {}),
+        ("freeze", {"layers": 1}),
+        ("discriminative-lr", {}),
+        ("gradual-unfreeze", {}),
+        ("lora", {"r": 4}),
+        ("ia3", {}),
+        ("prompt-tuning", {"virtual_tokens": 4}),
+        ("prefix-tuning", {"virtual_tokens": 4}),
+    ],
+)
+def test_every_strategy_gets_a_penalty_that_starts_at_zero_and_a_teacher(tiny_model, name, options):
+    from tunesmith.strategies import build_strategy
+    from tunesmith.strategies.registry import get_strategy_class
+
+    strategy = build_strategy(name, get_strategy_class(name).Options(**options))
+    model = strategy.prepare(_classifier(tiny_model))
+    anchors = anchors_of(model)
+    assert len(anchors) > 0 and float(anchors.l2sp()) == 0.0
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    assert float(anchors.l2sp()) > 0
+    teacher = Teacher(model, None)
+    assert (teacher.copy is None) == hasattr(model, "disable_adapter")  # PEFT: adapters disabled, no copy
+    batch = {"input_ids": torch.tensor([[2, 7, 9, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad(), teacher.module(model) as original:
+        out = original(**batch, output_hidden_states=True)
+    assert torch.isfinite(out.hidden_states[-1]).all()

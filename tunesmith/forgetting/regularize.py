@@ -94,8 +94,14 @@ class Teacher:
             return
         was_training = student.training
         student.eval()
-        with student.disable_adapter():
-            yield student
+        config = getattr(student, "active_peft_config", None)
+        if getattr(config, "is_prompt_learning", False):
+            # soft prompts live outside the base model, which is the original one (PEFT's disable_adapter
+            # cannot switch prompt learning off for every task model)
+            yield student.get_base_model()
+        else:
+            with student.disable_adapter():
+                yield student
         student.train(was_training)
 
 

@@ -253,6 +253,7 @@ class ClassificationTask(Task):
     def distill_outputs(self, output, batch: dict):
         """The mean-pooled last hidden state (the representation the drift measure compares), one row per example."""
         hidden, mask = output.hidden_states[-1].float(), batch["attention_mask"].unsqueeze(-1).float()
+        hidden = hidden[:, -mask.shape[1] :]  # soft prompts prepend virtual positions
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1), "embedding"
 
 
