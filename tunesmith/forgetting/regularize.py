@@ -29,7 +29,9 @@ class Reference:
 
     name: str
     batches: object
-    """A `Batches` (engine/batches.py) of the set's rows."""
+    """A `Batches` (engine/batches.py) of the rows the remedies read (EWC's Fisher, replay, distillation)."""
+    measured: object = None
+    """A `Batches` of the rows forgetting is measured on: the other half of the set, never trained on."""
     scorer: Callable[[nn.Module], nn.Module] | None = None
     """Given the model being trained, the module that scores the rows with `loss` (the model itself; for a previous
     classification task, that task's head on this model's encoder). None: the rows have no targets (texts only)."""

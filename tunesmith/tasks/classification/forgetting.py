@@ -53,11 +53,14 @@ def _texts_reference(cfg, ref, tokenizer) -> Reference:
     column = ref.text_column or (d.text_column if d.text_column in df.columns else "text")
     require_columns(df, {"text": column}, ref.path, f"set eval.reference ({ref.name}).text_column")
     texts = [t for t in df[column].astype(str).tolist() if t.strip()]
-    if len(texts) < 2:
-        raise DataError(f"{ref.path}: reference set {ref.name} has fewer than 2 texts; give it more")
+    if len(texts) < 4:
+        raise DataError(f"{ref.path}: reference set {ref.name} has fewer than 4 texts; give it more")
     texts = _sample(texts, ref.max_rows, cfg.seed)
-    ids = tokenize(tokenizer, texts, d.max_length)
-    return Reference(ref.name, Tokenized(ids, [0] * len(ids), tokenizer.pad_token_id), data={"texts": texts})
+    measured, read = texts[0::2], texts[1::2]  # halves: the remedies never read a measured row
+    batches = [
+        Tokenized(tokenize(tokenizer, t, d.max_length), [0] * len(t), tokenizer.pad_token_id) for t in (read, measured)
+    ]
+    return Reference(ref.name, batches[0], measured=batches[1], data={"texts": measured})
 
 
 def _run_reference(cfg, ref, model, tokenizer) -> Reference:
@@ -76,13 +79,18 @@ def _run_reference(cfg, ref, model, tokenizer) -> Reference:
     index = {n: i for i, n in enumerate(labels)}
     texts, y = df["text"].astype(str).tolist(), [index[str(v)] for v in df["label"]]
     head = _retained_head(folder, info, labels, model, tokenizer)
-    ids = tokenize(tokenizer, texts, cfg.data.max_length)
+    # Halves: even rows are measured, odd rows are what EWC and replay read (no measured row is trained on).
+    halves = [
+        Tokenized(tokenize(tokenizer, texts[k::2], cfg.data.max_length), y[k::2], tokenizer.pad_token_id)
+        for k in (1, 0)
+    ]
     return Reference(
         ref.name,
-        Tokenized(ids, y, tokenizer.pad_token_id),
+        halves[0],
+        measured=halves[1],
         scorer=lambda m: head,
         loss=lambda module, inputs: cross_entropy_sum(module, dict(inputs)),
-        data={"texts": texts, "labels": labels, "y": y, "run": str(folder)},
+        data={"texts": texts[0::2], "labels": labels, "y": y[0::2], "run": str(folder)},
     )
 
 
@@ -136,7 +144,7 @@ def _features(model, tokenizer, texts, ctx) -> torch.Tensor:
 
 
 def _predictions(module, ref: Reference, ctx) -> np.ndarray:
-    return predict_probs(module, ref.batches, ctx.cfg.eval.batch_size, ctx.autocast)
+    return predict_probs(module, ref.measured, ctx.cfg.eval.batch_size, ctx.autocast)
 
 
 def measure_before(model, tokenizer, references: dict[str, Reference], ctx) -> dict:

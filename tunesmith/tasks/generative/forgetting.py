@@ -1,6 +1,7 @@
 """Forgetting in generative tasks: what the original model could say, before and after fine-tuning.
 
-Each `eval.reference` set is samples in any data format (chat, instruction, completion, text). Measured:
+Each `eval.reference` set is samples in any data format (chat, instruction, completion, text), cut in two by row:
+the even rows are measured, the odd rows are what the remedies read (so none is trained on a measured row). Measured:
 perplexity per trained token (the base model's own chat data is the sharpest probe: its perplexity starts low
 and rises as the model forgets), and with `generate: N` the generations for N of its prompts scored against
 the samples' answers (contains the answer, exact match, ROUGE-L). The same encoded rows feed EWC's Fisher,
@@ -40,15 +41,17 @@ def load_references(task, tokenizer) -> dict[str, Reference]:
         if len(samples) > ref.max_rows:
             keep = np.sort(np.random.default_rng(cfg.seed).choice(len(samples), size=ref.max_rows, replace=False))
             samples = [samples[i] for i in keep]
-        if not samples:
-            raise DataError(f"{ref.path}: reference set {ref.name} has no samples")
-        encoded = task.encode_samples(tokenizer, samples)
+        if len(samples) < 2:
+            raise DataError(f"{ref.path}: reference set {ref.name} has fewer than 2 samples; give it more")
+        # Halves: even rows are measured, odd rows are what EWC, replay and distillation read (never measured).
+        measured, read = samples[0::2], samples[1::2]
         out[ref.name] = Reference(
             ref.name,
-            encoded,
+            task.encode_samples(tokenizer, read),
+            measured=task.encode_samples(tokenizer, measured),
             scorer=lambda m: m,
             loss=task.loss,
-            data={"samples": samples, "generate": min(ref.generate, len(samples))},
+            data={"samples": measured, "generate": min(ref.generate, len(measured))},
         )
     return out
 
@@ -59,7 +62,7 @@ def measure(task, model, references: dict[str, Reference], ctx, alone: bool = Tr
     for name, ref in references.items():
         world, rank = (1, 0) if alone else (ctx.world, ctx.rank)
         loss = mean_loss(
-            model, ref.batches, task.loss, ctx.cfg.eval.batch_size, ctx.autocast, ctx.acc.reduce, rank, world
+            model, ref.measured, task.loss, ctx.cfg.eval.batch_size, ctx.autocast, ctx.acc.reduce, rank, world
         )
         item = {"loss": loss, "perplexity": float(math.exp(min(loss, 50.0)))}
         n = ref.data["generate"] if generate else 0
@@ -81,7 +84,7 @@ def compare(before: dict, after: dict, references: dict[str, Reference]) -> dict
         b, a = before[name], after[name]
         item = {
             "kind": "perplexity",
-            "rows": len(references[name].batches),
+            "rows": len(references[name].measured),
             "before": b["perplexity"],
             "after": a["perplexity"],
             "change_pct": 100 * (a["perplexity"] / b["perplexity"] - 1),
