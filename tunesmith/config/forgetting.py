@@ -44,6 +44,8 @@ class ReferenceSet:
             raise ConfigError(f"{where} ({self.name}): generate must be 0 or more (got {self.generate})")
 
 
+DEFAULT_WEIGHTS = {"l2sp": 0.1, "ewc": 0.1, "distill": 1.0}
+
 # The keys each kind reads (beside `kind`); anything else set to a non-default value is a mistake.
 REGULARIZER_KEYS = {
     "l2sp": {"weight"},
@@ -64,8 +66,9 @@ class Regularizer:
     the model's outputs from the original model's (LMs: KL of the temperature-softened next-token
     distributions x T^2; encoders: 1 - cosine of the mean-pooled representations); `replay`: `fraction` of every
     optimizer step's rows drawn from a reference set and trained on with the task loss."""
-    weight: float = 1.0
-    """Scale of the penalty (l2sp, ewc, distill); see docs/forgetting.md and the benchmark for what it did."""
+    weight: float | None = None
+    """Scale of the penalty; default l2sp 0.1, ewc 0.1, distill 1.0 (on MiniLM full fine-tuning these kept most of
+    an earlier task at a small cost to the new one; 1.0 for l2sp/ewc stopped the new task from being learned)."""
     batches: int = 50
     """ewc: reference batches (of 4 examples, each example's gradient apart) the Fisher is estimated on before
     training; saved in the run folder (a resumed run reads it)."""
@@ -92,7 +95,7 @@ class Regularizer:
                 f"{where}: {stray[0]} does not apply to kind {self.kind} "
                 f"(it reads {', '.join(sorted(REGULARIZER_KEYS[self.kind]))}); remove it"
             )
-        if self.weight < 0:
+        if self.weight is not None and self.weight < 0:
             raise ConfigError(f"{where}: weight must be 0 or more (got {self.weight})")
         if self.batches < 1:
             raise ConfigError(f"{where}: batches must be at least 1 (got {self.batches})")
@@ -109,6 +112,11 @@ class Regularizer:
                 f"{where}: {self.kind} reads a reference set; add one to eval.reference "
                 f"(e.g. - {{name: general, path: data/general-chat.jsonl}})"
             )
+
+    @property
+    def strength(self) -> float:
+        """The penalty's weight: the one given, else the kind's default."""
+        return self.weight if self.weight is not None else DEFAULT_WEIGHTS.get(self.kind, 0.0)
 
     @property
     def needs_reference(self) -> bool:

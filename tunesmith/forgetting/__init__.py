@@ -50,17 +50,17 @@ def build_regularization(
             if not len(anchors):
                 raise ConfigError(f"regularize {reg.kind}: no trained weight has a pretrained value to anchor to")
         if reg.kind == "l2sp":
-            terms.append(ParamPenalty("l2sp", reg.weight, anchors))
+            terms.append(ParamPenalty("l2sp", reg.strength, anchors))
         elif reg.kind == "ewc":
             ref = pick_reference(reg, references, trainable=True, task=task)
             fisher = _fisher(model, anchors, ref, reg.batches, ctx)
-            terms.append(ParamPenalty("ewc", reg.weight, anchors, fisher))
+            terms.append(ParamPenalty("ewc", reg.strength, anchors, fisher))
         elif reg.kind == "distill":
             ref = pick_reference(reg, references, trainable=False, task=task) if reg.inputs == "reference" else None
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(ctx.precision)
             teacher = Teacher(model, dtype)
             terms.append(
-                Distill(reg.weight, reg.temperature, task, teacher, unwrap, ref, cfg.seed, cfg.train.batch_size)
+                Distill(reg.strength, reg.temperature, task, teacher, unwrap, ref, cfg.seed, cfg.train.batch_size)
             )
         elif reg.kind == "replay":
             ref = pick_reference(reg, references, trainable=True, task=task)
