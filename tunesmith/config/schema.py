@@ -257,7 +257,7 @@ class Config:
     """Settings of `tunesmith data prepare` (cleaning, balancing, grouped splits, augmentation)."""
     regularize: list[Regularizer] = field(default_factory=list)
     """Remedies against forgetting, any combination, with every strategy:
-    `- {kind: l2sp, weight: 0.01}`, `- {kind: ewc, weight: 1.0}`, `- {kind: distill, weight: 1.0, inputs: train}`,
+    `- {kind: l2sp, weight: 0.1}`, `- {kind: ewc, reference: NAME}`, `- {kind: distill, weight: 1.0, inputs: train}`,
     `- {kind: replay, fraction: 0.1}` (see below)."""
 
     def check(self) -> None:
