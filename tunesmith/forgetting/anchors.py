@@ -174,8 +174,7 @@ def estimate_fisher(
 
 
 def _zero(anchors: Anchors) -> torch.Tensor:
-    for p, _ in anchors.params.values():
-        return p.new_zeros((), dtype=torch.float32)
-    for term in anchors.lora.values():
-        return term.a.new_zeros((), dtype=torch.float32)
-    return torch.zeros(())
+    """A float32 zero on the anchored weights' device."""
+    first = next(iter(anchors.params.values()), None)
+    tensor = first[0] if first else next((t.a for t in anchors.lora.values()), torch.zeros(()))
+    return tensor.new_zeros((), dtype=torch.float32)

@@ -128,10 +128,6 @@ def reference_file(run_dir, name: str, when: str = "before") -> Path:
     return Path(run_dir) / "forgetting" / f"{when}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.safetensors"
 
 
-def _file(ctx, name: str) -> Path:
-    return reference_file(ctx.run_dir, name)
-
-
 def _features(model, tokenizer, texts, ctx) -> torch.Tensor:
     return text_features(
         encoder_of(model),
@@ -154,10 +150,12 @@ def measure_before(model, tokenizer, references: dict[str, Reference], ctx) -> d
         if ref.trainable:
             probs = _predictions(ref.scorer(model), ref, ctx)
             m = classification_metrics(ref.data["y"], probs, ref.data["labels"])
-            atomic_save_tensors({"pred": torch.from_numpy(probs.argmax(1))}, _file(ctx, name))
+            atomic_save_tensors({"pred": torch.from_numpy(probs.argmax(1))}, reference_file(ctx.run_dir, name))
             out[name] = {"kind": "retention", "macro_f1": m["macro_f1"], "accuracy": m["accuracy"]}
         else:
-            atomic_save_tensors({"features": _features(model, tokenizer, ref.data["texts"], ctx)}, _file(ctx, name))
+            atomic_save_tensors(
+                {"features": _features(model, tokenizer, ref.data["texts"], ctx)}, reference_file(ctx.run_dir, name)
+            )
             out[name] = {"kind": "drift"}
     return out
 
@@ -170,7 +168,7 @@ def measure_after(
     ev = ctx.cfg.eval
     out = {}
     for name, ref in references.items():
-        saved = load_file(str(_file(ctx, name)))
+        saved = load_file(str(reference_file(ctx.run_dir, name)))
         if ref.trainable:
             probs = _predictions(ref.scorer(model), ref, ctx)
             y, labels = ref.data["y"], ref.data["labels"]
