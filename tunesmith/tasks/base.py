@@ -100,6 +100,8 @@ class Task:
     supports_cv: ClassVar[bool] = False
     supports_compare: ClassVar[bool] = False
     supports_chat: ClassVar[bool] = False
+    serves: ClassVar[frozenset[str]] = frozenset()
+    """What `tunesmith serve` offers for the task's runs: "classify" (predict), "generate", "chat" (OpenAI chat)."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg

@@ -41,6 +41,7 @@ class ClassificationTask(Task):
     uses = frozenset({"data.label_column", "data.labels", "data.normalize_labels", "train.class_weights", "eval.*"})
     supports_cv = True
     supports_compare = True
+    serves = frozenset({"classify"})
 
     # ---- data
     def load_data(self) -> TaskData:

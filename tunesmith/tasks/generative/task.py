@@ -53,6 +53,7 @@ class GenerativeTask(Task):
     encoder_decoder = False
     infer_in_compute_dtype = True
     cast_frozen_weights = True
+    serves = frozenset({"generate"})
 
     # ---- data
     def load_data(self) -> TaskData:
@@ -317,6 +318,7 @@ class CausalLMTask(GenerativeTask):
     )
     uses = GENERATIVE_KEYS | {"data.messages_column", "data.packing", "model.chat_template"}
     supports_chat = True
+    serves = frozenset({"generate", "chat"})
 
     def load_tokenizer(self, source):
         tokenizer = super().load_tokenizer(source)
