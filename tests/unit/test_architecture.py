@@ -35,6 +35,7 @@ LAYERS = {
     "tunesmith.runs": 5,
     "tunesmith.tools": 6,
     "tunesmith.export": 6,
+    "tunesmith.serve": 6,
     "tunesmith": 7,
     "tunesmith.cli": 8,
     "tunesmith.__main__": 8,

@@ -19,6 +19,7 @@ from .data import add_data_commands
 from .evaluation import add_eval_commands
 from .generate import add_generate_commands
 from .plan import add_plan_command
+from .serve import add_serve_commands
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The rest of the command table: each group adds its subcommands (thin calls of library functions).
-COMMAND_GROUPS = (add_data_commands, add_eval_commands, add_plan_command, add_generate_commands)
+COMMAND_GROUPS = (add_data_commands, add_eval_commands, add_plan_command, add_generate_commands, add_serve_commands)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ with exactly the data handling its task trained with.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from contextlib import nullcontext
@@ -38,6 +39,8 @@ class LoadedModel:
     autocast: object
     """A no-argument callable giving the autocast context to run the model under."""
     strategy: object
+    adapters: dict[str, str] = dataclasses.field(default_factory=dict)
+    """{run path: PEFT adapter name} when several runs share this model (`Run.load(sharing=...)`)."""
 
 
 class Run:
@@ -80,13 +83,17 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, status={self.status!r})"
 
-    def load(self, for_inference: bool = True) -> LoadedModel:
+    def load(self, for_inference: bool = True, sharing: list[Run] = ()) -> LoadedModel:
         """The trained model (the strategy rebuilds it on its pretrained base), its tokenizer, device and autocast.
 
         Inference runs in the precision the run trained in (where this machine can; else fp32). A task that
         generates gets its weights cast to that dtype, unless `for_inference=False` (exports keep the trained dtype).
+
+        `sharing`: other adapter runs on the same base (see `adapter_key`) whose adapters are loaded into this
+        model beside its own (PEFT multi-adapter): one base in memory answers for all of them. Each of those runs
+        then loads as this model; `LoadedModel.adapters` maps run paths to adapter names for `set_adapter`.
         """
-        if for_inference and self._loaded is not None:
+        if for_inference and self._loaded is not None and not sharing:
             return self._loaded
         status = self.status
         if status != "complete" or not (self.path / "model").is_dir():
@@ -103,6 +110,14 @@ class Run:
             self.path / "model",
             lambda: task.load_model(resolve_model(cfg.model.name), tokenizer, strategy, self.label_names),
         )
+        adapters = {str(self.path): "default"} if sharing else {}
+        for i, other in enumerate(sharing, 1):
+            if other.adapter_key() != self.adapter_key():
+                raise RunError(
+                    f"{other.path}: not an adapter on the same base as {self.path}; it cannot share its model"
+                )
+            adapters[str(other.path)] = f"adapter{i}"
+            model.load_adapter(other.path / "model", adapter_name=adapters[str(other.path)])
         model.eval()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
@@ -110,10 +125,29 @@ class Run:
         if dtype and task.infer_in_compute_dtype and for_inference:
             model.to(dtype)  # inference only: weights in the compute dtype, no cast per generated token
         autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
-        loaded = LoadedModel(model, tokenizer, device, autocast, strategy)
+        loaded = LoadedModel(model, tokenizer, device, autocast, strategy, adapters)
         if for_inference:
-            self._loaded = loaded
+            for run in (self, *sharing):
+                run._loaded = loaded
         return loaded
+
+    def adapter_key(self) -> tuple | None:
+        """Runs with equal keys are adapters of one kind on one base model, with the same task and labels: they
+        can share one model in memory (`load(sharing=...)`). None for a run that saves its whole model."""
+        cfg = self.config
+        strategy = build_strategy(cfg.strategy.name, cfg.strategy.options)
+        if strategy.saves_base:
+            return None
+        base = resolve_model(cfg.model.name).location
+        return (
+            self.info.get("task"),
+            base,
+            cfg.model.revision,
+            cfg.strategy.name,
+            strategy.quantize,
+            self.info.get("precision"),
+            tuple(self.label_names),
+        )
 
     def _inference_precision(self, device_type: str) -> str:
         """The run's own precision where this device runs it, else what `auto` picks here (fp32 stays fp32)."""

@@ -75,8 +75,12 @@ class Predictor:
     def predict_probs(self, texts: list[str], batch_size: int = 64):
         raise RunError(f"{self.run.path}: a {self.run.task.name} run has no class probabilities; use generate")
 
-    def generate(self, prompts: list, max_new_tokens: int | None = None, **overrides) -> list[str]:
+    def generate(self, prompts: list, max_new_tokens: int | None = None, streamer=None, **overrides) -> list[str]:
         raise RunError(f"{self.run.path}: a {self.run.task.name} run does not generate text; use predict")
+
+    def prompt_tokens(self, prompts: list) -> list[int]:
+        """Tokens per prompt as the model is prompted (limits of the server)."""
+        raise RunError(f"{self.run.path}: a {self.run.task.name} run does not generate text")
 
     def evaluate(self, data: str, **columns) -> dict:
         raise RunError(f"{self.run.path}: a {self.run.task.name} run cannot be evaluated on another file")

@@ -18,9 +18,18 @@ from .formats import Sample, prompt_ids, stop_token_ids
 
 @torch.no_grad()
 def generate(
-    model, tokenizer, prompts: list[list[int]], gen, task: str, autocast=nullcontext, progress: bool = False
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    gen,
+    task: str,
+    autocast=nullcontext,
+    progress: bool = False,
+    streamer=None,
 ) -> list[str]:
-    """Completions (decoded, special tokens dropped) for token-id prompts, `gen.batch_size` at a time."""
+    """Completions (decoded, special tokens dropped) for token-id prompts, `gen.batch_size` at a time.
+
+    `streamer`: a transformers streamer that sees the tokens as they come (one prompt only)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -32,6 +41,7 @@ def generate(
         pad_token_id=pad,
         eos_token_id=stops or None,
         use_cache=True,
+        **({"streamer": streamer} if streamer is not None else {}),
     )
     if gen.do_sample:
         kwargs.update(temperature=gen.temperature, top_p=gen.top_p)
@@ -63,13 +73,23 @@ def generate(
 
 
 def generate_for(
-    model, tokenizer, samples: list[Sample], gen, task: str, autocast=nullcontext, progress: bool = False
+    model,
+    tokenizer,
+    samples: list[Sample],
+    gen,
+    task: str,
+    autocast=nullcontext,
+    progress: bool = False,
+    streamer=None,
 ) -> list[str]:
+    return generate(model, tokenizer, sample_ids(tokenizer, samples, task), gen, task, autocast, progress, streamer)
+
+
+def sample_ids(tokenizer, samples: list[Sample], task: str) -> list[list[int]]:
+    """The token ids a model is prompted with, per sample (rendered as in training)."""
     if task == "seq2seq":
-        prompts = [tokenizer(s.prompt)["input_ids"] for s in samples]
-    else:
-        prompts = [prompt_ids(tokenizer, s) for s in samples]
-    return generate(model, tokenizer, prompts, gen, task, autocast, progress)
+        return [tokenizer(s.prompt)["input_ids"] for s in samples]
+    return [prompt_ids(tokenizer, s) for s in samples]
 
 
 def _bar(total: int, enabled: bool):

@@ -8,18 +8,26 @@ from ...data.loaders import load_table, pick_split
 from ...engine.batches import mean_loss
 from ..base import Predictor
 from .formats import Sample, detect_format, to_samples
-from .generation import generate_for, generation_scores, perplexity
+from .generation import generate_for, generation_scores, perplexity, sample_ids
 
 
 class GenerativePredictor(Predictor):
-    def generate(self, prompts: list, max_new_tokens: int | None = None, **overrides) -> list[str]:
-        """Completions for prompts: strings (chat models: one user turn each) or message lists, rendered as in training."""
+    def generate(self, prompts: list, max_new_tokens: int | None = None, streamer=None, **overrides) -> list[str]:
+        """Completions for prompts: strings (chat models: one user turn each) or message lists, rendered as in training.
+
+        `streamer`: a transformers streamer that sees the new tokens as they come (one prompt at a time)."""
         run, cfg = self.run, self.run.config
         m = run.load()
         gen = dataclasses.replace(
             cfg.generate, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}), **overrides
         )
-        return generate_for(m.model, m.tokenizer, [self.sample(p) for p in prompts], gen, cfg.task, m.autocast)
+        samples = [self.sample(p) for p in prompts]
+        return generate_for(m.model, m.tokenizer, samples, gen, cfg.task, m.autocast, streamer=streamer)
+
+    def prompt_tokens(self, prompts: list) -> list[int]:
+        """How many tokens each prompt takes, rendered as generation sees it."""
+        m = self.run.load()
+        return [len(ids) for ids in sample_ids(m.tokenizer, [self.sample(p) for p in prompts], self.run.config.task)]
 
     def sample(self, prompt: str | list[dict]) -> Sample:
         """A prompt as the run's training rendered it: a chat turn for chat/instruction runs, raw text otherwise."""
