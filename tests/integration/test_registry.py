@@ -71,3 +71,24 @@ def test_registry_errors(tracked_run, monkeypatch, tmp_path):
     v = register(tracked_run.path, "copy", f"sqlite:///{tmp_path / 'empty.db'}")
     assert v["run_id"] != tracked_run.info["mlflow_run_id"]
     assert load_run("models:/copy/1").predict("good")[0].label in {"neg", "neu", "pos"}
+
+
+def test_serve_answers_for_a_registered_version_by_alias(tracked_run, monkeypatch):
+    import json
+    import urllib.request
+
+    from tunesmith.runs.registry import promote, register
+    from tunesmith.serve import ServeOptions, Server
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked_run.info["mlflow_uri"])
+    version = register(tracked_run.path, "served")["version"]
+    promote("served", version, "staging")
+    with Server(["models:/served@staging"], ServeOptions(port=0), say=lambda s: None) as srv:
+        with urllib.request.urlopen(f"{srv.url}/v1/models") as resp:
+            [entry] = json.load(resp)["data"]
+        assert entry["id"] == "served@staging" and entry["source"] == "models:/served@staging"
+        body = json.dumps({"model": "served@staging", "texts": ["good table", "awful chair"]}).encode()
+        request = urllib.request.Request(f"{srv.url}/v1/classify", body, {"content-type": "application/json"})
+        with urllib.request.urlopen(request) as resp:
+            labels = [r["label"] for r in json.load(resp)["results"]]
+    assert labels == [p.label for p in tracked_run.predict(["good table", "awful chair"])]

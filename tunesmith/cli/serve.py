@@ -24,6 +24,7 @@ def add_serve_commands(subparsers) -> None:
     s.add_argument("--no-batching", action="store_true", help="run every request alone")
     s.add_argument("--queue-size", type=int, default=256, help="waiting requests per model before 503")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds per request before 504")
+    s.add_argument("--read-timeout", type=float, default=10.0, help="seconds a client has to send its body (408)")
     s.add_argument("--max-texts", type=int, default=256, help="texts or prompts per request")
     s.add_argument("--max-text-chars", type=int, default=20_000)
     s.add_argument("--max-tokens", type=int, default=512, help="most new tokens a request may ask for")
@@ -50,6 +51,7 @@ def cmd_serve(args) -> int:
         batching=not args.no_batching,
         queue_size=args.queue_size,
         timeout_s=args.timeout,
+        read_timeout_s=args.read_timeout,
         max_texts=args.max_texts,
         max_text_chars=args.max_text_chars,
         max_tokens=args.max_tokens,
