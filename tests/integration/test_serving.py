@@ -149,7 +149,15 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_server_recovers(runs)
 
 
 def test_bad_requests_get_a_4xx_naming_the_field_and_never_hurt_the_server(runs):
-    opts = ServeOptions(port=0, max_texts=4, max_text_chars=50, max_body_bytes=5000, read_timeout_s=0.5, max_tokens=16)
+    opts = ServeOptions(
+        port=0,
+        max_texts=4,
+        max_text_chars=200,
+        max_body_bytes=5000,
+        read_timeout_s=0.5,
+        max_tokens=16,
+        max_total_tokens=40,
+    )
     with Server([f"F={runs['f']}", f"C={runs['chat']}"], opts, say=lambda s: None) as srv:
         cases = [
             (dict(raw=b'{"model": "F", "texts": ['), 400, None),
@@ -157,7 +165,7 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_never_hurt_the_server(runs)
             (dict(body={"model": "F", "texts": ["ok", 3]}), 422, "texts.1"),
             (dict(body={"model": "F"}), 422, "text"),
             (dict(body={"model": "F", "texts": ["a"] * 5}), 422, "texts"),
-            (dict(body={"model": "F", "texts": ["x" * 51]}), 422, "texts[0]"),
+            (dict(body={"model": "F", "texts": ["x" * 201]}), 422, "texts[0]"),
             (dict(body={"model": "F", "text": "a", "colour": "red"}), 422, "colour"),
             (dict(body={"model": "nope", "text": "a"}), 404, "model"),
             (dict(raw=json.dumps({"model": "F", "texts": ["a" * 40] * 200}).encode()), 413, None),
@@ -170,6 +178,13 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_never_hurt_the_server(runs)
         assert got == 400 and body["error"]["field"] == "model"
         got, _, body = call(srv.url, "/v1/generate", {"model": "C", "prompt": "hi", "max_tokens": 17})
         assert got == 422 and body["error"]["field"] == "max_tokens"
+        long = " ".join(["What colour is the cat?"] * 6)  # > 24 prompt tokens: with max_tokens 16 over 40
+        got, _, body = call(srv.url, "/v1/generate", {"model": "C", "prompts": ["hi", long], "max_tokens": 16})
+        assert got == 422 and body["error"]["field"] == "prompt[1]", body
+        chat = {"model": "C", "messages": [{"role": "user", "content": long}], "max_tokens": 16}
+        for stream in (False, True):  # a stream that cannot start is still an HTTP status
+            got, _, body = call(srv.url, "/v1/chat/completions", {**chat, "stream": stream})
+            assert got == 422 and body["error"]["field"] == "prompt[0]", body
         got, _, body = call(
             srv.url, "/v1/chat/completions", {"model": "C", "messages": [{"role": "robot", "content": "x"}]}
         )
@@ -180,10 +195,20 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_never_hurt_the_server(runs)
             slow.sendall(
                 b'POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{"model"'
             )
-            reply = slow.recv(4096).decode()
+            reply = b""
+            while b'"type"' not in reply:  # the status line and the JSON body may come in separate packets
+                chunk = slow.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            reply = reply.decode()
         assert reply.startswith("HTTP/1.1 408") and '"type": "timeout"' in reply
         status, _, body = call(srv.url, "/v1/classify", {"model": "F", "texts": ["good", "bad"]})
         assert status == 200 and len(body["results"]) == 2  # still answering correctly
+        metrics = call(srv.url, "/metrics")[2]
+        assert 'tunesmith_errors_total{endpoint="/v1/classify",kind="invalid_request"} 6.0' in metrics
+        assert 'tunesmith_errors_total{endpoint="/v1/classify",kind="too_large"} 1.0' in metrics
+        assert 'tunesmith_errors_total{endpoint="/v1/classify",kind="timeout"} 1.0' in metrics
 
 
 def test_api_keys_are_required_except_for_health(runs, tmp_path):
@@ -240,7 +265,10 @@ def test_generate_chat_and_streaming_answer_what_the_run_generates(runs):
         status, _, done = call(srv.url, "/v1/chat/completions", request)
         assert status == 200 and done["object"] == "chat.completion"
         assert done["choices"][0]["message"] == {"role": "assistant", "content": want}
-        assert done["usage"]["total_tokens"] == done["usage"]["prompt_tokens"] + done["usage"]["completion_tokens"]
+        usage = done["usage"]
+        assert (
+            usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] and usage["prompt_tokens"] > 5
+        )
         status, head, stream = call(srv.url, "/v1/chat/completions", {**request, "stream": True})
         assert status == 200 and head["content-type"].startswith("text/event-stream")
         events = [ln[len("data: ") :] for ln in stream.splitlines() if ln.startswith("data: ")]

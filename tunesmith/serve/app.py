@@ -45,7 +45,12 @@ class Serving:
                 if kind in served.serves:
                     hist = self.telemetry.batch.labels(name)
                     self.batchers[name, kind] = Batcher(
-                        f"{name}/{kind}", worker(served), batch, wait, options.queue_size, hist.observe
+                        f"{name}/{kind}",
+                        worker(served, options.max_total_tokens),
+                        batch,
+                        wait,
+                        options.queue_size,
+                        hist.observe,
                     )
 
     def close(self) -> None:
@@ -75,13 +80,14 @@ class Serving:
         try:
             return await self.batchers[served.name, kind].submit(job, self.options.timeout_s)
         except Busy:
-            raise ApiError(
-                503, f"model '{served.name}' is busy; retry shortly", kind="busy", headers={"Retry-After": "1"}
-            ) from None
+            raise self.busy(served) from None
         except TimeoutError:
             raise ApiError(504, f"no answer within {self.options.timeout_s:g}s", kind="timeout") from None
         except TunesmithError as err:
             raise ApiError(400, str(err), kind="model_error") from None
+
+    def busy(self, served: Served) -> ApiError:
+        return ApiError(503, f"model '{served.name}' is busy; retry shortly", kind="busy", headers={"Retry-After": "1"})
 
     def record(self, request: Request, endpoint: str, inputs, outputs, status: int = 200) -> None:
         """One prediction-log record (queued; written by the log's own thread)."""
@@ -124,19 +130,12 @@ class Serving:
                     422, f"{len(text):,} characters; at most {self.options.max_text_chars:,}", f"{field}[{i}]"
                 )
 
-    def sampling(self, served: Served, max_tokens, temperature, top_p, prompts: list) -> Sampling:
+    def sampling(self, served: Served, max_tokens, temperature, top_p) -> Sampling:
+        """The request's generation settings; the prompt-token bound is checked by the worker (it tokenizes)."""
         limit = self.options.max_tokens
         if max_tokens is not None and max_tokens > limit:
             raise ApiError(422, f"max_tokens {max_tokens} is above this server's limit of {limit}", "max_tokens")
-        wanted = max_tokens or min(served.run.config.generate.max_new_tokens, limit)
-        for i, n in enumerate(served.run.predictor.prompt_tokens(prompts)):
-            if n + wanted > self.options.max_total_tokens:
-                raise ApiError(
-                    422,
-                    f"{n} prompt tokens + max_tokens {wanted} exceed the limit of {self.options.max_total_tokens}",
-                    f"prompt[{i}]",
-                )
-        return Sampling(wanted, temperature, top_p)
+        return Sampling(max_tokens or min(served.run.config.generate.max_new_tokens, limit), temperature, top_p)
 
 
 def build_app(models: dict[str, Served], options: ServeOptions, log: PredictionLog | None = None):
@@ -160,6 +159,7 @@ def build_app(models: dict[str, Served], options: ServeOptions, log: PredictionL
 def add_error_handlers(app: FastAPI, serving: Serving) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
+        request.state.error = err.kind
         if getattr(request.state, "served", None) is not None:
             serving.record(request, request.url.path, getattr(request.state, "inputs", None), None, err.status)
         return JSONResponse(err.body(), err.status, headers=err.headers)
@@ -167,6 +167,7 @@ def add_error_handlers(app: FastAPI, serving: Serving) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError):
         first = err.errors()[0]
+        request.state.error = "bad_json" if first.get("type") == "json_invalid" else "invalid_request"
         if first.get("type") == "json_invalid":
             return JSONResponse(
                 ApiError(400, f"the body is not valid JSON ({first.get('msg')})", kind="bad_json").body(), 400
@@ -194,6 +195,7 @@ def add_routes(app: FastAPI, serving: Serving) -> None:
             getattr(request.state, "model", ""),
             response.status_code,
             time.perf_counter() - request.state.t0,
+            getattr(request.state, "error", None) or ("internal" if response.status_code >= 500 else None),
         )
         return response
 
@@ -226,10 +228,11 @@ def add_routes(app: FastAPI, serving: Serving) -> None:
         prompts = serving.items(req.prompts, req.prompt, "prompt")
         request.state.inputs = prompts
         served = serving.pick(request, req.model, "generate", req.user)
-        sampling = serving.sampling(served, req.max_tokens, req.temperature, req.top_p, prompts)
-        texts = await serving.submit(served, "generate", Job(prompts, len(prompts), key=sampling))
+        sampling = serving.sampling(served, req.max_tokens, req.temperature, req.top_p)
+        done = await serving.submit(served, "generate", Job(prompts, len(prompts), key=sampling))
+        texts = [c.text for c in done]
         serving.record(request, "generate", prompts, texts)
-        return {**answer_head(request, served), "completions": texts}
+        return {**answer_head(request, served), "completions": texts, "usage": usage(done)}
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request):
@@ -237,23 +240,21 @@ def add_routes(app: FastAPI, serving: Serving) -> None:
         serving.bound_chars(["".join(m["content"] for m in messages)], "messages")
         request.state.inputs = messages
         served = serving.pick(request, req.model, "chat", req.user)
-        sampling = serving.sampling(
-            served, req.max_completion_tokens or req.max_tokens, req.temperature, req.top_p, [messages]
-        )
+        sampling = serving.sampling(served, req.max_completion_tokens or req.max_tokens, req.temperature, req.top_p)
         if req.stream:
-            return stream_chat(serving, request, served, messages, sampling)
-        [text] = await serving.submit(served, "generate", Job([messages], 1, key=sampling))
-        serving.record(request, "chat", messages, [text])
+            return await stream_chat(serving, request, served, messages, sampling)
+        [done] = await serving.submit(served, "generate", Job([messages], 1, key=sampling))
+        serving.record(request, "chat", messages, [done.text])
         return {
             **chat_head(request, served, "chat.completion"),
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish(served, text, sampling),
+                    "message": {"role": "assistant", "content": done.text},
+                    "finish_reason": done.finish_reason(sampling.max_tokens),
                 }
             ],
-            "usage": usage(served, messages, text),
+            "usage": usage([done]),
         }
 
 
@@ -274,39 +275,41 @@ def chat_head(request: Request, served: Served, kind: str) -> dict:
     }
 
 
-def completion_tokens(served: Served, text: str) -> int:
-    return len(served.group.load().tokenizer.encode(text, add_special_tokens=False))
+def usage(done: list) -> dict:
+    prompt, completion = sum(c.prompt_tokens for c in done), sum(c.completion_tokens for c in done)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def finish(served: Served, text: str, sampling: Sampling) -> str:
-    return "length" if completion_tokens(served, text) >= sampling.max_tokens else "stop"
+async def stream_chat(serving: Serving, request: Request, served: Served, messages: list, sampling: Sampling):
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`.
 
-
-def usage(served: Served, messages: list, text: str) -> dict:
-    prompt = served.run.predictor.prompt_tokens([messages])[0]
-    done = completion_tokens(served, text)
-    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
-
-
-def stream_chat(serving: Serving, request: Request, served: Served, messages: list, sampling: Sampling):
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+    The stream starts once the worker has accepted the prompt, so a refusal (too long, busy) is still an
+    HTTP status; an error after that (a timeout) is an `error` event."""
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[str] = asyncio.Queue()
-    job = Job((messages, lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)), 1, key=sampling, alone=True)
+    started = asyncio.Event()
+    on_text = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
+    job = Job(([messages], on_text, lambda: loop.call_soon_threadsafe(started.set)), 1, key=sampling, alone=True)
     batcher = serving.batchers[served.name, "generate"]
     try:
-        batcher.enqueue(job)  # a full queue is a 503 before the stream starts
+        batcher.enqueue(job)
     except Busy:
-        raise ApiError(
-            503, f"model '{served.name}' is busy; retry shortly", kind="busy", headers={"Retry-After": "1"}
-        ) from None
+        raise serving.busy(served) from None
+    done = asyncio.ensure_future(batcher.wait(job, serving.options.timeout_s))
+    began = asyncio.ensure_future(started.wait())
+    await asyncio.wait({done, began}, return_when=asyncio.FIRST_COMPLETED)
+    if not began.done():
+        began.cancel()
+        try:
+            done.result()  # the worker refused the prompt (or the wait timed out) before any text
+        except TimeoutError:
+            raise ApiError(504, f"no answer within {serving.options.timeout_s:g}s", kind="timeout") from None
     head = chat_head(request, served, "chat.completion.chunk")
 
     def event(delta: dict, reason: str | None = None) -> str:
         return f"data: {json.dumps({**head, 'choices': [{'index': 0, 'delta': delta, 'finish_reason': reason}]})}\n\n"
 
     async def events():
-        done = asyncio.ensure_future(batcher.wait(job, serving.options.timeout_s))
         yield event({"role": "assistant", "content": ""})
         while True:
             piece = asyncio.ensure_future(pieces.get())
@@ -319,12 +322,14 @@ def stream_chat(serving: Serving, request: Request, served: Served, messages: li
         while not pieces.empty():
             yield event({"content": pieces.get_nowait()})
         try:
-            [text] = done.result()
-        except (TimeoutError, TunesmithError) as err:
-            yield f"data: {json.dumps(ApiError(504 if isinstance(err, TimeoutError) else 400, str(err) or 'timeout').body())}\n\n"
+            [completion] = done.result()
+        except (TimeoutError, TunesmithError, ApiError) as err:
+            if not isinstance(err, ApiError):
+                err = ApiError(504, f"no answer within {serving.options.timeout_s:g}s", kind="timeout")
+            yield f"data: {json.dumps(err.body())}\n\n"
             return
-        yield event({}, finish(served, text, sampling))
+        yield event({}, completion.finish_reason(sampling.max_tokens))
         yield "data: [DONE]\n\n"
-        serving.record(request, "chat", messages, [text])
+        serving.record(request, "chat", messages, [completion.text])
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})

@@ -37,7 +37,7 @@ class Batcher:
     """`await batcher.submit(job)` -> the handler's result for that job.
 
     `handler(jobs) -> results` runs in the worker thread, one list per batch; it may raise, and the error
-    goes to every job of the batch. `on_batch(size)` observes batch sizes (metrics).
+    goes to every job of the batch (an exception returned as one job's result goes to that job only). `on_batch(size)` observes batch sizes (metrics).
     """
 
     def __init__(
@@ -127,5 +127,5 @@ class Batcher:
             for j in live:
                 j.future.set_exception(err)
             return
-        for j, result in zip(live, results):
-            j.future.set_result(result)
+        for j, result in zip(live, results):  # a result that is an exception belongs to that job alone
+            j.future.set_exception(result) if isinstance(result, BaseException) else j.future.set_result(result)

@@ -2,6 +2,8 @@
 
 Each batch runs under its model group's lock with its adapter active, through the run's own predictor
 (`Run.predict`, `Run.generate`): a served model answers exactly as `tunesmith predict` / `generate` does.
+Everything that touches the tokenizer happens here too: a fast tokenizer is not safe to use from two
+threads at once (its truncation settings are state), so the event loop never tokenizes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .batching import Job
+from .guard import ApiError
 from .pool import Served
 
 
@@ -30,6 +33,16 @@ class Sampling:
         return {"do_sample": True, "temperature": self.temperature, **({"top_p": self.top_p} if self.top_p else {})}
 
 
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    def finish_reason(self, max_tokens: int) -> str:
+        return "length" if self.completion_tokens >= max_tokens else "stop"
+
+
 def split(results: list, jobs: list[Job]) -> list[list]:
     """The flat results of a batch, back per job."""
     out, start = [], 0
@@ -39,7 +52,7 @@ def split(results: list, jobs: list[Job]) -> list[list]:
     return out
 
 
-def classify_worker(served: Served) -> Callable[[list[Job]], list]:
+def classify_worker(served: Served, max_total_tokens: int) -> Callable[[list[Job]], list]:
     def handle(jobs: list[Job]) -> list:
         texts = [t for job in jobs for t in job.payload]
         with served.group.lock:
@@ -50,24 +63,48 @@ def classify_worker(served: Served) -> Callable[[list[Job]], list]:
     return handle
 
 
-def generate_worker(served: Served) -> Callable[[list[Job]], list]:
+def generate_worker(served: Served, max_total_tokens: int) -> Callable[[list[Job]], list]:
+    """Jobs' payloads: prompts (strings or message lists); a stream's: ([prompt], on_text, on_start). Results:
+    a Completion per prompt, or the job's ApiError (prompt too long)."""
+
     def handle(jobs: list[Job]) -> list:
         sampling: Sampling = jobs[0].key
-        if jobs[0].alone:  # a stream: one prompt, its tokens handed on as they come
-            prompt, on_text = jobs[0].payload
-            with served.group.lock:
-                served.group.activate(served.run)
-                streamer = text_streamer(served.group.load().tokenizer, on_text)
-                return [
-                    served.run.generate(
-                        [prompt], sampling.max_tokens, streamer=streamer, batch_size=1, **sampling.overrides()
-                    )
-                ]
-        prompts = [p for job in jobs for p in job.payload]
         with served.group.lock:
             served.group.activate(served.run)
-            texts = served.run.generate(prompts, sampling.max_tokens, batch_size=len(prompts), **sampling.overrides())
-        return split(texts, jobs)
+            tokenizer = served.group.load().tokenizer
+            results: list = [None] * len(jobs)
+            counts = {}
+            for i, job in enumerate(jobs):
+                prompts = job.payload[0] if job.alone else job.payload
+                counts[i] = served.run.predictor.prompt_tokens(prompts)
+                too_long = [k for k, n in enumerate(counts[i]) if n + sampling.max_tokens > max_total_tokens]
+                if too_long:
+                    n = counts[i][too_long[0]]
+                    results[i] = ApiError(
+                        422,
+                        f"{n} prompt tokens + max_tokens {sampling.max_tokens} exceed the limit of {max_total_tokens}",
+                        f"prompt[{too_long[0]}]",
+                    )
+            live = [i for i in range(len(jobs)) if results[i] is None]
+            if not live:
+                return results
+            if jobs[0].alone:  # a stream: one prompt, its text handed on as it comes
+                prompts, on_text, on_start = jobs[0].payload
+                on_start()
+                streamer = text_streamer(tokenizer, on_text)
+                texts = served.run.generate(
+                    prompts, sampling.max_tokens, streamer=streamer, batch_size=1, **sampling.overrides()
+                )
+            else:
+                prompts = [p for i in live for p in jobs[i].payload]
+                texts = served.run.generate(
+                    prompts, sampling.max_tokens, batch_size=len(prompts), **sampling.overrides()
+                )
+            done = [len(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+        flat = iter(zip(texts, [n for i in live for n in counts[i]], done))
+        for i in live:
+            results[i] = [Completion(*next(flat)) for _ in range(jobs[i].size)]
+        return results
 
     return handle
 
