@@ -203,6 +203,10 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_never_hurt_the_server(runs)
                 reply += chunk
             reply = reply.decode()
         assert reply.startswith("HTTP/1.1 408") and '"type": "timeout"' in reply
+        with socket.create_connection((u.hostname, u.port), timeout=10) as slow:  # headers that never end
+            slow.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Ty")
+            reply = slow.recv(4096).decode()
+        assert reply.startswith("HTTP/1.1 408") and "headers did not arrive" in reply
         status, _, body = call(srv.url, "/v1/classify", {"model": "F", "texts": ["good", "bad"]})
         assert status == 200 and len(body["results"]) == 2  # still answering correctly
         metrics = call(srv.url, "/metrics")[2]

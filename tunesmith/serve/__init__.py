@@ -20,6 +20,7 @@ from .app import build_app
 from .options import Route, ServeOptions, parse_route, read_api_keys
 from .pool import open_runs, warm
 from .predlog import PredictionLog, summarize, summary_table
+from .protocol import with_header_deadline
 
 __all__ = ["Route", "ServeOptions", "Server", "parse_route", "read_api_keys", "summarize", "summary_table"]
 
@@ -52,6 +53,7 @@ class Server:
             # beyond the queues' room, new connections get 503 from uvicorn itself
             limit_concurrency=self.options.queue_size * max(len(self.models), 1) + 64,
             timeout_keep_alive=5,
+            http=with_header_deadline(self.options.read_timeout_s),
         )
         self.uvicorn = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

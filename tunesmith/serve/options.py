@@ -77,7 +77,7 @@ class ServeOptions:
     timeout_s: float = 60.0
     """Per request, from arrival to answer (504 after it); also bounds reading a slow client's body."""
     read_timeout_s: float = 10.0
-    """A client must have sent its whole request body within this (slow clients get 408, not a held worker)."""
+    """A client must have sent its request headers, and then its whole body, within this (slow clients get 408)."""
     api_keys: list[str] = field(default_factory=list)
     """When set, every endpoint but /healthz wants `Authorization: Bearer KEY` (or `X-API-Key`)."""
     routes: list[Route] = field(default_factory=list)
