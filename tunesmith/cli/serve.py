@@ -22,6 +22,7 @@ def add_serve_commands(subparsers) -> None:
     s.add_argument("--max-batch", type=int, default=32, help="most texts/prompts per forward pass")
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
     s.add_argument("--no-batching", action="store_true", help="run every request alone")
+    s.add_argument("--threads", type=int, help="torch threads for the models (default: one per core)")
     s.add_argument("--queue-size", type=int, default=256, help="waiting requests per model before 503")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds per request before 504")
     s.add_argument("--read-timeout", type=float, default=10.0, help="seconds a client has to send its body (408)")
@@ -49,6 +50,7 @@ def cmd_serve(args) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         batching=not args.no_batching,
+        threads=args.threads,
         queue_size=args.queue_size,
         timeout_s=args.timeout,
         read_timeout_s=args.read_timeout,

@@ -30,6 +30,10 @@ class Server:
         import uvicorn
 
         self.options = options or ServeOptions()
+        if self.options.threads:
+            import torch
+
+            torch.set_num_threads(self.options.threads)
         self.models = open_runs(list(sources))
         for route in self.options.routes:
             if route.name in self.models:
@@ -53,10 +57,13 @@ class Server:
             # beyond the queues' room, new connections get 503 from uvicorn itself
             limit_concurrency=self.options.queue_size * max(len(self.models), 1) + 64,
             timeout_keep_alive=5,
-            http=with_header_deadline(self.options.read_timeout_s),
+            http=with_header_deadline(self.options.read_timeout_s, self._headers_late),
         )
         self.uvicorn = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
+
+    def _headers_late(self) -> None:
+        self.app.serving.telemetry.observe("other", "", 408, None, "timeout")
 
     @property
     def port(self) -> int:

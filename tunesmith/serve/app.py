@@ -151,7 +151,7 @@ def build_app(models: dict[str, Served], options: ServeOptions, log: PredictionL
     app.state.serving = serving
     add_error_handlers(app, serving)
     add_routes(app, serving)
-    guard = Guard(app, options, lambda path, status, kind: serving.telemetry.observe(path, "", status, 0.0, kind))
+    guard = Guard(app, options, lambda path, status, kind: serving.telemetry.observe(path, "", status, None, kind))
     guard.serving = serving
     return guard
 

@@ -85,6 +85,9 @@ class ServeOptions:
     """The prediction log (JSONL, appended off the request path); None: no log."""
     log_rotate_bytes: int = 50_000_000
     log_keep: int = 5
+    threads: int | None = None
+    """torch's intra-op threads for the models (None: torch's default, one per core). On few cores, fewer
+    threads leave room for the event loop and other processes (see docs/serving-benchmark.md)."""
     batching: bool = True
     """False: every request runs alone (the baseline the benchmark compares against)."""
 
@@ -95,6 +98,8 @@ class ServeOptions:
         for name in ("max_tokens", "max_total_tokens", "log_rotate_bytes", "log_keep"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"serve: {name.replace('_', '-')} must be a positive integer")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ConfigError("serve: threads must be a positive integer")
         if self.max_wait_ms < 0 or self.timeout_s <= 0 or self.read_timeout_s <= 0:
             raise ConfigError("serve: max-wait-ms must be >= 0; timeout and read-timeout must be > 0")
         if self.log is not None:

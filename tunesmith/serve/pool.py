@@ -87,12 +87,13 @@ def open_runs(specs: list[str]) -> dict[str, Served]:
     if not specs:
         raise ConfigError("serve: name at least one run folder or models:/NAME@ALIAS to serve")
     named: list[tuple[str, str, Run]] = []
+    seen: dict[Path, Run] = {}  # one run named twice is one model (and one adapter) in memory
     for spec in specs:
         name, source = parse_source(spec)
         path = resolve(source) if source.startswith("models:/") else Path(source)
         if not path.is_dir():
             raise ConfigError(f"serve: '{source}' is not a run folder (or a models:/NAME@ALIAS of the registry)")
-        run = Run(path)
+        run = seen.setdefault(path.resolve(), Run(path))
         if run.status != "complete":
             raise ConfigError(f"serve: {path} is {run.status}; only complete runs can be served")
         if not run.task.serves:
@@ -106,8 +107,9 @@ def open_runs(specs: list[str]) -> dict[str, Served]:
     out = {}
     for name, source, run in named:
         key = run.adapter_key()
-        group = groups.setdefault(key, Group([])) if key is not None else Group([])
-        group.runs.append(run)
+        group = groups.setdefault(key, Group([])) if key is not None else groups.setdefault(("run", id(run)), Group([]))
+        if run not in group.runs:
+            group.runs.append(run)
         out[name] = Served(name, run, group, source)
     return out
 

@@ -15,7 +15,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
-def with_header_deadline(seconds: float) -> type[H11Protocol]:
+def with_header_deadline(seconds: float, on_late=lambda: None) -> type[H11Protocol]:
     body = json.dumps(
         {"error": {"message": f"the request headers did not arrive within {seconds:g}s", "type": "timeout"}}
     ).encode()
@@ -52,5 +52,6 @@ def with_header_deadline(seconds: float) -> type[H11Protocol]:
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 self.transport.write(late)
                 self.transport.close()
+                on_late()
 
     return HeaderDeadline

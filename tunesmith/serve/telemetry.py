@@ -32,9 +32,16 @@ class Telemetry:
         self.errors = Counter("tunesmith_errors", "Requests answered with an error", ["endpoint", "kind"], registry=r)
         self.queue = Gauge("tunesmith_queue_depth", "Requests waiting per model", ["model"], registry=r)
 
-    def observe(self, endpoint: str, model: str, status: int, seconds: float, error: str | None = None) -> None:
+    ENDPOINTS = frozenset(
+        {"/v1/classify", "/v1/generate", "/v1/chat/completions", "/v1/models", "/healthz", "/metrics"}
+    )
+
+    def observe(self, endpoint: str, model: str, status: int, seconds: float | None, error: str | None = None) -> None:
+        """`seconds` None: refused before the app (key, size, slow client): counted, but not a latency."""
+        endpoint = endpoint if endpoint in self.ENDPOINTS else "other"  # a client's random paths add no series
         self.requests.labels(endpoint, model or "-", str(status)).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        if seconds is not None:
+            self.latency.labels(endpoint).observe(seconds)
         if error:
             self.errors.labels(endpoint, error).inc()
 
