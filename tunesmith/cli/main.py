@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import Interrupted, TunesmithError
 from .data import add_data_commands
 from .evaluation import add_eval_commands
+from .export import add_export_commands
 from .generate import add_generate_commands
 from .plan import add_plan_command
 from .serve import add_serve_commands
@@ -105,17 +106,6 @@ def cmd_runs(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from ..export import export_run
-    from ..models.loading import auto_class_for
-    from ..runs.run import Run
-
-    out = export_run(Run(args.run), args.out)
-
-    print(f"wrote {out}: a plain transformers folder ({auto_class_for(out).__name__}.from_pretrained)")
-    return 0
-
-
 def cmd_strategies(args) -> int:
     from ..strategies import get_strategy_class, strategy_names
 
@@ -171,11 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", default="runs")
     r.set_defaults(func=cmd_runs)
 
-    x = sub.add_parser("export", help="merge adapters and write a plain Hugging Face model folder")
-    x.add_argument("run")
-    x.add_argument("--out", required=True)
-    x.set_defaults(func=cmd_export)
-
     s = sub.add_parser("strategies", help="list the fine-tuning strategies")
     s.set_defaults(func=cmd_strategies)
 
@@ -188,7 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The rest of the command table: each group adds its subcommands (thin calls of library functions).
-COMMAND_GROUPS = (add_data_commands, add_eval_commands, add_plan_command, add_generate_commands, add_serve_commands)
+COMMAND_GROUPS = (
+    add_data_commands,
+    add_eval_commands,
+    add_plan_command,
+    add_generate_commands,
+    add_export_commands,
+    add_serve_commands,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

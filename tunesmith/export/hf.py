@@ -1,0 +1,42 @@
+"""A plain Hugging Face folder: adapters merged into the weights, the tokenizer with its chat template, the
+generation settings; it loads with transformers alone (no tunesmith, no PEFT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..models.loading import auto_class_for
+
+QUANTIZE = {"none": "the weights as trained (merged), safetensors"}
+
+
+def check_quantize(value: str | None) -> str:
+    q = (value or "none").lower()
+    if q not in QUANTIZE:
+        raise ConfigError(
+            f"--quantize {value}: hf exports keep the trained weights; quantized files come from --format onnx "
+            f"(--quantize int8) or --format gguf (--quantize q8_0, ...)"
+        )
+    return q
+
+
+def write_hf(model, tokenizer, folder: Path) -> None:
+    """save_pretrained of the merged model and its tokenizer (which carries the chat template) into `folder`."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def load_hf(folder: Path):
+    """The exported folder read back with transformers alone: (model in float32, eval mode, tokenizer)."""
+    import torch
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    model = auto_class_for(folder).from_pretrained(str(folder), dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(str(folder))
+
+
+def model_files(folder: Path) -> list[Path]:
+    return sorted(Path(folder).glob("*.safetensors"))
