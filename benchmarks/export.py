@@ -292,6 +292,11 @@ def markdown(results: dict, command: str) -> str:
     return "\n".join(md)
 
 
+def portable(text: str, work: Path) -> str:
+    """Committed results name paths relative to the repo (and `$WORK` for --work), not this machine's."""
+    return text.replace(f"{ROOT}/", "").replace(str(work.resolve()), "$WORK").replace(str(work), "$WORK")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["classifier", "lm", "all"], default="all")
@@ -325,8 +330,8 @@ def main() -> int:
     command = ".venv/bin/python benchmarks/export.py" + (f" --gguf {args.gguf}" if args.gguf != "f16,q8_0" else "")
     text = markdown(results, command)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "export.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    (out / "export.md").write_text(text)
+    (out / "export.json").write_text(portable(json.dumps(results, indent=2, default=float) + "\n", work))
+    (out / "export.md").write_text(portable(text, work))
     print(json.dumps({p: results[p]["table"] for p in ("classifier", "lm") if p in results}, indent=1, default=float))
     print(text)
     say(f"done in {results['wall_seconds'] / 60:.1f} min")

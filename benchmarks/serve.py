@@ -1269,6 +1269,11 @@ def markdown(res: dict, command: str) -> str:
     return "\n".join(md) + "\n"
 
 
+def portable(text: str, work: Path) -> str:
+    """Committed results name paths relative to the repo (and `$WORK` for --work), not this machine's."""
+    return text.replace(f"{ROOT}/", "").replace(str(work.resolve()), "$WORK").replace(str(work), "$WORK")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small counts: a smoke test of every path")
@@ -1329,8 +1334,8 @@ def main() -> int:
     out = Path(args.out) if args.out else work if args.quick else ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     stem = "serve-quick" if args.quick else "serve"
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(text)
+    (out / f"{stem}.json").write_text(portable(json.dumps(results, indent=2) + "\n", Path(args.work)))
+    (out / f"{stem}.md").write_text(portable(text, Path(args.work)))
     print(json.dumps(results, indent=1))
     print(text)
     say(f"done in {results['wall_s']}s" + (f"; {len(errors)} part(s) failed" if errors else ""))

@@ -66,10 +66,8 @@ class PredictionLog:
 def log_files(path: Path) -> list[Path]:
     """The log and its rotated files, oldest first."""
     path = Path(path)
-    rotated = sorted(
-        path.parent.glob(f"{path.name}.*"), key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0
-    )
-    files = [p for p in rotated if p.suffix[1:].isdigit()] + ([path] if path.exists() else [])
+    rotated = [p for p in path.parent.glob(f"{path.name}.*") if p.suffix[1:].isdigit()]
+    files = sorted(rotated, key=lambda p: -int(p.suffix[1:])) + ([path] if path.exists() else [])
     if not files:
         raise ConfigError(f"prediction log '{path}' does not exist (start the server with --log {path})")
     return files
