@@ -18,6 +18,7 @@ LAYERS = {
     "tunesmith.config.schema": 1,
     "tunesmith.config.hygiene": 1,
     "tunesmith.config.forgetting": 1,
+    "tunesmith.config.images": 1,
     "tunesmith.forgetting": 2,
     "tunesmith.config.dump": 1,
     "tunesmith.models": 2,

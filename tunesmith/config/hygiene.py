@@ -23,6 +23,9 @@ class AuditConfig:
     """Also compare texts of 4+ words as word sequences (catches a dropped or replaced word that breaks many
     shingles). Templated data ("flights from boston to denver" / "... from dallas ...") then counts as near
     duplicates and may block as leakage: `false` compares shingles only."""
+    image_hash_distance: int = 6
+    """Images: two pictures are near duplicates when their 64-bit perceptual hashes (pHash) differ in at most this
+    many bits (0-16): catches re-encoding, resizing, slight crops and brightness changes."""
     num_perm: int = 128
     """MinHash permutations: more is more precise and slower."""
     shingle_size: int = 5
@@ -54,6 +57,8 @@ only (faster, weaker)."""
     """Seed of the MinHash permutations and the cross-validation folds."""
 
     def check(self) -> None:
+        if not 0 <= self.image_hash_distance <= 16:
+            raise ConfigError(f"audit.image_hash_distance={self.image_hash_distance} must be between 0 and 16 bits")
         if not 0.5 <= self.near_threshold <= 1:
             raise ConfigError(f"audit.near_threshold={self.near_threshold} must be between 0.5 and 1")
         if self.shingle_unit not in ("char", "word"):

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from ..errors import ConfigError
 from .forgetting import ReferenceSet, Regularizer, check_forgetting
 from .hygiene import AuditConfig, AugmentConfig, PrepareConfig
+from .images import ImagesConfig
 
 
 @dataclass
@@ -253,6 +254,8 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     """Data audit run before training (see `tunesmith data audit`)."""
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    """Image classification: the image column, the size the model sees, augmentation, decoding workers."""
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     """Settings of `tunesmith data prepare` (cleaning, balancing, grouped splits, augmentation)."""
     regularize: list[Regularizer] = field(default_factory=list)
@@ -265,6 +268,7 @@ class Config:
         self.audit.check()
         self.prepare.check()
         self.eval.check()
+        self.images.check()
         check_forgetting(self.eval.reference, self.regularize)
         d, t = self.data, self.train
         if d.path and (d.train or d.validation or d.test):
@@ -320,6 +324,7 @@ TASK_KEYS: dict[str, set[str]] = {
     },
     "model": {"chat_template"},
     "train": {"class_weights"},
+    "images": {"column", "size", "augment", "workers", "min_size", "max_pixels", "bad_images"},
     "eval": {
         "baseline",
         "ci_level",

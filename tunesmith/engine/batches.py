@@ -36,6 +36,10 @@ class Batches(Protocol):
     def batch(self, rows: list[int], with_targets: bool = True) -> dict[str, torch.Tensor]:
         """Model inputs for these rows (+ targets under `labels` unless `with_targets` is False)."""
 
+    # Optional: `upcoming(epoch, rows)` is told, before an epoch's training batches, which rows `batch` will be asked
+    # for, in order (this process's shares): a split may prepare them ahead (images decode in worker processes) and
+    # seed its augmentation by the epoch.
+
 
 @dataclass
 class Features:

@@ -140,7 +140,10 @@ def fit(
         while state.step < total_steps and not state.stopped_early:
             epoch = state.step // steps_per_epoch
             steps = plan_steps(train, global_micro, cfg.grad_accum, seed, epoch, cfg.group_by_length, world)
-            for micro_batches in steps[state.step - epoch * steps_per_epoch :]:
+            remaining = steps[state.step - epoch * steps_per_epoch :]
+            if hasattr(train, "upcoming"):  # a split that decodes ahead (images) learns what it will be asked for
+                train.upcoming(epoch, [shard(b, rank, world) for micro in remaining for b in micro])
+            for micro_batches in remaining:
                 changed = strategy.on_step(acc.unwrap_model(model), state.step, steps_per_epoch)
                 if changed:
                     acc.print(f"\n{changed}")

@@ -74,7 +74,7 @@ def finetune(
     AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True lets Accelerate see a torchrun launch on a machine without GPUs (gloo backend).
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if precision == "fp32" else precision)
-    model_key = f"{source.location}|{cfg.model.revision}|{cfg.data.max_length}"
+    model_key = f"{source.location}|{cfg.model.revision}|{task.encoding_key()}"
     ctx = Context(acc, cfg, precision, resume=resume_dir is not None, minimize=task.minimize, model_key=model_key)
 
     # ---- model + strategy

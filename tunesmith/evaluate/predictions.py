@@ -14,6 +14,10 @@ def read_predictions(path: Path) -> pd.DataFrame:
     import io
 
     raw = Path(path).read_bytes().decode("utf-8").replace("\r", CR)  # read_text() would turn "\r" into "\n"
-    df = pd.read_csv(io.StringIO(raw), keep_default_na=False, dtype={"label": str, "predicted": str, "text": str})
+    df = pd.read_csv(
+        io.StringIO(raw), keep_default_na=False, dtype={"label": str, "predicted": str, "text": str, "image": str}
+    )
+    if "text" not in df.columns and "image" in df.columns:  # an image run names each test image instead
+        df["text"] = df["image"]
     df["text"] = df["text"].str.replace(CR, "\r", regex=False)
     return df

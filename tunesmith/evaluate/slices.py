@@ -122,6 +122,6 @@ def plot_slices(slices: dict, overall: float, path, title: str) -> None:
 
 def _natural(text: str) -> list:
     """Sort key: "9-16 words" before "17-30 words", ">30 words" last."""
-    return [(1, t) if not t.isdigit() else (0, int(t)) for t in re.split(r"(\d+)", text.lstrip(">"))] + [
+    return [(1, t) if not t.isdigit() else (0, int(t)) for t in re.split(r"(\d+)", text.lstrip("<=>"))] + [
         text.startswith(">")
     ]

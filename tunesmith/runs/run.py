@@ -101,11 +101,9 @@ class Run:
                 f"{self.path}: the run {'died' if status == 'died' else f'is {status}'}, it has no saved model; "
                 f"resume it with `tunesmith train --resume {self.path}`"
             )
-        from transformers import AutoTokenizer
-
         cfg, task = self.config, self.task
         strategy = build_strategy(cfg.strategy.name, cfg.strategy.options)
-        tokenizer = AutoTokenizer.from_pretrained(self.path / "model")
+        tokenizer = task.load_saved_tokenizer(self.path / "model")
         model = strategy.load(
             self.path / "model",
             lambda: task.load_model(resolve_model(cfg.model.name), tokenizer, strategy, self.label_names),

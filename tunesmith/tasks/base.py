@@ -117,6 +117,16 @@ class Task:
     def load_tokenizer(self, source):
         return load_tokenizer(source, self.cfg.model.revision, self.cfg.model.trust_remote_code)
 
+    def load_saved_tokenizer(self, folder: Path):
+        """The tokenizer (or image processor) a run saved beside its model (`Run.load`)."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder)
+
+    def encoding_key(self) -> str:
+        """What the model's inputs depend on besides the weights and the data (keys the cached frozen features)."""
+        return str(self.cfg.data.max_length)
+
     def check_data(self, data: TaskData, tokenizer, source=None) -> Findings:
         """Audit/lint the data; raise DataError when something must stop the run. `source`: the model's ModelSource."""
         return Findings()

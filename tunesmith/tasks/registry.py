@@ -14,6 +14,7 @@ _BUILTIN = {
     "text-classification": "tunesmith.tasks.classification:ClassificationTask",
     "causal-lm": "tunesmith.tasks.generative:CausalLMTask",
     "seq2seq": "tunesmith.tasks.generative:Seq2SeqTask",
+    "image-classification": "tunesmith.tasks.images:ImageClassificationTask",
 }
 _REGISTERED: dict[str, type] = {}
 DEFAULT_TASK = "text-classification"

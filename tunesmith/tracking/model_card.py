@@ -23,6 +23,7 @@ from ..evaluate.markdown import (
 from ..evaluate.predictions import read_predictions
 from ..models.loading import ALIASES
 from ..utils import atomic_write_text, human_bytes
+from .report import baseline_label
 
 
 def write_model_card(run_dir: str | Path) -> Path:
@@ -131,7 +132,7 @@ def _metrics(metrics: dict) -> list[str]:
     lines += ci or [f"- test macro-F1 {test['macro_f1']:.4f}, accuracy {test['accuracy']:.4f} ({test['n']} items)", ""]
     if base:
         lines += [
-            f"TF-IDF + logistic-regression baseline on the same split: macro-F1 {base['macro_f1']:.4f}, accuracy {base['accuracy']:.4f}.",
+            f"{baseline_label(metrics['baseline'])} baseline on the same split: macro-F1 {base['macro_f1']:.4f}, accuracy {base['accuracy']:.4f}.",
             "",
         ]
     lines += ["| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
@@ -166,7 +167,7 @@ def _weaknesses(run_dir: Path, metrics: dict, confusions: int = 3, errors: int =
                 "",
                 "The most confident errors on the test set (confident errors are often label errors: compare audit.md):",
                 "",
-                "| text | label | predicted | confidence |",
+                f"| {'image' if 'image' in df.columns else 'text'} | label | predicted | confidence |",
                 "|---|---|---|---|",
             ]
             for _, r in wrong.nlargest(errors, "confidence").iterrows():

@@ -65,7 +65,7 @@ def write_report(run_dir: Path, cfg, info: dict, metrics: dict) -> None:
         _row("fine-tuned", test),
     ]
     if base:
-        lines.append(_row("TF-IDF + logistic regression", base))
+        lines.append(_row(baseline_label(metrics["baseline"]), base))
     lines += ["", "## Per class (test)", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for name, r in test["per_class"].items():
         lines.append(
@@ -96,3 +96,8 @@ def write_basic_artifacts(run_dir: Path, metrics: dict, history: list[dict], met
     atomic_write_json(run_dir / "metrics.json", metrics)
     atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     plot_history(history, metric, run_dir / "training_curves.png")
+
+
+def baseline_label(baseline: dict) -> str:
+    """How reports name the classical baseline beside the fine-tuned model (its own `label`, else TF-IDF's)."""
+    return baseline.get("label") or "TF-IDF + logistic regression"

@@ -20,6 +20,7 @@ from ...data.splits import Splits, load_splits
 from ...engine.precision import choose_precision, compute_dtype
 from ...errors import DataError
 from ...evaluate.baseline import tfidf_baseline
+from ...evaluate.figures import tracked_figures
 from ...evaluate.markdown import add_to_report
 from ...evaluate.metrics import METRIC_NAMES, classification_metrics, headline, plot_confusion
 from ...evaluate.slices import column_values
@@ -30,7 +31,7 @@ from ...tracking.report import write_report
 from ...utils import atomic_write_json, atomic_write_text
 from ..base import Findings, Prediction, Predictor, Task, TaskData
 from .batches import Tokenized, cross_entropy_sum, predict_probs, tokenize
-from .evaluation import extended_evaluation, load_labelled, tracked_figures
+from .evaluation import extended_evaluation, load_labelled
 from .forgetting import REFERENCE_HINT, load_references, measure_after, measure_before, summary
 
 
