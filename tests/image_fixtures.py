@@ -104,3 +104,28 @@ def build_tiny_vision(folder: Path, labels: int = 3, size: int = 32, seed: int =
         size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_resize=True
     ).save_pretrained(folder)
     return folder
+
+
+def pretrain_tiny_vision(folder: Path, steps: int = 150, size: int = 32, seed: int = 11) -> Path:
+    """`build_tiny_vision`, then trained (full, Adam) on other toy pictures with a 5-way head: a "pretrained"
+    backbone whose features already tell shapes apart (as a real one's would), and whose head every run replaces."""
+    import torch
+
+    from tunesmith.models.vision.mbconv import MBConvForImageClassification
+
+    build_tiny_vision(folder, labels=5, size=size, seed=seed)
+    model = MBConvForImageClassification.from_pretrained(folder)
+    pairs = toy_images(96, seed=seed, size=size)
+    x = torch.tensor(np.stack([img for img, _ in pairs]), dtype=torch.float32).permute(0, 3, 1, 2) / 127.5 - 1
+    y = torch.tensor([SHAPES.index(label) for _, label in pairs])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(0, len(y), (16,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=x[rows]).logits, y[rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval().save_pretrained(folder)
+    return folder

@@ -20,6 +20,7 @@ from tunesmith.data.image_audit import (
     near_duplicate_groups_images,
     near_duplicate_pairs,
 )
+from tunesmith.errors import ConfigError
 
 FAST = AuditConfig(label_errors=False)
 NAMES = ["cat", "dog", "fox"]
@@ -38,7 +39,9 @@ def shapes(rng, side=32) -> Image.Image:
     for _ in range(3):
         x, y = (int(v) for v in rng.integers(0, side - 8, 2))
         box = [x, y, x + int(rng.integers(6, 20)), y + int(rng.integers(6, 20))]
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(
+            box, fill=tuple(int(v) for v in rng.integers(0, 256, 3))
+        )
     return img
 
 
@@ -95,20 +98,23 @@ def test_planted_near_duplicates_are_found_and_distinct_pictures_are_not():
     pairs, _ = near_duplicate_pairs(hashes, PHASH_DISTANCE)
     assert len(pairs) == 0  # 19,900 distinct pairs, none within the distance
 
-    found = total = 0
-    for edit in EDITS.values():
-        edited = np.array([image_keys(edit(im))[1] for im in distinct[:40]], np.uint64)
-        other, train, dist = cross_matches(hashes, edited, PHASH_DISTANCE)
-        assert (train == other).all()  # each edit matches its own original, never another picture
-        found, total = found + len(other), total + len(edited)
-    assert found / total >= 0.9, f"recall {found / total:.2f}"
+    recall = {}
+    for name, edit in EDITS.items():
+        edited = np.array([image_keys(edit(im))[1] for im in distinct[::4]], np.uint64)
+        other, train, _ = cross_matches(hashes, edited, PHASH_DISTANCE)
+        assert (train == other * 4).all()  # each edit matches its own original, never another picture
+        recall[name] = len(other) / len(edited)
+    assert min(v for k, v in recall.items() if "crop" not in k) >= 0.95 and recall["crop 1px + resize"] >= 0.5, recall
 
 
 def test_hash_search_agrees_with_brute_force():
     rng = np.random.default_rng(2)
     base = rng.integers(0, 2**63, 200, dtype=np.uint64) << np.uint64(1)
     for d in (0, 3, 6, 9, 12):
-        flipped = [int(b) ^ sum(1 << int(k) for k in rng.choice(64, int(rng.integers(0, d + 3)), replace=False)) for b in base[:80]]
+        flipped = [
+            int(b) ^ sum(1 << int(k) for k in rng.choice(64, int(rng.integers(0, d + 3)), replace=False))
+            for b in base[:80]
+        ]
         h = np.concatenate([base, np.array(flipped, np.uint64), base[:10]])
         full = np.bitwise_count(h[:, None] ^ h[None, :])
         pairs, dist = near_duplicate_pairs(h, d)
@@ -135,7 +141,10 @@ def test_groups_keep_exact_and_near_duplicates_together():
 def test_leakage_blocks_by_exact_and_near_match_unless_allowed():
     rng = np.random.default_rng(4)
     train_imgs = [smooth(rng) for _ in range(30)]
-    test_imgs = [smooth(rng) for _ in range(8)] + [reencode(train_imgs[3], "WEBP", lossless=True), EDITS["jpeg q60"](train_imgs[5])]
+    test_imgs = [smooth(rng) for _ in range(8)] + [
+        reencode(train_imgs[3], "WEBP", lossless=True),
+        EDITS["jpeg q60"](train_imgs[5]),
+    ]
     sets = {
         "train": image_set("train", train_imgs, [i % 3 for i in range(30)]),
         "test": image_set("test", test_imgs, [0] * 10),
@@ -187,7 +196,6 @@ def test_label_errors_on_separable_features():
     assert set(flipped) <= rows and len(rows) <= len(flipped) + 3, rows
     assert ln.issues[0].text.startswith("train/") and ln.model == "features" and ln.kappa > 0.9
     assert report.counts()["label_issues"] == len(ln.issues)
-    assert "without" not in ln.model and not audit_images(sets, NAMES, AuditConfig()).label_noise.issues
     assert "no backbone features" in audit_images(sets, NAMES, AuditConfig()).label_noise.skipped
 
 
@@ -220,7 +228,10 @@ def test_report_saves_markdown_json_and_pairs_figure(tmp_path):
     train = [smooth(rng) for _ in range(6)]
     test = [EDITS["jpeg q60"](train[0]), smooth(rng)]
     images = {"train": dict(enumerate(train)), "test": dict(enumerate(test))}
-    sets = {"train": image_set("train", train, [0, 1] * 3, source="data/train"), "test": image_set("test", test, [0, 1])}
+    sets = {
+        "train": image_set("train", train, [0, 1] * 3, source="data/train"),
+        "test": image_set("test", test, [0, 1]),
+    }
     report = audit_images(sets, NAMES, FAST, open_image=lambda split, ref: images[split][int(ref.split("/")[1][:-4])])
     written = report.save(tmp_path, "audit")
     assert [p.name for p in written] == ["audit.md", "audit.json", "audit_pairs.png"]
@@ -233,6 +244,8 @@ def test_report_saves_markdown_json_and_pairs_figure(tmp_path):
     assert len(no_images) == 2 and "pairs.png" not in no_images[0].read_text()
 
 
-def test_audit_needs_a_training_set():
+def test_audit_needs_a_training_set_and_a_sane_distance():
     with pytest.raises(ValueError, match="train"):
         audit_images({"test": image_set("test", [], [])}, NAMES, FAST)
+    with pytest.raises(ConfigError, match="between 0 and 16"):
+        audit_images({"train": image_set("train", [], [])}, NAMES, FAST, max_distance=20)

@@ -89,12 +89,17 @@ def test_save_pretrained_round_trips_through_the_auto_classes(tmp_path):
         assert torch.equal(model(pixel_values=images()).logits, loaded(pixel_values=images()).logits)
 
 
-def test_lora_on_the_1x1_convs_trains_saves_and_reloads(tmp_path):
+def test_lora_on_the_convs_trains_saves_and_reloads(tmp_path):
+    # The 1x1 convs, and the strided 3x3 stem: padding is a module of its own, so LoRA's down-projection (which
+    # copies the conv's stride and padding) sees the padded input too. Depthwise convs are no LoRA target (PEFT
+    # needs the rank divisible by groups).
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    base = tiny(dropout=0.0)
+    base = tiny("same", dropout=0.0)
     base.save_pretrained(tmp_path / "base")
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["expand_conv", "project_conv"], modules_to_save=["classifier"])
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["stem_conv", "expand_conv", "project_conv"], modules_to_save=["classifier"]
+    )
     model = get_peft_model(base, config)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
@@ -112,7 +117,9 @@ def test_lora_on_the_1x1_convs_trains_saves_and_reloads(tmp_path):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.05
+    assert losses[-1] < losses[0] - 0.05, losses
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # the conv adapters moved off their zero init
     model.eval()
     model.save_pretrained(tmp_path / "adapter")
     from transformers import AutoModelForImageClassification
@@ -140,7 +147,11 @@ def test_load_image_processor_reads_the_folder_or_says_what_is_missing(tmp_path)
 
     with pytest.raises(ModelError, match="preprocessor_config.json"):
         load_image_processor(str(tmp_path))
-    processor = {"image_processor_type": "BitImageProcessor", "size": {"shortest_edge": 20}, "crop_size": {"height": 16, "width": 16}}
+    processor = {
+        "image_processor_type": "BitImageProcessor",
+        "size": {"shortest_edge": 20},
+        "crop_size": {"height": 16, "width": 16},
+    }
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(processor))
     import numpy as np
 

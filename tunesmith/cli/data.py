@@ -21,7 +21,10 @@ def add_data_commands(subparsers) -> None:
     sub = d.add_subparsers(dest="data_command", required=True)
 
     a = sub.add_parser("audit", help="report duplicates, leakage, label errors, balance and lengths (changes nothing)")
-    a.add_argument("file", help="training data (CSV, JSONL, Parquet; pkg://package/file for packaged data)")
+    a.add_argument(
+        "file",
+        help="training data (CSV, JSONL, Parquet; pkg://package/file; or a folder of images, one folder per label)",
+    )
     a.add_argument("--validation", help="validation file to check for leakage against the training data")
     a.add_argument("--test", help="test file to check for leakage against the training (and validation) data")
     a.add_argument("--text-column", default="text")
@@ -46,6 +49,10 @@ def add_data_commands(subparsers) -> None:
         default="utf-8",
         help="text encoding of CSV/JSONL files (undecodable bytes are reported, not fatal)",
     )
+    a.add_argument(
+        "--image-column",
+        help="audit images: the table's column of image paths/bytes (a folder of class folders needs none)",
+    )
     a.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("prepare", help="clean, deduplicate, split, balance and augment into a versioned dataset folder")
@@ -69,6 +76,8 @@ def cmd_audit(args) -> int:
     from ..data.audit import audit
     from ..data.loaders import load_table
 
+    if args.image_column or _is_image_folder(args.file):
+        return _audit_images(args)
     cfg = AuditConfig()
     if args.near_threshold is not None:
         cfg.near_threshold = args.near_threshold
@@ -115,6 +124,35 @@ def cmd_audit(args) -> int:
     if args.out:
         md, js = report.save(Path(args.out))
         print(f"wrote {md} and {js}")
+    else:
+        print(report.to_markdown())
+    for msg in report.blocking:
+        print(f"blocking: {msg}", file=sys.stderr)
+    return AUDIT_EXIT_BLOCKING if report.blocking else 0
+
+
+def _is_image_folder(spec: str) -> bool:
+    from ..utils import resolve_path
+
+    path = resolve_path(spec)
+    return path.is_dir() and not any(
+        (path / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")
+    )
+
+
+def _audit_images(args) -> int:
+    """The image audit: exact and near-duplicate pictures, leakage, label errors (with --model), balance, sizes."""
+    from ..config.loader import load_config
+    from ..tasks.images.evaluation import audit_image_sources
+
+    images = {"column": args.image_column} if args.image_column else {}
+    cfg = load_config({"task": "image-classification", "data": {"path": args.file, "label_column": args.label_column},
+                       "images": images, "audit": {"label_errors": not args.no_label_errors}})  # fmt: skip
+    specs = {k: v for k, v in (("train", args.file), ("validation", args.validation), ("test", args.test)) if v}
+    report = audit_image_sources(specs, cfg, args.model, say=lambda s: print(s, file=sys.stderr))
+    if args.out:
+        written = report.save(Path(args.out))
+        print("wrote " + ", ".join(str(p) for p in written))
     else:
         print(report.to_markdown())
     for msg in report.blocking:

@@ -59,23 +59,25 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ..data.loaders import load_table, pick_split, require_columns
     from ..errors import DataError
     from ..runs.run import load_run
     from ..utils import atomic_write_text
 
     run = load_run(args.run)  # a run folder or models:/NAME@ALIAS
-    if bool(args.text) == bool(args.file):
-        raise DataError('predict: give --text "..." (repeatable) or --file in.csv [--out preds.csv]')
-    if args.text:
-        for text, pred in zip(args.text, run.predict(args.text)):
-            print(f"{pred.label}\t{pred.score:.4f}\t{text}")
+    predictor = run.predictor
+    kind = predictor.input_kind
+    given = args.image if kind == "image" else args.text
+    if args.image if kind == "text" else args.text:
+        raise DataError(f"predict: this run classifies {kind}s; give --{kind} (repeatable) or --file")
+    if bool(given) == bool(args.file):
+        raise DataError(f'predict: give --{kind} "..." (repeatable) or --file in.csv [--out preds.csv]')
+    if given:
+        for item, pred in zip(given, run.predict(given)):
+            print(f"{pred.label}\t{pred.score:.4f}\t{item}")
         return 0
-    cfg = run.config.data
-    df = pick_split(load_table(args.file, "auto", cfg.encoding, cfg.encoding_errors), "test", args.file)
-    column = args.text_column or cfg.text_column
-    require_columns(df, {"text": column}, args.file, "pass --text-column")
-    preds = run.predict(df[column].fillna("").astype(str).tolist())
+    df, inputs = predictor.read_inputs(args.file, args.image_column if kind == "image" else args.text_column)
+    column = "image" if kind == "image" else (args.text_column or run.config.data.text_column)
+    preds = run.predict(inputs)
     df["predicted"] = [p.label for p in preds]
     df["score"] = [round(p.score, 5) for p in preds]
     if args.out:
@@ -152,9 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predict labels with a saved run")
     pr.add_argument("run")
     pr.add_argument("--text", action="append", help="a text to classify (repeatable)")
-    pr.add_argument("--file", help="CSV/JSONL/Parquet with a text column")
+    pr.add_argument("--file", help="CSV/JSONL/Parquet with a text (or image) column; image runs: also a folder")
     pr.add_argument("--out", help="write the file with predictions here (CSV)")
     pr.add_argument("--text-column")
+    pr.add_argument("--image", action="append", help="an image file to classify (repeatable; image runs)")
+    pr.add_argument("--image-column", help="the image column of --file (default: the run's images.column)")
     pr.set_defaults(func=cmd_predict)
 
     r = sub.add_parser("runs", help="list runs with their headline metrics")

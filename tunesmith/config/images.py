@@ -37,7 +37,8 @@ class ImagesConfig:
     albumentations transform by its class name (`{CLAHE: {p: 0.5}}`). Validation and test images are never augmented."""
     workers: int | Literal["auto"] = "auto"
     """Processes that decode and augment training images ahead of the loop (a DataLoader); 0 decodes in the training
-    process. `auto`: 1 when augmenting on a machine with more than one core, else 0 (measured in docs/images.md)."""
+    process. `auto`: 0 on 2 cores or fewer (there a worker only competes with training: measured in docs/images.md),
+    else up to 4 when augmenting."""
     min_size: int = 8
     """Images narrower or lower than this many pixels are left out (and counted)."""
     max_pixels: int = 40_000_000

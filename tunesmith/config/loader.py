@@ -192,7 +192,12 @@ def _coerce(value: Any, tp: Any, path: tuple, where: str, lines: dict) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], path, where, lines)
+        for arg in args[:-1]:  # `int | Literal["auto"]`: the first type the value fits
+            try:
+                return _coerce(value, arg, path, where, lines)
+            except ConfigError:
+                pass
+        return _coerce(value, args[-1], path, where, lines)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, where, lines)
     if origin is Literal:

@@ -163,3 +163,61 @@ def find_label_errors(
         for i in ranked
     ]
     return found
+
+
+def label_errors_from_features(
+    features: np.ndarray,
+    labels: list[str],
+    refs: list[str],
+    folds: int,
+    seed: int,
+    feature_name: str = "features",
+    min_kappa: float = 0.75,
+) -> LabelNoiseFindings:
+    """`label_noise.find_label_errors` with the features as the only view (it always adds TF-IDF of texts, and image
+    refs are paths whose folder names would give the labels away). Same filter, ranking, kappa gate and fields; rows
+    are 1-based positions."""
+    from cleanlab.count import num_label_issues
+    from cleanlab.filter import find_label_issues
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import cohen_kappa_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    if len(features) != len(labels):
+        raise ValueError(f"{len(features)} feature rows for {len(labels)} training images")
+    counts = Counter(labels)
+    rare = sorted(name for name, n in counts.items() if n < folds)
+    keep = [i for i, v in enumerate(labels) if counts[v] >= folds]
+    names = sorted({labels[i] for i in keep})
+    if len(names) < 2:
+        why = f"labels {rare} have fewer than {folds} images (one per fold)" if rare else "fewer than 2 labels"
+        return LabelNoiseFindings(checked_rows=0, skipped=why)
+    index = {n: i for i, n in enumerate(names)}
+    y = np.array([index[labels[i]] for i in keep], dtype=int)
+    x = np.asarray(features, np.float64)[keep]
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # unit length, C=1: as label_noise measured
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    probs = cross_val_predict(LogisticRegression(C=1.0, max_iter=2000), x, y, cv=cv, method="predict_proba", n_jobs=1)
+    predicted = probs.argmax(axis=1)
+    ranked = find_label_issues(
+        y, probs, filter_by="prune_by_class", return_indices_ranked_by="self_confidence", n_jobs=1
+    )
+    estimated, kappa = int(num_label_issues(y, probs)), float(cohen_kappa_score(y, predicted))
+    accuracy = round(float((predicted == y).mean()), 4)
+    precision = round(min(1.0, estimated / len(ranked)), 3) if len(ranked) else None
+    found = LabelNoiseFindings(
+        len(keep), folds, feature_name, accuracy, {feature_name: accuracy}, round(kappa, 4), estimated, precision
+    )
+    found.excluded_labels = rare
+    if min_kappa > 0 and kappa < min_kappa:
+        found.withheld = (
+            f"the out-of-fold model is too weak to tell a wrong label from a hard example (accuracy "
+            f"{accuracy:.2f}, kappa {kappa:.2f} < audit.label_error_min_kappa {min_kappa})"
+        )
+        found.withheld_count = len(ranked)
+        return found
+    found.issues = [
+        LabelIssue(keep[i] + 1, names[y[i]], names[int(predicted[i])], round(float(probs[i, y[i]]), 4), refs[keep[i]])
+        for i in ranked
+    ]
+    return found

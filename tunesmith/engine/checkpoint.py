@@ -32,7 +32,7 @@ def save_checkpoint(
 def load_weights(folder: Path, model: nn.Module) -> None:
     """Put the checkpoint's trainable weights into the model (names must match)."""
     weights = load_file(str(folder / "trainable.safetensors"))
-    missing = set(weights) - {n for n, _ in model.named_parameters()}
+    missing = set(weights) - {n for n, _ in model.named_parameters()} - {n for n, _ in model.named_buffers()}
     if missing:
         raise RuntimeError(f"checkpoint {folder} has weights the model lacks: {sorted(missing)[:3]}")
     model.load_state_dict(weights, strict=False)

@@ -2,16 +2,18 @@
 
     tunesmith export RUN --format hf|onnx|gguf [--quantize Q] --out DIR [--no-parity] [--parity-rows N]
 
-hf    adapters merged into the weights: a plain transformers folder (tokenizer, chat template, model card)  hf.py
-onnx  encoder classifiers: model.onnx with dynamic batch/sequence axes (fp32, or int8 weights), the tokenizer,
-      config.json and labels.json beside it                                                              onnx.py
+hf    adapters merged into the weights: a plain transformers folder (tokenizer or image processor, model card) hf.py
+onnx  classifiers: model.onnx for encoder text classifiers (dynamic batch/sequence axes; fp32 or int8 weights) and
+      image classifiers (pixel_values, dynamic batch axis), the tokenizer or image processor, config.json and
+      labels.json beside it                                                                              onnx.py
 gguf  Llama-family causal LMs: one .gguf for llama.cpp (f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0)    gguf.py
 
 Which formats fit is decided by the model (its head class and `config.model_type`), never by the task's name.
 Every export is then run on the run's own test inputs beside the trained model (parity.py, classifier.py,
-language_model.py); `<out>/export.json` says what was compared, the tolerances and the verdict. The folder is
-written under a temporary name and renamed into place. An export that misses a tolerance is still renamed into
-place (to be inspected; export.json says "failed"), and `export_run` raises a ParityError naming the miss.
+image_classifier.py, language_model.py); `<out>/export.json` says what was compared, the tolerances and the
+verdict. The folder is written under a temporary name and renamed into place. An export that misses a tolerance
+is still renamed into place (to be inspected; export.json says "failed"), and `export_run` raises a ParityError
+naming the miss.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..utils import atomic_dir, atomic_write_json
 from ..version import __version__
 from . import gguf as gguf_format
 from . import hf as hf_format
+from . import image_classifier as image_format
 from . import onnx as onnx_format
 from .classifier import classifier_inputs, compare_classifier, latency, torch_logits
 from .language_model import compare_lm, lm_inputs, lm_outputs, stops_and_pad
@@ -41,7 +44,7 @@ __all__ = ["FORMATS", "ExportResult", "ParityError", "export_run", "model_kind"]
 
 FORMATS = {
     "hf": "merged adapters, a plain transformers folder (any run)",
-    "onnx": "model.onnx for an encoder classifier (--quantize int8: int8 weights)",
+    "onnx": "model.onnx for an encoder or image classifier (--quantize int8: int8 weights, text classifiers)",
     "gguf": "a .gguf for llama.cpp, Llama-family causal LMs (--quantize f16 | bf16 | f32 | q8_0 | q5_1 | q5_0 | q4_1 | q4_0)",
 }
 _CHECKS = {"hf": hf_format, "onnx": onnx_format, "gguf": gguf_format}
@@ -68,9 +71,11 @@ class ExportResult:
 
 
 def model_kind(model) -> str | None:
-    """What parity compares for a model: "classifier" (a sequence-classification head), "language-model"
-    (a causal LM or an encoder-decoder), None (neither)."""
+    """What parity compares for a model: "classifier" (a sequence-classification head), "image-classifier" (an
+    image-classification head: pixels in), "language-model" (a causal LM or an encoder-decoder), None (none)."""
     name = type(model).__name__
+    if name.endswith("ForImageClassification"):
+        return "image-classifier"
     if name.endswith("ForSequenceClassification"):
         return "classifier"
     if name.endswith(("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")) or getattr(
@@ -105,7 +110,7 @@ def export_run(
     model, tokenizer, strategy = loaded.model, loaded.tokenizer, loaded.strategy
     plain = model.get_base_model() if hasattr(model, "get_base_model") else model
     kind = model_kind(plain)
-    _check_fit(format, plain, strategy)
+    _check_fit(format, q, plain, strategy)
     notes = []
     if kind is None and parity:  # e.g. a user task's own head: written as it is, nothing to compare it on
         parity = False
@@ -117,6 +122,9 @@ def export_run(
         say(f"export: parity reference: the trained model on up to {rows} test rows")
         if kind == "classifier":
             inputs = classifier_inputs(run, tokenizer, rows, say)
+            reference = torch_logits(model, inputs.batches)
+        elif kind == "image-classifier":
+            inputs = image_format.image_inputs(run, tokenizer, rows, say)
             reference = torch_logits(model, inputs.batches)
         else:
             inputs = lm_inputs(run, tokenizer, plain, rows, say)
@@ -169,10 +177,12 @@ def _check_out(out: Path, run: Run, force: bool) -> None:
             )
 
 
-def _check_fit(format: str, model, strategy) -> None:
+def _check_fit(format: str, q: str, model, strategy) -> None:
     """The format must fit the model; a user's mistake is one line saying which format does."""
     if format != "hf":
         _CHECKS[format].check_model(model)
+    if format == "onnx" and q == "int8":
+        onnx_format.check_int8(model)
     if not getattr(strategy, "mergeable", True):  # soft prompts, a quantized base (QLoRA)
         strategy.merged(model)  # raises the strategy's own explanation, before any work
 
@@ -186,20 +196,29 @@ def _precision(format: str, q: str) -> str:
 def _write(format: str, q: str, merged, tokenizer, run: Run, tmp: Path, kind: str, say) -> dict:
     """Write the artifact into `tmp`; returns what export.json records about it (files, size, how to load)."""
     info: dict = {}
-    if kind == "classifier":
+    if kind in ("classifier", "image-classifier"):
         atomic_write_json(tmp / "labels.json", run.label_names)
+    if kind == "classifier":
         info["max_length"] = run.config.data.max_length  # truncate as the run did: tokenizer(..., max_length=...)
+    elif kind == "image-classifier":
+        info.update(image_format.describe(merged, tokenizer))
     if format == "hf":
         say(f"export: writing a transformers folder ({type(merged).__name__})")
         hf_format.write_hf(merged, tokenizer, tmp)
         files = [p.name for p in hf_format.model_files(tmp)]
         info["load"] = f"transformers.{auto_class_for(tmp).__name__}.from_pretrained(DIR)"
+        if kind == "image-classifier":
+            info["load"] += "; transformers.AutoImageProcessor.from_pretrained(DIR)"
     elif format == "onnx":
-        info.update(onnx_format.write_onnx(merged, tmp, q, say))
+        pixels = None
+        if kind == "image-classifier":
+            pixels = image_format.example_pixels(image_format.input_shape(tokenizer))
+        info.update(onnx_format.write_onnx(merged, tmp, q, say, pixels))
         tokenizer.save_pretrained(tmp)
         merged.config.save_pretrained(tmp)
         files = [onnx_format.MODEL_FILE]
-        info["load"] = "onnxruntime.InferenceSession('DIR/model.onnx'); transformers.AutoTokenizer.from_pretrained(DIR)"
+        reader = "AutoImageProcessor" if kind == "image-classifier" else "AutoTokenizer"
+        info["load"] = f"onnxruntime.InferenceSession('DIR/model.onnx'); transformers.{reader}.from_pretrained(DIR)"
     else:
         name = gguf_format.file_name(q)
         notes = gguf_format.write_gguf(merged, tokenizer, tmp / name, q, run.path.name, say)
@@ -233,6 +252,8 @@ def _check(format, q, kind, merged, tokenizer, run, tmp, report, inputs, referen
         exported = np.concatenate([export_logits(b) for b in inputs.batches])
         measured = compare_classifier(reference, exported, inputs, export_tokenizer)
         measured["latency_ms"] = latency(merged, export_logits, inputs, tokenizer)
+    elif kind == "image-classifier":
+        measured = image_format.measure(format, merged, tmp, inputs, reference)
     else:
         if format == "gguf":
             loaded, export_tokenizer = gguf_format.load_gguf(tmp, report["artifact"])

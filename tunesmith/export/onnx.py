@@ -1,6 +1,8 @@
-"""ONNX for encoder classifiers (BERT, MiniLM, RoBERTa, ...): model.onnx with dynamic batch and sequence axes,
-inputs input_ids / attention_mask (/ token_type_ids when the model takes them), output logits; next to it the
-tokenizer, config.json (id2label) and labels.json, so the folder is all a runtime needs.
+"""ONNX for classifiers: encoder text classifiers (BERT, MiniLM, RoBERTa, ...): model.onnx with dynamic batch and
+sequence axes, inputs input_ids / attention_mask (/ token_type_ids when the model takes them), output logits;
+image classifiers: input pixel_values [batch, 3, H, W] (the batch axis dynamic, H x W fixed by the run's image
+processor), output logits. Next to it the tokenizer or image processor, config.json (id2label) and labels.json,
+so the folder is all a runtime needs.
 
 The exporter is torch.onnx's dynamo exporter (torch.export, the default and maintained path on torch >= 2.9); if
 it cannot capture a model, the TorchScript exporter (`dynamo=False`) is tried; export.json records which one
@@ -36,6 +38,8 @@ def check_model(model) -> None:
     """Encoder classifiers only: a sequence-classification head on an encoder (a model family with a masked-LM head)."""
     from transformers import MODEL_FOR_MASKED_LM_MAPPING
 
+    if type(model).__name__.endswith("ForImageClassification"):
+        return  # pixels in, logits out: any image classifier torch.export can capture (the export says if not)
     if getattr(model.config, "is_encoder_decoder", False) or not type(model).__name__.endswith(
         "ForSequenceClassification"
     ):
@@ -50,6 +54,19 @@ def check_model(model) -> None:
         )
 
 
+def check_int8(model) -> None:
+    """int8 is for text classifiers. Measured on EfficientNet-Lite0 (128 px, 200 Fashion-MNIST pictures, its
+    1,000-class head; docs/export.md): quantize_dynamic turns every Conv into ConvInteger, which kept 22% of the
+    fp32 top-1 labels and ran 40x slower; restricted to MatMul/Gemm it quantizes the head alone (20% smaller,
+    3.5x slower); static QDQ calibrated on 64 training pictures kept 75% and was no faster than fp32."""
+    if type(model).__name__.endswith("ForImageClassification"):
+        raise ConfigError(
+            "--quantize int8: onnxruntime's dynamic int8 turns an image model's convolutions into ConvInteger, "
+            "which lost most labels and ran ~40x slower than fp32 on EfficientNet-Lite0 (docs/export.md); "
+            "export fp32 (--quantize none)"
+        )
+
+
 def input_names(model) -> list[str]:
     names = ["input_ids", "attention_mask"]
     if "token_type_ids" in inspect.signature(model.forward).parameters:
@@ -57,23 +74,29 @@ def input_names(model) -> list[str]:
     return names
 
 
-def write_onnx(model, folder: Path, quantize: str, say=print) -> dict:
-    """model.onnx in `folder` (fp32, or int8 weights); returns {"exporter", "inputs", "opset"}."""
-    names = input_names(model)
-    wrapped = _LogitsOnly(model).eval()
-    # Two rows of different lengths: torch.export specialises a dimension of size 1, and padding shows in the mask.
-    ids = torch.tensor([[101, 2000, 2001, 2002, 102, 0], [101, 2003, 102, 0, 0, 0]]) % model.config.vocab_size
-    example = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
-    args = tuple(example[n] for n in names)
+def write_onnx(model, folder: Path, quantize: str, say=print, pixels: torch.Tensor | None = None) -> dict:
+    """model.onnx in `folder` (fp32, or int8 weights); returns {"exporter", "inputs", "opset"}. `pixels`: an image
+    classifier's example input [2, 3, H, W] (its H x W become the graph's fixed size; the batch axis is dynamic)."""
+    if pixels is not None:
+        names, args, wrapped = ["pixel_values"], (pixels,), _PixelLogits(model).eval()
+        dims, what = {"pixel_values": {0: "batch"}}, f"dynamic batch axis, {'x'.join(map(str, pixels.shape[1:]))}"
+    else:
+        names = input_names(model)
+        wrapped = _LogitsOnly(model).eval()
+        # Two rows of different lengths: torch.export specialises a dimension of size 1, and padding shows in the mask.
+        ids = torch.tensor([[101, 2000, 2001, 2002, 102, 0], [101, 2003, 102, 0, 0, 0]]) % model.config.vocab_size
+        example = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
+        args = tuple(example[n] for n in names)
+        dims, what = {n: {0: "batch", 1: "sequence"} for n in names}, "dynamic batch and sequence axes"
     path = folder / MODEL_FILE
-    say(f"export: onnx (opset {OPSET}, dynamic batch and sequence axes)")
+    say(f"export: onnx (opset {OPSET}, {what})")
     try:
-        _export_dynamo(wrapped, args, names, path)
+        _export_dynamo(wrapped, args, names, dims, path)
         exporter = "dynamo"
     except Exception as err:  # the exporter's own failures are many kinds; the fallback is the answer to all
         say(f"export: the dynamo exporter failed ({_first_line(err)}); trying the TorchScript exporter")
         try:
-            _export_torchscript(wrapped, args, names, path)
+            _export_torchscript(wrapped, args, names, dims, path)
         except Exception as err2:
             raise ModelError(
                 f"--format onnx: torch.onnx cannot export {type(model).__name__} ({_first_line(err2)})"
@@ -97,8 +120,18 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
 
-def _export_dynamo(wrapped, args, names, path: Path) -> None:
-    dims = {0: "batch", 1: "sequence"}
+class _PixelLogits(torch.nn.Module):
+    """An image classifier as a function of its pixels, returning logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).logits
+
+
+def _export_dynamo(wrapped, args, names, dims: dict, path: Path) -> None:
     with warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -106,7 +139,7 @@ def _export_dynamo(wrapped, args, names, path: Path) -> None:
             args,
             input_names=names,
             output_names=["logits"],
-            dynamic_shapes={n: dims for n in names},
+            dynamic_shapes={n: dims[n] for n in names},
             opset_version=OPSET,
             dynamo=True,
             verbose=False,
@@ -114,8 +147,8 @@ def _export_dynamo(wrapped, args, names, path: Path) -> None:
         program.save(str(path), external_data=False)
 
 
-def _export_torchscript(wrapped, args, names, path: Path) -> None:
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+def _export_torchscript(wrapped, args, names, dims: dict, path: Path) -> None:
+    axes = {n: dims[n] for n in names} | {"logits": {0: "batch"}}
     with warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -162,6 +195,13 @@ class OnnxClassifier:
             else np.zeros_like(ids),
         }
         return self.session.run(["logits"], {n: feed[n] for n in self.inputs})[0]
+
+
+class OnnxImageClassifier(OnnxClassifier):
+    """An onnxruntime session over an image classifier's model.onnx: logits for a batch of pixel_values."""
+
+    def logits(self, batch: dict) -> np.ndarray:
+        return self.session.run(["logits"], {"pixel_values": np.asarray(batch["pixel_values"], dtype=np.float32)})[0]
 
 
 class _quiet:

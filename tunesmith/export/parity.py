@@ -7,6 +7,9 @@ first `rows` of it (default 200 for classifiers, 16 samples for language models)
 
 Classifiers (`classifier.py`): logits on the same token ids -> max |logit diff|, agreement of the predicted
 labels, macro-F1 and accuracy of both, the exported tokenizer's ids against the run's, batch-1 / batch-32 latency.
+Image classifiers (`image_classifier.py`): the same figures on the pixels of the first 128 test images (read from
+the run's test_predictions.csv when its rows are image files, else from the re-derived split), with the exported
+image processor's pixels against the run's in place of the tokenizer check.
 Language models (`language_model.py`): next-token logits at every trained position of the test samples -> max
 |logit diff| and the test perplexity of both; greedy continuations of the test prompts -> exact-match share and
 first-token agreement; the exported tokenizer's ids on the rendered samples.
@@ -65,13 +68,14 @@ LM_TOLERANCES = {
     "q8_0": Tolerance(None, 0.8, None, 0.02),
     "low-bit": Tolerance(None, 0.6, None, 0.10),
 }
-DEFAULT_ROWS = {"classifier": 200, "language-model": 16}
+DEFAULT_ROWS = {"classifier": 200, "image-classifier": 128, "language-model": 16}
 
 
 def tolerance(kind: str, precision: str, max_metric_drop: float | None = None) -> Tolerance:
-    """The tolerance for an export of `kind` ("classifier" | "language-model") at `precision`; `max_metric_drop`
-    (the --max-metric-drop flag) replaces its metric limit."""
-    table = CLASSIFIER_TOLERANCES if kind == "classifier" else LM_TOLERANCES
+    """The tolerance for an export of `kind` ("classifier" | "image-classifier" | "language-model") at `precision`;
+    `max_metric_drop` (the --max-metric-drop flag) replaces its metric limit. Image classifiers are held to the
+    text classifiers' limits: the same logits, labels and macro-F1 are compared."""
+    table = LM_TOLERANCES if kind == "language-model" else CLASSIFIER_TOLERANCES
     tol = table[precision]
     return tol if max_metric_drop is None else dataclasses.replace(tol, max_metric_drop=float(max_metric_drop))
 
@@ -98,6 +102,9 @@ def verdict(measured: dict, tol: Tolerance, tokenizer_checked: bool = True) -> l
     tok = measured.get("tokenizer_agreement")
     if tokenizer_checked and tok is not None and tok < tol.min_tokenizer_agreement:
         misses.append(f"tokenizer agreement {tok:.1%} < {tol.min_tokenizer_agreement:.0%}")
+    proc = measured.get("processor_agreement")  # an image processor: the same pixels, as a tokenizer the same ids
+    if proc is not None and proc < tol.min_tokenizer_agreement:
+        misses.append(f"image processor agreement {proc:.1%} < {tol.min_tokenizer_agreement:.0%}")
     return misses
 
 
@@ -171,6 +178,8 @@ def summary_lines(report: dict) -> list[str]:
     if "tokenizer_agreement" in p:
         checked = "" if p.get("tokenizer_checked", True) else ", reported"
         out.append(f"  {'tokenizer agreement':22}{p['tokenizer_agreement']:>12.1%}   (>= 100%{checked})")
+    if "processor_agreement" in p:
+        out.append(f"  {'processor agreement':22}{p['processor_agreement']:>12.1%}   (>= 100%, the same pixels)")
     for m in [p.get("metric"), *p.get("other_metrics", [])]:
         if not m:
             continue

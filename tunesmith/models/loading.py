@@ -253,6 +253,12 @@ def auto_class_for(folder: str | Path):
         return AutoModelForSeq2SeqLM
     if any(a.endswith("ForCausalLM") for a in config.get("architectures") or []):
         return AutoModelForCausalLM
+    if any(a.endswith("ForImageClassification") for a in config.get("architectures") or []):
+        from transformers import AutoModelForImageClassification
+
+        from . import vision  # noqa: F401  (registers tunesmith's own vision models with the Auto classes)
+
+        return AutoModelForImageClassification
     return AutoModelForSequenceClassification
 
 

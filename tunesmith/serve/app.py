@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ..errors import TunesmithError
 from .batching import Batcher, Busy, Job
 from .guard import ApiError, Guard
+from .images import decode_images
 from .options import ServeOptions
 from .pool import Served
 from .predlog import PredictionLog
@@ -112,6 +113,37 @@ class Serving:
         )
 
     # ---- the configurable bounds
+    def classify_inputs(self, req: ClassifyRequest) -> tuple[str, list[str], str]:
+        """(input kind "text" | "image", the items, the field they came in) of a classify request."""
+        given = [f for f in ("texts", "text", "images", "image") if getattr(req, f) is not None]
+        if len(given) != 1:
+            raise ApiError(
+                422,
+                "give exactly one of 'texts' (a list) or 'text' (a string); an image model takes 'images' (a list "
+                "of base64-encoded image files) or 'image'",
+                given[0] if given else "text",
+            )
+        if given[0] in ("texts", "text"):
+            return "text", self.items(req.texts, req.text, "text"), given[0]
+        items = [req.image] if req.image is not None else req.images
+        if not items:
+            raise ApiError(422, "'images' is empty", "images")
+        if len(items) > self.options.max_texts:
+            raise ApiError(422, f"{len(items)} images; at most {self.options.max_texts} per request", "images")
+        return "image", items, given[0]
+
+    def check_input(self, served: Served, kind: str, field: str) -> None:
+        """Texts to an image model, or images to a text model: one line saying what the model takes."""
+        wants = served.run.predictor.input_kind
+        if kind == wants:
+            return
+        takes = (
+            "'images' (a list of base64-encoded image files) or 'image'" if wants == "image" else "'texts' or 'text'"
+        )
+        raise ApiError(
+            422, f"model '{served.name}' classifies {wants}s: send {takes}, not '{field}'", field, "wrong_input"
+        )
+
     def items(self, many: list[str] | None, one: str | None, field: str) -> list[str]:
         if (many is None) == (one is None):
             raise ApiError(422, f"give exactly one of '{field}s' (a list) or '{field}' (a string)", field)
@@ -215,12 +247,17 @@ def add_routes(app: FastAPI, serving: Serving) -> None:
 
     @app.post("/v1/classify")
     async def classify(req: ClassifyRequest, request: Request):
-        texts = serving.items(req.texts, req.text, "text")
-        request.state.inputs = texts
+        kind, items, field = serving.classify_inputs(req)
+        request.state.inputs = items if kind == "text" else [{"images": len(items)}]
         served = serving.pick(request, req.model, "classify", req.user)
-        predictions = await serving.submit(served, "classify", Job(texts, len(texts)))
+        serving.check_input(served, kind, field)
+        if kind == "image":  # decoded off the event loop; a bad image is a 422 before any model work
+            images = served.run.config.images
+            loop = asyncio.get_running_loop()
+            items, request.state.inputs = await loop.run_in_executor(None, decode_images, items, field, images)
+        predictions = await serving.submit(served, "classify", Job(items, len(items)))
         results = [{"label": p.label, "score": p.score, "probs": p.probs} for p in predictions]
-        serving.record(request, "classify", texts, results)
+        serving.record(request, "classify", request.state.inputs, results)
         return {**answer_head(request, served), "results": results}
 
     @app.post("/v1/generate")

@@ -67,7 +67,7 @@ class ServeOptions:
     """Requests waiting per model; beyond it the server answers 503 with Retry-After (back-pressure)."""
     max_body_bytes: int = 1_000_000
     max_texts: int = 256
-    """Texts (classify) or prompts (generate) in one request."""
+    """Texts or images (classify) or prompts (generate) in one request."""
     max_text_chars: int = 20_000
     """Characters in one text, prompt or chat message list."""
     max_tokens: int = 512

@@ -65,6 +65,7 @@ class Served:
             "task": self.run.info.get("task"),
             "strategy": self.run.info.get("strategy"),
             "serves": sorted(self.serves),
+            "inputs": self.run.predictor.input_kind,
             "labels": self.run.label_names or None,
             "shares_base_with": [r.path.name for r in self.group.runs if r is not self.run],
         }

@@ -1,5 +1,5 @@
 """Request bodies. Types are checked by pydantic (a wrong type is a 422 naming the field); the configurable
-bounds (texts per request, characters, tokens) are checked by the app against `ServeOptions`."""
+bounds (texts or images per request, characters, tokens) are checked by the app against `ServeOptions`."""
 
 from __future__ import annotations
 
@@ -13,9 +13,14 @@ class Strict(BaseModel):
 
 
 class ClassifyRequest(Strict):
+    """Texts for a text classifier; for an image classifier `images` / `image`: each a base64-encoded image file
+    (PNG, JPEG, ...; a `data:image/png;base64,` prefix is accepted). Exactly one of the four."""
+
     model: str
     texts: list[str] | None = None
     text: str | None = None
+    images: list[str] | None = None
+    image: str | None = None
     user: str | None = None
     """Who asks: the key of A/B routing (else the request id)."""
 

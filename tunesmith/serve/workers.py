@@ -53,11 +53,14 @@ def split(results: list, jobs: list[Job]) -> list[list]:
 
 
 def classify_worker(served: Served, max_total_tokens: int) -> Callable[[list[Job]], list]:
+    """Jobs' payloads: texts, or an image model's decoded RGB images (PIL; see images.py): the run's predictor
+    takes either, so both batch the same way."""
+
     def handle(jobs: list[Job]) -> list:
-        texts = [t for job in jobs for t in job.payload]
+        items = [t for job in jobs for t in job.payload]
         with served.group.lock:
             served.group.activate(served.run)
-            predictions = served.run.predict(texts, batch_size=len(texts))
+            predictions = served.run.predict(items, batch_size=len(items))
         return split(predictions, jobs)
 
     return handle

@@ -141,9 +141,16 @@ def set_trainable(model: nn.Module, names: set[str]) -> None:
 
 
 def trainable_state(model: nn.Module, names: set[str] | None = None) -> dict[str, torch.Tensor]:
-    """The parameters that train (or `names`), by name: what a checkpoint has to keep."""
-    return {
+    """The parameters that train (or `names`), by name, and every batch norm's running statistics (buffers that
+    change in training): what a checkpoint has to keep for a resumed run, or the best step, to be exact."""
+    out = {
         n: p.detach().clone().contiguous()
         for n, p in model.named_parameters()
         if (p.requires_grad if names is None else n in names)
     }
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for b, t in module.named_buffers(recurse=False):
+                if t is not None:
+                    out[f"{name}.{b}" if name else b] = t.detach().clone().contiguous()
+    return out

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .peft_base import PeftStrategy, peft_task
+from .peft_base import PeftStrategy, head_modules, peft_task, pointwise_layers
 
 
 @dataclass
@@ -27,6 +27,13 @@ class Ia3Strategy(PeftStrategy):
         from peft import IA3Config
 
         o = self.options
+        targets, feedforward = o.target_modules, o.feedforward_modules
+        if targets is None and peft_task(model) is None:  # vision: rescale the inputs of the pointwise layers
+            targets = pointwise_layers(model)
+            feedforward = feedforward if feedforward is not None else targets
         return IA3Config(
-            task_type=peft_task(model), target_modules=o.target_modules, feedforward_modules=o.feedforward_modules
+            task_type=peft_task(model),
+            target_modules=targets,
+            feedforward_modules=feedforward,
+            modules_to_save=head_modules(model),
         )

@@ -76,6 +76,8 @@ class LinearProbeStrategy(Strategy):
         finally:
             hook.remove()
         x = seen["x"]
+        if x.ndim == 4:  # a vision head that flattens pooled maps itself (ResNet: Flatten -> Linear)
+            x = x.flatten(1)
         if x.ndim == 3:  # e.g. RoBERTa's head takes the sequence and reads its first token
             if name == "score":
                 raise ConfigError(

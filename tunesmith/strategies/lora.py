@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .peft_base import PeftStrategy, peft_task
+from .peft_base import PeftStrategy, head_modules, peft_task, pointwise_layers
 
 
 @dataclass
@@ -33,7 +33,10 @@ class LoraOptions:
 def default_targets(model: nn.Module) -> list[str] | str:
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
 
-    return DEFAULTS.get(getattr(model.config, "model_type", ""), "all-linear")
+    found = DEFAULTS.get(getattr(model.config, "model_type", ""))
+    if found is None and peft_task(model) is None:  # a vision model PEFT has no table for: its pointwise layers
+        return pointwise_layers(model)
+    return found or "all-linear"
 
 
 class LoraStrategy(PeftStrategy):
@@ -64,6 +67,7 @@ class LoraStrategy(PeftStrategy):
             target_modules=targets or default_targets(model),
             use_rslora=o.use_rslora,
             use_dora=o.use_dora,
+            modules_to_save=head_modules(model),
         )
 
 

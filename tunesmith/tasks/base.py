@@ -69,6 +69,19 @@ class Predictor:
     def __init__(self, run):
         self.run = run
 
+    input_kind = "text"
+    """What `predict` takes: "text" (strings) or "image" (paths, bytes or PIL images); the CLI's --text / --image."""
+
+    def read_inputs(self, path: str, column: str | None = None):
+        """(table, inputs) of a file to predict: the table as read, and the column the model reads from it."""
+        from ..data.loaders import load_table, pick_split, require_columns
+
+        cfg = self.run.config.data
+        df = pick_split(load_table(path, "auto", cfg.encoding, cfg.encoding_errors), "test", path)
+        column = column or cfg.text_column
+        require_columns(df, {"text": column}, path, "pass --text-column")
+        return df, df[column].fillna("").astype(str).tolist()
+
     def predict(self, texts: list[str], batch_size: int = 64):
         raise RunError(f"{self.run.path}: a {self.run.task.name} run cannot predict labels; use generate")
 

@@ -21,13 +21,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForImageClassification,
-    PretrainedConfig,
-    PreTrainedModel,
-    initialization as init,
-)
+from transformers import AutoConfig, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
@@ -208,9 +203,7 @@ class MBConvForImageClassification(MBConvPreTrainedModel):
         self.stem_pad = _pad(config, 3, 2)
         self.stem_conv = nn.Conv2d(config.num_channels, config.stem_channels, 3, 2, bias=False)
         self.stem_bn = _bn(config, config.stem_channels)
-        specs = [
-            (k, s if i == 0 else 1, e, c) for k, s, e, c, repeats in config.stages for i in range(int(repeats))
-        ]
+        specs = [(k, s if i == 0 else 1, e, c) for k, s, e, c, repeats in config.stages for i in range(int(repeats))]
         cin, blocks = config.stem_channels, []
         for index, (kernel, stride, expand, cout) in enumerate(specs):
             drop = config.drop_path_rate * index / max(len(specs), 1)

@@ -126,7 +126,10 @@ def convert_packaged_vision(name: str, pth: str | Path, say=print) -> Path:
     rec = recipe(name)
     say(f"model: converting {pth.name} to a Hugging Face folder (once) in {out}")
     t0 = time.perf_counter()
+    from transformers.utils import logging as hf_logging
+
     model = build_model(name, rec, _read_state_dict(name, pth))
+    hf_logging.disable_progress_bar()  # a one-shard progress bar for a 15 MB file is noise
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "preprocessor_config.json").write_text(json.dumps(rec.processor, indent=2) + "\n")
@@ -141,7 +144,9 @@ def _read_state_dict(name: str, pth: Path) -> dict:
     try:
         sd = torch.load(pth, weights_only=True, map_location="cpu")  # tensors only: never unpickle code
     except Exception as err:
-        raise ModelError(f"packaged model '{name}': cannot read '{pth}' ({type(err).__name__}: {err}); reinstall its package") from None
+        raise ModelError(
+            f"packaged model '{name}': cannot read '{pth}' ({type(err).__name__}: {err}); reinstall its package"
+        ) from None
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ModelError(f"packaged model '{name}': '{pth}' is not a state dict of tensors; reinstall its package")
@@ -177,7 +182,9 @@ def modules_by_kind(sd: dict) -> dict[str, list[tuple[str, dict]]]:
         elif tensors["weight"].ndim == 2:
             kinds["linear"].append((prefix, tensors))
         else:
-            raise ModelError(f"unexpected tensor group '{prefix}' ({ {k: tuple(v.shape) for k, v in tensors.items()} })")
+            raise ModelError(
+                f"unexpected tensor group '{prefix}' ({ {k: tuple(v.shape) for k, v in tensors.items()} })"
+            )
     return kinds
 
 
@@ -193,7 +200,9 @@ def map_by_position(source: dict, target: dict, name: str) -> dict:
             )
         for (src_prefix, src), (dst_prefix, dst) in zip(have, wanted, strict=True):
             if set(src) != set(dst):
-                raise ModelError(f"packaged model '{name}': '{src_prefix}' has {sorted(src)}, '{dst_prefix}' wants {sorted(dst)}")
+                raise ModelError(
+                    f"packaged model '{name}': '{src_prefix}' has {sorted(src)}, '{dst_prefix}' wants {sorted(dst)}"
+                )
             for leaf, tensor in dst.items():
                 if src[leaf].shape != tensor.shape:
                     raise ModelError(

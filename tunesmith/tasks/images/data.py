@@ -25,6 +25,7 @@ class ImageSplit:
     labels: list[int]
     keys: list[str]
     phashes: np.ndarray
+    thumbs: np.ndarray
     sizes: list[tuple[int, int]]
     modes: list[str]
     meta: dict[str, list] = field(default_factory=dict)
@@ -47,6 +48,7 @@ class ImageSplit:
             [self.labels[r] for r in rows],
             [self.keys[r] for r in rows],
             self.phashes[rows] if len(rows) else np.zeros(0, dtype=np.uint64),
+            self.thumbs[rows] if len(rows) else self.thumbs[:0],
             [self.sizes[r] for r in rows],
             [self.modes[r] for r in rows],
             {k: [v[r] for r in rows] for k, v in self.meta.items()},
@@ -83,6 +85,7 @@ def _scanned(rows: Rows, name: str, src: str, images_cfg, progress: bool) -> Ima
         [rows.labels[i] for i in k],  # strings until the label names are known
         s.keys,
         s.phashes,
+        s.thumbs,
         s.sizes,
         s.modes,
         {c: [v[i] for i in k] for c, v in rows.meta.items()},
@@ -136,7 +139,7 @@ def load_image_splits(cfg, progress: bool = True) -> ImageSplits:
     if d.group_near_duplicates and not {"validation", "test"} <= set(splits):
         from ...data.image_audit import near_duplicate_groups_images
 
-        groups = near_duplicate_groups_images(train.keys, train.phashes, cfg.audit.image_hash_distance)
+        groups = near_duplicate_groups_images(train.keys, train.phashes, cfg.audit.image_hash_distance, train.thumbs)
         if len(set(groups)) < len(groups):
             notes.append(f"split so that exact and near-duplicate images stay on one side ({len(set(groups))} groups)")
     carved = 0.0

@@ -78,7 +78,7 @@ def audit_findings(cfg, splits, processor, source) -> Findings:
     a = cfg.audit
     said: list[str] = []
     sets = {
-        name: ImageSet(name, s.keys, s.phashes, s.labels, s.sizes, s.modes, s.refs, s.skipped)
+        name: ImageSet(name, s.keys, s.phashes, s.labels, s.sizes, s.modes, s.refs, s.skipped, s.source, s.thumbs)
         for name, s in splits.by_name().items()
     }
     features = None
@@ -114,6 +114,58 @@ def audit_findings(cfg, splits, processor, source) -> Findings:
         metrics={f"audit.{k}": v for k, v in c.items() if isinstance(v, (int, float))},
         save=lambda run_dir: report.save(run_dir, "audit", open_image=open_image),
     )
+
+
+def audit_image_sources(specs: dict[str, str], cfg, model: str | None = None, say=print):
+    """`tunesmith data audit FOLDER [--test FOLDER]`: the image audit of the given sets as they are (nothing split).
+
+    `cfg`: a Config (its images:, data.label_column and audit: are read); `model`: the model you will fine-tune, whose
+    frozen features feed the label-error model (without it, label errors are not checked).
+    """
+    from ...data.image_audit import ImageSet, audit_images
+    from ...data.loaders import label_str
+    from .sources import rows_of, scan
+
+    sets, splits = {}, {}
+    for name, spec in specs.items():
+        rows = rows_of(spec, cfg.images, cfg.data)
+        if isinstance(rows, dict):
+            raise DataError(f"{spec}: holds train/validation/test folders; audit them as FILE --validation --test")
+        s = scan(rows, cfg.images, spec)
+        labels = [label_str(rows.labels[i]) for i in s.keep]
+        splits[name] = (rows, s, labels)
+    names = sorted({y for _, _, labels in splits.values() for y in labels})
+    for name, (rows, s, labels) in splits.items():
+        refs = [rows.refs[i] for i in s.keep]
+        sets[name] = ImageSet(
+            name,
+            s.keys,
+            s.phashes,
+            [names.index(y) for y in labels],
+            s.sizes,
+            s.modes,
+            refs,
+            s.skipped,
+            specs[name],
+            s.thumbs,
+        )
+    features = None
+    if model:
+        from ...models.loading import resolve_model
+        from ...models.vision.loading import load_image_processor
+        from .data import ImageSplit
+
+        source = resolve_model(model)
+        rows, s, labels = splits["train"]
+        train = ImageSplit("train", [rows.sources[i] for i in s.keep], sets["train"].refs, sets["train"].labels,
+                           s.keys, s.phashes, s.thumbs, s.sizes, s.modes)  # fmt: skip
+        features = {"train": backbone_features(cfg, train, load_image_processor(source), source, say)}
+    elif cfg.audit.label_errors:
+        say("audit: label errors need a model's features for images; pass --model (e.g. --model efficientnet-lite0)")
+    report = audit_images(sets, names, cfg.audit, features, f"{model} features")
+    by = {n: dict(zip(sets[n].refs, [splits[n][0].sources[i] for i in splits[n][1].keep])) for n in sets}
+    report.open_image = lambda split, ref: load_rgb(by[split][ref])
+    return report
 
 
 def image_evaluation(cfg, run_dir: Path, splits, probs: np.ndarray, predict, trained, batches: dict, ctx) -> dict:

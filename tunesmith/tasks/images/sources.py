@@ -90,7 +90,9 @@ def load_rgb(source, max_pixels: int = 40_000_000):
     return to_rgb(open_image(source, max_pixels))
 
 
-def rows_of(spec: str, images_cfg, data_cfg, meta_columns: list[str] = ()) -> Rows | dict[str, Rows]:
+def rows_of(
+    spec: str, images_cfg, data_cfg, meta_columns: list[str] = (), need_labels: bool = True
+) -> Rows | dict[str, Rows]:
     """The rows of one data source (a folder or a table); a folder with train/validation/test inside gives each."""
     path = resolve_path(spec)
     if not path.exists():
@@ -105,16 +107,21 @@ def rows_of(spec: str, images_cfg, data_cfg, meta_columns: list[str] = ()) -> Ro
     base = path if path.is_dir() else path.parent
     if isinstance(table, dict):  # a DatasetDict: its own splits
         picked = {k: table[n] for k, names in SPLIT_FOLDERS.items() for n in names if n in table}
-        return {k: _table(df, f"{spec}[{k}]", base, images_cfg, data_cfg, meta_columns) for k, df in picked.items()}
+        return {
+            k: _table(df, f"{spec}[{k}]", base, images_cfg, data_cfg, meta_columns, need_labels)
+            for k, df in picked.items()
+        }
     require_columns(table, {"image": images_cfg.column}, spec, fix="set images.column")
-    return _table(table, spec, base, images_cfg, data_cfg, meta_columns)
+    return _table(table, spec, base, images_cfg, data_cfg, meta_columns, need_labels)
 
 
-def _table(df: pd.DataFrame, spec: str, base: Path, images_cfg, data_cfg, meta_columns) -> Rows:
+def _table(df: pd.DataFrame, spec: str, base: Path, images_cfg, data_cfg, meta_columns, need_labels=True) -> Rows:
     from ...data.loaders import label_str, require_columns
 
     require_columns(df, {"image": images_cfg.column}, spec, fix="set images.column")
     labels = df[data_cfg.label_column].map(label_str).tolist() if data_cfg.label_column in df.columns else None
+    if labels is None and not need_labels:
+        labels = [None] * len(df)
     if labels is None:
         raise DataError(
             f"{spec}: no label column '{data_cfg.label_column}' (columns: {', '.join(map(str, df.columns[:20]))}); "
@@ -187,6 +194,7 @@ class Scanned:
     keep: list[int]
     keys: list[str]
     phashes: np.ndarray
+    thumbs: np.ndarray
     sizes: list[tuple[int, int]]
     modes: list[str]
     skipped: dict[str, list[str]]
@@ -197,8 +205,9 @@ def scan(rows: Rows, images_cfg, what: str, progress: bool = True) -> Scanned:
     from tqdm.auto import tqdm
 
     from ...data.image_audit import image_keys
+    from ...data.image_match import SIDE, thumbnail
 
-    keep, keys, hashes, sizes, modes = [], [], [], [], []
+    keep, keys, hashes, thumbs, sizes, modes = [], [], [], [], [], []
     skipped: dict[str, list[str]] = {}
     it = tqdm(range(len(rows.sources)), desc=f"images: {what}", unit="img", disable=not progress, leave=False)
     for i in it:
@@ -209,7 +218,9 @@ def scan(rows: Rows, images_cfg, what: str, progress: bool = True) -> Scanned:
             if rows.labels[i] is None:
                 raise BadImage("unlabelled", "no label")
             mode, size = img.mode, img.size
-            key, ph = image_keys(to_rgb(img))
+            rgb = to_rgb(img)
+            key, ph = image_keys(rgb)
+            thumbs.append(thumbnail(rgb))
         except BadImage as bad:
             if images_cfg.bad_images == "error":
                 raise DataError(
@@ -222,7 +233,8 @@ def scan(rows: Rows, images_cfg, what: str, progress: bool = True) -> Scanned:
         hashes.append(ph)
         sizes.append(size)
         modes.append(mode)
-    return Scanned(keep, keys, np.array(hashes, dtype=np.uint64), sizes, modes, skipped)
+    thumbs = np.stack(thumbs) if thumbs else np.zeros((0, SIDE * SIDE), np.float16)
+    return Scanned(keep, keys, np.array(hashes, dtype=np.uint64), thumbs, sizes, modes, skipped)
 
 
 def skipped_note(what: str, skipped: dict[str, list[str]]) -> str | None:

@@ -10,6 +10,7 @@ brightness, calibration, robustness to blur/noise/brightness/JPEG, the most conf
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,29 @@ def _frozen_norms_in_eval(model: nn.Module) -> None:
 
 
 class ImagePredictor(Predictor):
+    input_kind = "image"
+
+    def read_inputs(self, path: str, column: str | None = None):
+        """A table of images (paths relative to it, or bytes) or a folder of images (recursively)."""
+        from ...utils import resolve_path
+        from .sources import IMAGE_SUFFIXES, rows_of
+
+        folder = resolve_path(path)
+        if folder.is_dir() and not (folder / "dataset_info.json").exists():
+            files = sorted(str(f) for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise DataError(f"{path}: no images in this folder (or its subfolders)")
+            return pd.DataFrame({"image": files}), files
+        cfg = self.run.config
+        images = cfg.images if column is None else dataclasses.replace(cfg.images, column=column)
+        try:
+            rows = rows_of(path, images, cfg.data, need_labels=False)
+        except DataError as err:
+            raise DataError(f"{err} (pass --image-column)") from None
+        if isinstance(rows, dict):
+            rows = rows.get("test") or next(iter(rows.values()))
+        return pd.DataFrame({"image": rows.refs}), rows.sources
+
     def predict_probs(self, images: list, batch_size: int = 64) -> np.ndarray:
         """Class probabilities per image (paths, bytes or PIL images), columns in `run.label_names` order."""
         from .sources import BadImage
@@ -215,6 +239,28 @@ class ImagePredictor(Predictor):
             return predict_sources(m.model, m.tokenizer, list(images), batch_size, m.autocast)
         except BadImage as bad:
             raise DataError(f"predict: an image cannot be used ({bad}); check the paths or bytes given") from None
+
+    def evaluate(self, data: str, text_column: str | None = None, label_column: str | None = None, **_) -> dict:
+        """Metrics of the run's model on another labelled image folder or table (`text_column`: the image column)."""
+        from ...data.loaders import label_str
+        from .sources import rows_of, scan, skipped_note
+
+        cfg, names = self.run.config, self.run.label_names
+        images = dataclasses.replace(cfg.images, column=text_column or cfg.images.column)
+        rows = rows_of(data, images, dataclasses.replace(cfg.data, label_column=label_column or cfg.data.label_column))
+        if isinstance(rows, dict):
+            rows = rows.get("test") or next(iter(rows.values()))
+        scanned = scan(rows, images, data, progress=False)
+        labels = [label_str(rows.labels[i]) for i in scanned.keep]
+        unknown = sorted(set(labels) - set(names))
+        if unknown:
+            raise DataError(f"{data}: labels {unknown} are not among the run's labels {names}")
+        probs = self.predict_probs([rows.sources[i] for i in scanned.keep])
+        metrics = classification_metrics([names.index(y) for y in labels], probs, names)
+        metrics["data"] = str(data)
+        if note := skipped_note(str(data), scanned.skipped):
+            metrics["skipped"] = note
+        return metrics
 
     def predict(self, images: list, batch_size: int = 64):
         names = self.run.label_names
