@@ -54,8 +54,11 @@ def test_a_packaged_model_trains_end_to_end(run):
     assert set(m["robustness"]["perturbations"]) >= {"blur", "noise", "jpeg_q20"}
     assert m["test_ci"]["macro_f1"]["low"] <= m["test"]["macro_f1"] <= m["test_ci"]["macro_f1"]["high"]
     assert any("left out 1 image(s) (1 unreadable" in n for n in info["data"]["notes"]), info["data"]["notes"]
-    for name in ("audit.md", "test_errors.png", "confusion_matrix.png", "robustness.png", "MODEL_CARD.md", "report.md"):
+    for name in ("audit.md", "confusion_matrix.png", "robustness.png", "MODEL_CARD.md", "report.md"):
         assert (r.path / name).is_file(), name
+    errors = int(round((1 - m["test"]["accuracy"]) * m["test"]["n"]))
+    assert len(m["errors_shown"]) == min(16, errors)  # the grid of the most confident errors, when there are any
+    assert (r.path / "test_errors.png").is_file() == (errors > 0)
     assert "raw pixels" in (r.path / "report.md").read_text()
     audit = json.loads((r.path / "audit.json").read_text())
     assert audit["label_noise"]["model"].startswith("efficientnet-lite0")
@@ -87,9 +90,11 @@ def test_data_audit_on_image_folders_finds_a_planted_leak(tmp_path, capsys):
     write_folder(tmp_path / "train", pairs[:45])
     leaked = [(np.clip(pairs[0][0].astype(int) + 4, 0, 255).astype(np.uint8), pairs[0][1])]  # a brighter copy
     write_folder(tmp_path / "test", pairs[45:] + leaked, "t")
-    code = cli(["data", "audit", str(tmp_path / "train"), "--test", str(tmp_path / "test"), "--out", str(tmp_path / "r")])
+    code = cli(
+        ["data", "audit", str(tmp_path / "train"), "--test", str(tmp_path / "test"), "--out", str(tmp_path / "r")]
+    )
     assert code == 1  # blocking: the test set leaks
     assert "leak" in capsys.readouterr().err
     report = json.loads((tmp_path / "r" / "audit.json").read_text())
-    assert report["counts"]["test.leaked_rows"] == 1 if "counts" in report else True
+    assert report["counts"]["test.leaked_rows"] == 1 and report["counts"]["train.near_duplicate_clusters"] == 0
     assert (tmp_path / "r" / "audit_pairs.png").is_file()

@@ -95,14 +95,14 @@ def cmd_runs(args) -> int:
     if not runs:
         print(f"no runs in {args.output_dir}/")
         return 0
-    print(f"{'run':42} {'status':26} {'task':19} {'strategy':9} {'model':12} results (test)")
+    print(f"{'run':42} {'status':26} {'task':20} {'strategy':9} {'model':12} results (test)")
     for run in runs:
         try:
             brief = run.task.brief(run.metrics) if run.metrics else "-"
         except TunesmithError:  # e.g. a user task that is not importable here: list the run all the same
             brief = "-"
         print(
-            f"{run.path.name:42} {run.liveness.describe():26} {str(run.info.get('task'))[-19:]:19} {run.info.get('strategy', '?'):9} "
+            f"{run.path.name:42} {run.liveness.describe():26} {str(run.info.get('task'))[-20:]:20} {run.info.get('strategy', '?'):9} "
             f"{run.info.get('model', {}).get('name', '?')[-12:]:12} {brief}"
         )
     return 0

@@ -46,7 +46,7 @@ class ImageClassificationTask(Task):
         {"data.label_column", "data.labels", "data.normalize_labels", "train.class_weights", "eval.*", "images.*"}
     )
     supports_cv = False
-    supports_compare = False
+    supports_compare = True
     serves = frozenset({"classify"})
 
     # ---- data
