@@ -3,6 +3,7 @@
     .venv/bin/python scripts/fashion_mnist.py --out data/fashion-mnist     # 3,000 train + 1,000 test pictures
     .venv/bin/python benchmarks/images.py                                  # ~12 min on 2 cores (AVX512-BF16)
     .venv/bin/python benchmarks/images.py --quick                          # 1 epoch each: a smoke test
+    .venv/bin/python benchmarks/images.py --photos                         # decoding 640x480 JPEGs: workers 0 vs 1
 
 Each variant is the quickstart config (configs/quickstart/images-efficientnet.yaml: 128 px, 3 epochs, random
 resized crops + flips) with only the strategy (and its learning rate) changed, trained in its own process with
@@ -102,15 +103,54 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def make_photos(src: Path, out: Path, per_class: int = 100) -> Path:
+    """640x480 JPEG (quality 90) versions of the training pictures, with mild noise: decoding costs what a photo's does."""
+    import numpy as np
+    from PIL import Image
+
+    if (out / ".done").is_file():
+        return out
+    rng = np.random.default_rng(0)
+    for label_dir in sorted((src / "train").iterdir()):
+        (out / "train" / label_dir.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(label_dir.glob("*.png"))[:per_class]:
+            big = np.asarray(Image.open(f).convert("RGB").resize((640, 480), Image.Resampling.BICUBIC), np.float32)
+            big = np.clip(big + rng.normal(0, 6, big.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(big).save(out / "train" / label_dir.name / f"{f.stem}.jpg", quality=90)
+    (out / ".done").write_text("")
+    return out
+
+
+def photos(work: Path) -> dict:
+    """Full fine-tuning, 1 epoch over 1,000 640x480 JPEGs (validation/test split from them), workers 0 vs 1."""
+    folder = make_photos(ROOT / "data" / "fashion-mnist", work / "photos-data")
+    out = {}
+    for workers in (0, 1):
+        r = train(f"photos{workers}", [f"data.path={folder / 'train'}", "strategy.name=full", "train.epochs=1",
+                                       f"images.workers={workers}", "eval.robustness=false", "eval.efficiency=false",
+                                       "eval.baseline=false", "audit.enabled=false"], work)  # fmt: skip
+        out[f"workers_{workers}"] = r["images_per_second"]
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--work", default="/tmp/tunesmith-images")
     p.add_argument("--render", action="store_true", help="rewrite results/images.md from results/images.json")
+    p.add_argument("--photos", action="store_true", help="only: decoding 640x480 JPEGs in the loop vs a worker")
     a = p.parse_args()
     if a.render:
         result = json.loads((ROOT / "benchmarks" / "results" / "images.json").read_text())
         (ROOT / "benchmarks" / "results" / "images.md").write_text(render(result))
+        print(render(result))
+        return 0
+    if a.photos:  # only the photo-decoding comparison, merged into the saved result
+        path = ROOT / "benchmarks" / "results" / "images.json"
+        result = json.loads(path.read_text())
+        result["photos_images_per_second"] = photos(Path(a.work) / "photos")
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        (path.with_suffix(".md")).write_text(render(result))
         print(render(result))
         return 0
     work = Path(a.work) / ("quick" if a.quick else "full")

@@ -52,8 +52,10 @@ def main() -> int:
     a = p.parse_args()
     found = [Path(a.source)] if a.source else [s for s in SOURCES if (s / "train-images-idx3-ubyte.gz").is_file()]
     if not found or not (found[0] / "train-images-idx3-ubyte.gz").is_file():
-        print("fashion-mnist: idx files not found; run `apt-get install dataset-fashion-mnist` (or pass --source DIR)",
-              file=sys.stderr)
+        print(
+            "fashion-mnist: idx files not found; run `apt-get install dataset-fashion-mnist` (or pass --source DIR)",
+            file=sys.stderr,
+        )
         return 2
     src, out = found[0], Path(a.out)
     marker = out / f".sample-{a.per_class}-{a.test_per_class}-{a.seed}"

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 from conftest import build_tiny_bert, tiny_config, toy_rows, write_csv
-from image_fixtures import build_tiny_vision, png_bytes, toy_images, write_folder
+from image_fixtures import png_bytes, pretrain_tiny_vision, toy_images, write_folder
 from PIL import Image
 
 from tunesmith import finetune
@@ -41,9 +41,9 @@ def call(url: str, path: str, body=None):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A tiny MBConv fine-tuned on shapes (full), and a tiny BERT classifier (the text model beside it)."""
+    """A tiny "pretrained" MBConv fine-tuned on shapes (full), and a tiny BERT classifier (the text model beside it)."""
     tmp = tmp_path_factory.mktemp("serve-images")
-    vision = build_tiny_vision(tmp / "mbconv")
+    vision = pretrain_tiny_vision(tmp / "mbconv")
     data = write_folder(tmp / "shapes", toy_images(60, seed=4))
     image_run = finetune(
         {

@@ -112,12 +112,17 @@ def test_onnx_export_matches_the_run_and_is_self_contained(cls_run, tmp_path):
 def test_onnx_int8_is_smaller_and_within_its_tolerance(cls_run, tmp_path):
     fp32 = export_run(cls_run, tmp_path / "fp32", "onnx", parity=False, say=quiet)
     assert fp32.status == "skipped" and "parity" not in json.loads((tmp_path / "fp32" / "export.json").read_text())
-    int8 = export_run(cls_run, tmp_path / "int8", "onnx", "int8", say=quiet)
+    # 36 test rows: one changed prediction moves macro-F1 by ~1/n (0.028), more than the default 0.02 meant for real
+    # test sets, and which row int8 flips depends on the CPU's int8 kernels (this failed on an AVX512-BF16 EPYC and
+    # passed on an AMX Xeon with the default). So the limit here is one and a half changed predictions' worth.
+    n = cls_run.metrics["test"]["n"]
+    limit = max(0.02, 1.5 / n)
+    int8 = export_run(cls_run, tmp_path / "int8", "onnx", "int8", max_metric_drop=limit, say=quiet)
     p = int8.report["parity"]
     assert int8.status == "passed" and int8.quantize == "int8"
     assert int8.report["size_mb"] < fp32.report["size_mb"]
     assert p["tolerances"]["precision"] == "int8" and p["tolerances"]["max_logit_diff"] is None
-    assert p["label_agreement"] >= 0.95 and p["metric"]["drop"] <= 0.02
+    assert p["label_agreement"] >= 0.95 and p["metric"]["drop"] <= limit
 
 
 # ---- hf

@@ -1,6 +1,6 @@
-"""`tunesmith export` of image-classification runs: hf and onnx on a tiny MBConv trained here (full and LoRA), each
-checked against the run (parity), and each read back by transformers / onnxruntime alone to reproduce the run's
-recorded test probabilities."""
+"""`tunesmith export` of image-classification runs on a tiny "pretrained" MBConv fine-tuned here (full and LoRA):
+hf and onnx (fp32, and int8 calibrated on the training images) each checked against the run (parity), and each
+read back by transformers / onnxruntime alone to reproduce the run's recorded test probabilities."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from image_fixtures import build_tiny_vision, toy_images, write_folder
+from image_fixtures import pretrain_tiny_vision, toy_images, write_folder
 
 import tunesmith
 from tunesmith.export import ParityError, export_run, model_kind
@@ -40,7 +40,7 @@ def image_config(root, model, data, strategy: dict) -> dict:
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("export-images")
-    return root, build_tiny_vision(root / "mbconv"), write_folder(root / "shapes", toy_images(96, seed=3))
+    return root, pretrain_tiny_vision(root / "mbconv"), write_folder(root / "shapes", toy_images(96, seed=3))
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,7 @@ def test_hf_export_passes_parity_and_reproduces_the_recorded_probabilities(full_
     result = export_run(full_run, tmp_path / "hf", say=quiet)
     p = result.report["parity"]
     assert result.status == "passed", p["failures"]
+    assert p["metric"]["run"] > 0.6  # the run tells shapes apart: agreeing on its labels means something
     assert p["max_abs_logit_diff"] <= 1e-5 and p["label_agreement"] == 1.0 and p["processor_agreement"] == 1.0
     assert p["rows"] == full_run.info["data"]["splits"]["test"]["rows"] and "test_predictions.csv" in p["source"]
     assert p["recorded_max_abs_prob_diff"] <= 1e-5 and set(p["latency_ms"]["export"]) == {"batch_1", "batch_32"}
@@ -129,17 +130,26 @@ def test_lora_run_is_merged_and_passes_parity_in_hf_and_onnx(lora_run, tmp_path)
         p = result.report["parity"]
         assert result.status == "passed", p["failures"]
         assert p["max_abs_logit_diff"] <= 1e-4 and p["label_agreement"] == 1.0
+        assert p["metric"]["run"] > 0.6
     model = AutoModelForImageClassification.from_pretrained(tmp_path / "hf")
     assert model_kind(model) == "image-classifier"
     assert not any("lora" in k for k in model.state_dict())  # merged into the convolutions
 
 
-def test_int8_of_an_image_classifier_is_refused_with_the_reason(full_run, tmp_path):
-    from tunesmith.errors import ConfigError
+def test_onnx_int8_is_static_calibrated_on_training_images_and_within_its_tolerance(full_run, tmp_path):
+    import onnx
 
-    with pytest.raises(ConfigError, match="--quantize int8: .*convolutions into ConvInteger"):
-        export_run(full_run, tmp_path / "int8", "onnx", "int8", say=quiet)
-    assert not (tmp_path / "int8").exists()
+    fp32 = export_run(full_run, tmp_path / "fp32", "onnx", parity=False, say=quiet)
+    int8 = export_run(full_run, tmp_path / "int8", "onnx", "int8", say=quiet)
+    p = int8.report["parity"]
+    assert int8.status == "passed", p["failures"]
+    assert p["tolerances"]["precision"] == "int8" and p["label_agreement"] >= 0.95 and p["metric"]["drop"] <= 0.02
+    assert int8.report["files"]["model.onnx"] < fp32.report["files"]["model.onnx"]
+    cal = int8.report["calibration"]
+    assert cal["images"] == full_run.info["data"]["splits"]["train"]["rows"] and "training split" in cal["from"]
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "ConvInteger" not in ops  # static QDQ
+    assert not [f for f in (tmp_path / "int8").iterdir() if f.name.startswith(".")]  # no temporary files left
 
 
 def test_rows_come_from_the_re_derived_split_when_the_csv_names_no_files(full_run, tmp_path):

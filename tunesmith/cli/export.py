@@ -17,8 +17,8 @@ def add_export_commands(subparsers) -> None:
     x = subparsers.add_parser(
         "export",
         help="write a run as a plain transformers folder, ONNX or GGUF, checked against the run (parity)",
-        description="Formats: hf (any run: adapters merged, a plain transformers folder), onnx (encoder "
-        "classifiers; --quantize int8), gguf (Llama-family causal LMs; --quantize f16 (default) | bf16 | f32 | "
+        description="Formats: hf (any run: adapters merged, a plain transformers folder), onnx (text "
+        "encoder and image classifiers; --quantize int8: dynamic for text, static calibrated for images), gguf (Llama-family causal LMs; --quantize f16 (default) | bf16 | f32 | "
         "q8_0 | q5_1 | q5_0 | q4_1 | q4_0; K-quants: llama.cpp's llama-quantize on an f16 export).",
     )
     x.add_argument("run", help="a complete run folder, or models:/NAME@ALIAS")

@@ -26,7 +26,7 @@ def add_serve_commands(subparsers) -> None:
     s.add_argument("--queue-size", type=int, default=256, help="waiting requests per model before 503")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds per request before 504")
     s.add_argument("--read-timeout", type=float, default=10.0, help="seconds a client has to send its body (408)")
-    s.add_argument("--max-texts", type=int, default=256, help="texts or prompts per request")
+    s.add_argument("--max-texts", type=int, default=256, help="texts, images or prompts per request")
     s.add_argument("--max-text-chars", type=int, default=20_000)
     s.add_argument("--max-tokens", type=int, default=512, help="most new tokens a request may ask for")
     s.add_argument("--max-total-tokens", type=int, default=4096, help="prompt + new tokens per prompt")

@@ -44,7 +44,7 @@ __all__ = ["FORMATS", "ExportResult", "ParityError", "export_run", "model_kind"]
 
 FORMATS = {
     "hf": "merged adapters, a plain transformers folder (any run)",
-    "onnx": "model.onnx for an encoder or image classifier (--quantize int8: int8 weights, text classifiers)",
+    "onnx": "model.onnx for an encoder or image classifier (--quantize int8: int8 weights)",
     "gguf": "a .gguf for llama.cpp, Llama-family causal LMs (--quantize f16 | bf16 | f32 | q8_0 | q5_1 | q5_0 | q4_1 | q4_0)",
 }
 _CHECKS = {"hf": hf_format, "onnx": onnx_format, "gguf": gguf_format}
@@ -110,7 +110,7 @@ def export_run(
     model, tokenizer, strategy = loaded.model, loaded.tokenizer, loaded.strategy
     plain = model.get_base_model() if hasattr(model, "get_base_model") else model
     kind = model_kind(plain)
-    _check_fit(format, q, plain, strategy)
+    _check_fit(format, plain, strategy)
     notes = []
     if kind is None and parity:  # e.g. a user task's own head: written as it is, nothing to compare it on
         parity = False
@@ -177,12 +177,10 @@ def _check_out(out: Path, run: Run, force: bool) -> None:
             )
 
 
-def _check_fit(format: str, q: str, model, strategy) -> None:
+def _check_fit(format: str, model, strategy) -> None:
     """The format must fit the model; a user's mistake is one line saying which format does."""
     if format != "hf":
         _CHECKS[format].check_model(model)
-    if format == "onnx" and q == "int8":
-        onnx_format.check_int8(model)
     if not getattr(strategy, "mergeable", True):  # soft prompts, a quantized base (QLoRA)
         strategy.merged(model)  # raises the strategy's own explanation, before any work
 
@@ -210,10 +208,12 @@ def _write(format: str, q: str, merged, tokenizer, run: Run, tmp: Path, kind: st
         if kind == "image-classifier":
             info["load"] += "; transformers.AutoImageProcessor.from_pretrained(DIR)"
     elif format == "onnx":
-        pixels = None
+        pixels = calibration = None
         if kind == "image-classifier":
             pixels = image_format.example_pixels(image_format.input_shape(tokenizer))
-        info.update(onnx_format.write_onnx(merged, tmp, q, say, pixels))
+            if q == "int8":
+                calibration, info["calibration"] = image_format.calibration_batches(run, tokenizer, say)
+        info.update(onnx_format.write_onnx(merged, tmp, q, say, pixels, calibration))
         tokenizer.save_pretrained(tmp)
         merged.config.save_pretrained(tmp)
         files = [onnx_format.MODEL_FILE]

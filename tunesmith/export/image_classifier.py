@@ -33,6 +33,8 @@ from .parity import load_test_split, max_abs_diff, median_ms
 BATCH = 32
 PIXEL_TOLERANCE = 1e-6
 """Largest |pixel diff| at which the exported processor counts as giving the same pixels (float32 rounding)."""
+CALIBRATION_IMAGES = 128
+"""Training images static int8 measures activation ranges on (32 and 128 gave the same labels on EfficientNet-Lite0)."""
 
 
 @dataclass
@@ -92,6 +94,30 @@ def _from_data(run, rows: int, say):
     n = min(rows, len(test))
     images = [load_rgb(s, run.config.images.max_pixels) for s in test.sources[:n]]
     return images, [int(y) for y in test.labels[:n]], list(test.refs[:n]), source, None
+
+
+def calibration_batches(run, processor, say=print, n: int = CALIBRATION_IMAGES) -> tuple[list[np.ndarray], dict]:
+    """Pixel batches of up to `n` of the run's training images (a seeded sample) for static int8, and what
+    export.json records about them. Training images, never test ones: the parity check is then not scored on the
+    pictures the activation ranges were fitted to. The split is re-derived from the run's config.yaml."""
+    from ..errors import DataError
+
+    say(f"export: int8 calibration: up to {n} of the run's training images")
+    try:
+        train = run.task.load_data().splits.train
+    except DataError as err:
+        raise DataError(
+            f"--quantize int8 calibrates on the run's training images, which cannot be read: {err}"
+        ) from None
+    rows = sorted(np.random.default_rng(run.config.seed).permutation(len(train))[:n].tolist())
+    images = [load_rgb(train.sources[r], run.config.images.max_pixels) for r in rows]
+    batches = [pixels(processor, images[i : i + 16]).numpy() for i in range(0, len(images), 16)]
+    about = {
+        "images": len(rows),
+        "from": "the run's training split (re-derived from config.yaml), a seeded sample",
+        "method": "onnxruntime quantize_static: QDQ, per-channel int8 weights, uint8 activations, MinMax ranges",
+    }
+    return batches, about
 
 
 def input_shape(processor) -> tuple[int, int, int]:

@@ -53,8 +53,9 @@ def write_report(run_dir: Path, cfg, info: dict, metrics: dict) -> None:
         f"**trainable parameters**: {p['trainable']:,} of {p['total']:,} ({100 * p['trainable'] / p['total']:.2f}%)",
         f"- **Precision**: {info['precision']} | **processes**: {info['processes']} | **best step**: {metrics['best_step']} of "
         f"{metrics['steps']}{' (early stop)' if metrics['stopped_early'] else ''}",
-        f"- **Training**: {t['train_seconds']:.0f} s, {t['samples_per_second']:.1f} samples/s, {t['tokens_per_second']:.0f} tokens/s, "
-        f"peak memory {t['peak_rss_mb']:.0f} MB | **saved**: {human_bytes(info['saved_bytes'])}",
+        f"- **Training**: {t['train_seconds']:.0f} s, {t['samples_per_second']:.1f} samples/s, "
+        + (f"{t['tokens_per_second']:.0f} tokens/s, " if t.get("tokens_per_second") else "")
+        + f"peak memory {t['peak_rss_mb']:.0f} MB | **saved**: {human_bytes(info['saved_bytes'])}",
         "- **Data**: " + ", ".join(f"{k} {v['rows']} rows (`{v['fingerprint']}`)" for k, v in splits.items()),
         *[f"- Data note: {n}" for n in info["data"]["notes"]],
         "",

@@ -215,6 +215,7 @@ def image_evaluation(cfg, run_dir: Path, splits, probs: np.ndarray, predict, tra
             "brightness": ev_images.brightness_buckets(test_images),
             **{c: test.meta[c] for c in ev.slice_by if c not in ("size", "brightness")},
         }
+        groups = {n: g for n, g in groups.items() if len(set(g)) > 1}  # one slice says nothing (all one size)
         result = {n: slice_metrics(y, pred, g, k, ev.min_slice_size) for n, g in groups.items()}
         from ...evaluate.stats import metric_value
 
