@@ -62,7 +62,7 @@ def train(name: str, overrides: list[str], work: Path) -> dict:
         "ci_low": round(ci["low"], 4),
         "ci_high": round(ci["high"], 4),
         "accuracy": round(m["test"]["accuracy"], 4),
-        "baseline_macro_f1": round(m["baseline"]["test"]["macro_f1"], 4),
+        "baseline_macro_f1": round(m["baseline"]["test"]["macro_f1"], 4) if m.get("baseline") else None,
         "trainable": info["parameters"]["trainable"],
         "train_seconds": round(t["train_seconds"], 1),
         "images_per_second": round(t["samples_per_second"], 1),
