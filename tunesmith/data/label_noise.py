@@ -221,3 +221,13 @@ def label_errors_from_features(
         for i in ranked
     ]
     return found
+
+
+def label_errors_line(noise: LabelNoiseFindings) -> str:
+    """The audit's one line on label errors: how many, how far to trust them, or why they are not listed."""
+    if noise.withheld:
+        return f"likely label errors not listed: {noise.withheld}"
+    if noise.skipped:
+        return f"label errors not checked: {noise.skipped}"
+    est = f", estimated precision {noise.estimated_precision:.2f}" if noise.issues else ""
+    return f"{len(noise.issues)} likely label errors in train{est}"

@@ -7,28 +7,23 @@ baseline beside them, slices, calibration, robustness, efficiency -> report, mod
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ...data.audit import audit_splits
 from ...data.balance import class_weights
+from ...data.label_noise import label_errors_line
 from ...data.splits import Splits, load_splits
 from ...engine.precision import choose_precision, compute_dtype
 from ...errors import DataError
 from ...evaluate.baseline import tfidf_baseline
-from ...evaluate.figures import tracked_figures
-from ...evaluate.markdown import add_to_report
-from ...evaluate.metrics import METRIC_NAMES, classification_metrics, headline, plot_confusion
+from ...evaluate.metrics import METRIC_NAMES, classification_metrics, headline
 from ...evaluate.slices import column_values
 from ...models.features import text_embedder
 from ...models.loading import load_classifier
-from ...tracking.model_card import write_model_card
-from ...tracking.report import write_report
-from ...utils import atomic_write_json, atomic_write_text
+from ...tracking.classification import classification_brief, classification_tracked, write_classification_outputs
 from ..base import Findings, Prediction, Predictor, Task, TaskData
 from .batches import Tokenized, cross_entropy_sum, predict_probs, tokenize
 from .evaluation import extended_evaluation, load_labelled
@@ -90,14 +85,7 @@ class ClassificationTask(Task):
         )
         if report.blocking:
             raise DataError(f"{report.blocking[0]} (or pass --allow-leakage)")
-        c, noise = report.counts(), report.label_noise
-        if noise.withheld:
-            errors = f"likely label errors not listed: {noise.withheld}"
-        elif noise.skipped:
-            errors = f"label errors not checked: {noise.skipped}"
-        else:
-            est = f", estimated precision {noise.estimated_precision:.2f}" if noise.issues else ""
-            errors = f"{len(noise.issues)} likely label errors in train{est}"
+        c, errors = report.counts(), label_errors_line(report.label_noise)
         line = (
             f"audit: {c.get('train.exact_duplicate_rows', 0)} duplicate rows, {c.get('train.near_duplicate_clusters', 0)} "
             f"near-duplicate clusters, {errors}; no leakage between splits (audit.md in the run folder)"
@@ -166,39 +154,19 @@ class ClassificationTask(Task):
     def write_artifacts(self, run_dir, metrics: dict, history: list[dict], data: TaskData, info: dict, ctx) -> None:
         """metrics.json, history.jsonl, labels.json, test_predictions.csv, plots, report.md, MODEL_CARD.md (each atomic)."""
         super().write_artifacts(run_dir, metrics, history, data, info, ctx)
-        s, probs, names = data.splits, self._probs, data.labels
-        atomic_write_json(run_dir / "labels.json", names)
-        preds = pd.DataFrame(
-            {
-                "text": s.test.texts,
-                "label": [names[i] for i in s.test.labels],
-                "predicted": [names[i] for i in probs.argmax(axis=1)],
-                **{f"p_{n}": probs[:, k].round(5) for k, n in enumerate(names)},
-            }
+        s = data.splits
+        write_classification_outputs(
+            run_dir, self.cfg, info, metrics, data.labels, "text", s.test.texts, s.test.labels, self._probs
         )
-        # Quote every text: pandas leaves a field with a bare "\r" unquoted, and readers split the row there.
-        atomic_write_text(run_dir / "test_predictions.csv", preds.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
-        plot_confusion(
-            metrics["test"]["confusion_matrix"], names, run_dir / "confusion_matrix.png", f"{info['name']}: test"
-        )
-        write_report(run_dir, self.cfg, info, metrics)
-        add_to_report(run_dir, metrics)
-        write_model_card(run_dir)
 
     def headline(self, metrics: dict) -> dict[str, float]:
         return headline(metrics.get("test") or {})
 
     def tracked(self, metrics: dict) -> dict[str, float]:
-        out = {f"test_{k}": v for k, v in self.headline(metrics).items()}
-        base = (metrics.get("baseline") or {}).get("test")
-        if base:
-            out.update({f"baseline_test_{k}": v for k, v in headline(base).items()})
-        return {**out, **tracked_figures(metrics)}
+        return classification_tracked(metrics)
 
     def brief(self, metrics: dict) -> str:
-        test = metrics.get("test") or {}
-        base = ((metrics.get("baseline") or {}).get("test") or {}).get("macro_f1")
-        return f"F1 {_f(test.get('macro_f1'))}  acc {_f(test.get('accuracy'))}  baseline {_f(base)}"
+        return classification_brief(metrics)
 
     def summary_lines(self, metrics: dict, info: dict) -> list[str]:
         t, test, base = info["timings"], metrics["test"], (metrics.get("baseline") or {}).get("test")
@@ -281,7 +249,3 @@ class ClassificationPredictor(Predictor):
         metrics = classification_metrics(y, self.predict_probs(texts), names)
         metrics["data"] = str(data)
         return metrics
-
-
-def _f(value) -> str:
-    return "-" if value is None else f"{value:.4f}"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...data.label_noise import label_errors_line
 from ...errors import DataError, TunesmithError
 from ...evaluate.calibration import calibration_report, plot_reliability
 from ...evaluate.efficiency import measure_efficiency
@@ -89,14 +90,7 @@ def audit_findings(cfg, splits, processor, source) -> Findings:
     )
     if report.blocking:
         raise DataError(f"{report.blocking[0]} (or pass --allow-leakage)")
-    c, noise = report.counts(), report.label_noise
-    if noise.withheld:
-        errors = f"likely label errors not listed: {noise.withheld}"
-    elif noise.skipped:
-        errors = f"label errors not checked: {noise.skipped}"
-    else:
-        est = f", estimated precision {noise.estimated_precision:.2f}" if noise.issues else ""
-        errors = f"{len(noise.issues)} likely label errors in train{est}"
+    c, errors = report.counts(), label_errors_line(report.label_noise)
     line = (
         f"audit: {c.get('train.exact_duplicate_rows', 0)} duplicate images, "
         f"{c.get('train.near_duplicate_clusters', 0)} near-duplicate clusters, {errors}; no leakage between splits "

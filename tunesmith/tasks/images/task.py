@@ -9,7 +9,6 @@ brightness, calibration, robustness to blur/noise/brightness/JPEG, the most conf
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from pathlib import Path
 
@@ -20,12 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError, DataError
-from ...evaluate.figures import tracked_figures
-from ...evaluate.markdown import add_to_report
-from ...evaluate.metrics import METRIC_NAMES, classification_metrics, headline, plot_confusion
-from ...tracking.model_card import write_model_card
-from ...tracking.report import write_report
-from ...utils import atomic_write_json, atomic_write_text
+from ...evaluate.metrics import METRIC_NAMES, classification_metrics, headline
+from ...tracking.classification import classification_brief, classification_tracked, write_classification_outputs
 from ..base import Findings, Prediction, Predictor, Task, TaskData
 from .augment import build_augment, crops, input_size, resize_processor
 from .batches import ImageBatches, Pixels, auto_workers, predict_probs, predict_sources
@@ -143,41 +138,19 @@ class ImageClassificationTask(Task):
 
     def write_artifacts(self, run_dir, metrics: dict, history: list[dict], data: TaskData, info: dict, ctx) -> None:
         super().write_artifacts(run_dir, metrics, history, data, info, ctx)
-        s, probs, names = data.splits, self._probs, data.labels
-        atomic_write_json(run_dir / "labels.json", names)
-        preds = pd.DataFrame(
-            {
-                "image": s.test.refs,
-                "label": [names[i] for i in s.test.labels],
-                "predicted": [names[i] for i in probs.argmax(axis=1)],
-                **{f"p_{n}": probs[:, k].round(5) for k, n in enumerate(names)},
-            }
+        s = data.splits
+        write_classification_outputs(
+            run_dir, self.cfg, info, metrics, data.labels, "image", s.test.refs, s.test.labels, self._probs
         )
-        atomic_write_text(run_dir / "test_predictions.csv", preds.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
-        plot_confusion(
-            metrics["test"]["confusion_matrix"], names, run_dir / "confusion_matrix.png", f"{info['name']}: test"
-        )
-        write_report(run_dir, self.cfg, info, metrics)
-        add_to_report(run_dir, metrics)
-        if (run_dir / "test_errors.png").is_file():
-            with open(run_dir / "report.md", "a", encoding="utf-8") as f:
-                f.write("\n## The most confident test errors\n\n![most confident errors](test_errors.png)\n")
-        write_model_card(run_dir)
 
     def headline(self, metrics: dict) -> dict[str, float]:
         return headline(metrics.get("test") or {})
 
     def tracked(self, metrics: dict) -> dict[str, float]:
-        out = {f"test_{k}": v for k, v in self.headline(metrics).items()}
-        base = (metrics.get("baseline") or {}).get("test")
-        if base:
-            out.update({f"baseline_test_{k}": v for k, v in headline(base).items()})
-        return {**out, **tracked_figures(metrics)}
+        return classification_tracked(metrics)
 
     def brief(self, metrics: dict) -> str:
-        test = metrics.get("test") or {}
-        base = ((metrics.get("baseline") or {}).get("test") or {}).get("macro_f1")
-        return f"F1 {_f(test.get('macro_f1'))}  acc {_f(test.get('accuracy'))}  baseline {_f(base)}"
+        return classification_brief(metrics)
 
     def summary_lines(self, metrics: dict, info: dict) -> list[str]:
         t, test, b = info["timings"], metrics["test"], metrics.get("baseline") or {}
@@ -269,7 +242,3 @@ class ImagePredictor(Predictor):
             k = int(row.argmax())
             out.append(Prediction(names[k], float(row[k]), {n: float(p) for n, p in zip(names, row)}))
         return out
-
-
-def _f(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
