@@ -320,7 +320,15 @@ def test_cli_serve_stops_gracefully_on_sigterm_finishing_in_flight_requests(runs
         body = {"model": "C", "prompt": "What colour is the cat?", "max_tokens": 64, "temperature": 0.9}
         with ThreadPoolExecutor(10) as pool:
             futures = [pool.submit(call, url, "/v1/generate", body) for _ in range(10)]
-            time.sleep(0.5)
+            # Signal once the first answer is out (one at a time, --no-batching: nine are still in flight). A fixed
+            # sleep was a race: on a fast CPU all ten were answered within it.
+            for _ in range(3000):
+                metrics = call(url, "/metrics")[2]
+                if any(
+                    ln.startswith("tunesmith_requests_total{") and "/v1/generate" in ln for ln in metrics.splitlines()
+                ):
+                    break
+                time.sleep(0.005)
             stopped_at = time.time()
             proc.send_signal(signal.SIGTERM)
             got = [f.result() for f in futures]
