@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 
 class Batches(Protocol):
@@ -167,3 +169,18 @@ def mean_loss(
         total = reduce(total, "sum")
     model.train(was_training)
     return float(total[0] / total[1].clamp(min=1))
+
+
+def predict_probs(
+    model: nn.Module, data, batch_size: int, autocast=nullcontext, rank: int = 0, world: int = 1
+) -> np.ndarray:
+    """Softmax of `model(**inputs).logits` for every row of `data`, any classifier (texts, images), in shares across
+    processes; every process gets all."""
+    model.eval()
+    device = next(model.parameters()).device
+
+    def probs(inputs):
+        with autocast():
+            return torch.softmax(model(**{k: v.to(device) for k, v in inputs.items()}).logits.float(), dim=-1)
+
+    return map_batches(data, batch_size, probs, rank, world)

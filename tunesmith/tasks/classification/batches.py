@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...engine.batches import map_batches, pad_to
+from ...engine.batches import pad_to, predict_probs
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int, batch: int = 4096) -> list[list[int]]:
@@ -70,20 +68,6 @@ def cross_entropy_sum(model: nn.Module, inputs: dict, class_weights: torch.Tenso
     logits = model(**inputs).logits
     weight = class_weights.to(logits.device) if class_weights is not None else None
     return F.cross_entropy(logits.float(), labels, weight=weight, reduction="sum")
-
-
-def predict_probs(
-    model: nn.Module, data, batch_size: int, autocast=nullcontext, rank: int = 0, world: int = 1
-) -> np.ndarray:
-    """Class probabilities for every example (in shares across processes; every process gets all)."""
-    model.eval()
-    device = next(model.parameters()).device
-
-    def probs(inputs):
-        with autocast():
-            return torch.softmax(model(**{k: v.to(device) for k, v in inputs.items()}).logits.float(), dim=-1)
-
-    return map_batches(data, batch_size, probs, rank, world)
 
 
 def texts_predictor(model, tokenizer, max_length: int, batch_size: int, autocast):

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
-from ...engine.batches import map_batches
 from ...utils import fingerprint
 from .augment import augmented, sample_seed
 from .sources import load_rgb, to_rgb
@@ -124,18 +122,6 @@ def auto_workers(setting, augmenting: bool) -> int:
     if cores <= 2 or not augmenting:
         return 0
     return max(1, min(4, cores // 4))
-
-
-def predict_probs(model: nn.Module, data, batch_size: int, autocast, rank: int = 0, world: int = 1) -> np.ndarray:
-    """Class probabilities for every image of a split (in shares across processes; every process gets all)."""
-    model.eval()
-    device = next(model.parameters()).device
-
-    def probs(inputs):
-        with autocast():
-            return torch.softmax(model(**{k: v.to(device) for k, v in inputs.items()}).logits.float(), dim=-1)
-
-    return map_batches(data, batch_size, probs, rank, world)
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ...data.label_noise import label_errors_line
+from ...engine.batches import predict_probs
 from ...errors import DataError, TunesmithError
 from ...evaluate.calibration import calibration_report, plot_reliability
 from ...evaluate.efficiency import measure_efficiency
@@ -25,8 +26,8 @@ from ...evaluate.stats import metric_cis
 from ...models.features import cache_key, cached_features
 from ..base import Findings
 from .augment import input_size
-from .batches import ImageBatches, Pixels, predict_probs
-from .sources import load_rgb
+from .batches import ImageBatches, Pixels
+from .sources import LazyImages, load_rgb
 
 
 def pooled_features(model, batches: ImageBatches, batch_size: int, autocast=None) -> torch.Tensor:
@@ -180,7 +181,7 @@ def image_evaluation(cfg, run_dir: Path, splits, probs: np.ndarray, predict, tra
             ctx.say(f"evaluation: {name} skipped: {err}")
         seconds[name] = round(time.perf_counter() - t0, 2)
 
-    def images_of(split) -> list:
+    def images_of(split) -> list:  # the test images: decoded once, read by five parts below
         return [load_rgb(s, cfg.images.max_pixels) for s in split.sources]
 
     test_images = images_of(test)
@@ -188,7 +189,7 @@ def image_evaluation(cfg, run_dir: Path, splits, probs: np.ndarray, predict, tra
     if ev.baseline:
 
         def baseline():
-            train = images_of(splits.train)
+            train = LazyImages(splits.train.sources, cfg.images.max_pixels)  # one pass: decoded as it is read
             result = ev_images.pixel_baseline(train, splits.train.labels, test_images, y, names, cfg.seed)
             return {"name": "pixels-logreg", "label": "raw pixels (16x16) + logistic regression", "test": result}
 

@@ -90,6 +90,19 @@ def load_rgb(source, max_pixels: int = 40_000_000):
     return to_rgb(open_image(source, max_pixels))
 
 
+class LazyImages:
+    """A sequence of RGB images decoded when indexed: one pass over a big split without holding it in memory."""
+
+    def __init__(self, sources: list, max_pixels: int = 40_000_000):
+        self.sources, self.max_pixels = sources, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int):
+        return load_rgb(self.sources[i], self.max_pixels)
+
+
 def rows_of(
     spec: str, images_cfg, data_cfg, meta_columns: list[str] = (), need_labels: bool = True
 ) -> Rows | dict[str, Rows]:

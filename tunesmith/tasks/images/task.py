@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...engine.batches import predict_probs
 from ...errors import ConfigError, DataError
 from ...evaluate.metrics import METRIC_NAMES, classification_metrics, headline
 from ...tracking.classification import classification_brief, classification_tracked, write_classification_outputs
 from ..base import Findings, Prediction, Predictor, Task, TaskData
 from .augment import build_augment, crops, input_size, resize_processor
-from .batches import ImageBatches, Pixels, auto_workers, predict_probs, predict_sources
+from .batches import ImageBatches, Pixels, auto_workers, predict_sources
 from .data import ImageSplits, load_image_splits
 from .evaluation import audit_findings, image_evaluation
 
