@@ -34,3 +34,11 @@ class Interrupted(Exception):
     def __init__(self, step: int):
         super().__init__(f"interrupted after step {step}")
         self.step = step
+
+
+class Pruned(Exception):
+    """A search trial stopped on purpose: its validation scores were clearly worse than other trials' (`tunesmith tune`)."""
+
+    def __init__(self, step: int, evaluation: int):
+        super().__init__(f"pruned at step {step} (validation {evaluation})")
+        self.step, self.evaluation = step, evaluation

@@ -19,6 +19,7 @@ LAYERS = {
     "tunesmith.config.hygiene": 1,
     "tunesmith.config.forgetting": 1,
     "tunesmith.config.images": 1,
+    "tunesmith.config.tune": 1,
     "tunesmith.forgetting": 2,
     "tunesmith.config.dump": 1,
     "tunesmith.models": 2,

@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from .forgetting import ReferenceSet, Regularizer, check_forgetting
 from .hygiene import AuditConfig, AugmentConfig, PrepareConfig
 from .images import ImagesConfig
+from .tune import TuneConfig
 
 
 @dataclass
@@ -258,6 +259,9 @@ class Config:
     """Image classification: the image column, the size the model sees, augmentation, decoding workers."""
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     """Settings of `tunesmith data prepare` (cleaning, balancing, grouped splits, augmentation)."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """`tunesmith tune`: the search space (dotted keys -> distributions, conditional with `when`), the number of
+    trials, sampler, pruner, a second objective and how the winner is checked on test (docs/tune.md)."""
     regularize: list[Regularizer] = field(default_factory=list)
     """Remedies against forgetting, any combination, with every strategy:
     `- {kind: l2sp, weight: 0.1}`, `- {kind: ewc, reference: NAME}`, `- {kind: distill, weight: 1.0, inputs: train}`,
@@ -269,6 +273,7 @@ class Config:
         self.prepare.check()
         self.eval.check()
         self.images.check()
+        self.tune.check()
         check_forgetting(self.eval.reference, self.regularize)
         d, t = self.data, self.train
         if d.path and (d.train or d.validation or d.test):

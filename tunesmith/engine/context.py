@@ -26,6 +26,9 @@ class Context:
     """Validation metrics for which lower is better (the task's `minimize`)."""
     model_key: str = ""
     """Identifies the pretrained weights + encoding (keys caches such as the linear probe's features)."""
+    on_validation: Callable[[int, int, dict], None] = lambda evaluation, step, metrics: None
+    """Told each validation (its 1-based count, the step, the metrics) once the loop has checkpointed; it may raise
+    errors.Pruned to stop the run (a search trial that is clearly worse: `tunesmith tune`)."""
 
     @property
     def is_main(self) -> bool:

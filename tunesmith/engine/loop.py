@@ -222,6 +222,7 @@ def fit(
                     model.train()
                     _carry(acc, running_loss, running_n, running_parts, state)
                     _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state, names)
+                    ctx.on_validation(sum("epoch" in h for h in state.history), state.step, metrics)
 
                 fault(state.step)
                 if stop.requested(acc, state.step, sync_every=1 if world == 1 else cfg.log_every):

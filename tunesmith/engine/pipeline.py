@@ -47,10 +47,17 @@ def finetune(
     overrides: list[str] | None = None,
     resume: str | Path | None = None,
     restart: str | Path | None = None,
+    *,
+    hold_out_test: bool = False,
+    on_validation=None,
 ) -> Run:
     """Fine-tune as configured and return the finished Run. `resume` continues an interrupted run folder from its
     last checkpoint; `restart` trains a run folder that did not complete again from scratch, in place, with its
-    saved config (+ `overrides`)."""
+    saved config (+ `overrides`).
+
+    For model selection (`tunesmith tune`): `hold_out_test` keeps the test split out of the run altogether (after
+    the audit, the task's `hold_out_test` puts the validation split in its place, so "test" figures are validation
+    figures); `on_validation(evaluation, step, metrics)` hears every validation and may raise errors.Pruned."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
@@ -67,6 +74,8 @@ def finetune(
     source = resolve_model(cfg.model.name)
     tokenizer = task.load_tokenizer(source)
     findings = task.check_data(data, tokenizer, source)
+    if hold_out_test:  # audited with the test split (leakage), never evaluated on it
+        data = task.hold_out_test(data)
     strategy = build_strategy(cfg.strategy.name, cfg.strategy.options)
     task.check_strategy(strategy)
     precision, why = choose_precision(cfg.train.precision, "cuda" if torch.cuda.is_available() else "cpu")
@@ -76,6 +85,8 @@ def finetune(
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if precision == "fp32" else precision)
     model_key = f"{source.location}|{cfg.model.revision}|{task.encoding_key()}"
     ctx = Context(acc, cfg, precision, resume=resume_dir is not None, minimize=task.minimize, model_key=model_key)
+    if on_validation is not None:
+        ctx.on_validation = on_validation
 
     # ---- model + strategy
     set_seed(cfg.seed)  # the head's initialisation depends on it

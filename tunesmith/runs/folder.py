@@ -25,7 +25,7 @@ import torch
 
 from ..config.dump import save_config
 from ..config.schema import Config
-from ..errors import Interrupted
+from ..errors import Interrupted, Pruned
 from ..tracking.mlflow_tracker import default_uri
 from ..utils import atomic_dir, atomic_write_json, folder_size, read_json
 from ..version import __version__
@@ -173,6 +173,10 @@ class RunFolder:
             yield self
         except Interrupted:
             self.stop("interrupted", "KILLED")
+            raise
+        except Pruned as pruned:  # a search trial stopped on purpose (`tunesmith tune`)
+            self.info["pruned"] = {"step": pruned.step, "evaluation": pruned.evaluation}
+            self.stop("pruned", "KILLED")
             raise
         except BaseException:
             self.stop("failed", "FAILED")

@@ -30,7 +30,7 @@ from ..utils import read_json
 
 RUN_FILE = "run.json"
 HEARTBEAT_FILE = "heartbeat.json"
-STATUSES = ("running", "interrupted", "failed", "complete", "died")
+STATUSES = ("running", "interrupted", "pruned", "failed", "complete", "died")
 """What a reader can see; `died` is derived (run.json says `running`, but its process is gone)."""
 HEARTBEAT_EVERY = 15.0
 """Seconds between two writes of heartbeat.json by a running run's main process."""
@@ -189,3 +189,9 @@ def ago(seconds: float) -> str:
     if s < 48 * 3600:
         return f"{s / 3600:.0f} h ago"
     return f"{s / 86400:.0f} days ago"
+
+
+def process_gone(process: dict, seen: float | None = None) -> str:
+    """Why the process `process` (this_process() of some earlier moment) is gone, '' while it lives (or cannot be
+    told: another host without a recent `seen` heartbeat time)."""
+    return _why_died(process, seen, time.time()) if process else ""

@@ -42,6 +42,9 @@ class Strategy:
     """True when the strategy prepends trained virtual tokens to every row (prompt/prefix tuning): packing is off."""
     saves_base: ClassVar[bool] = True
     """True when `save` writes the frozen weights too (they must then stay exactly as pretrained: no dtype casts)."""
+    tune_space: ClassVar[dict] = {"train.lr": {"float": [1e-5, 1e-4], "log": True}}
+    """`tunesmith tune`'s default space for this strategy (its learning-rate range and its own keys), in the
+    `tune.space` syntax; the tool adds warmup, weight decay and epochs."""
     plan_family: ClassVar[str | None] = None
     """How `tunesmith plan` models it: dense | top-layers | growing | head-only | low-rank | adapter (None: as dense, with a note)."""
 

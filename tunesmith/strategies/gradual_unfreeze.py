@@ -21,6 +21,7 @@ class GradualUnfreezeOptions(LayerDecayOptions):
 
 class GradualUnfreezeStrategy(Strategy):
     name = "gradual-unfreeze"
+    tune_space = {"train.lr": {"float": [1e-5, 1e-4], "log": True}}
     plan_family = "growing"
     summary = "Head first, then one layer from the top at a time (ULMFiT). Small data, guards against forgetting."
     Options = GradualUnfreezeOptions

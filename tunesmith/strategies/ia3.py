@@ -19,6 +19,7 @@ class Ia3Options:
 
 class Ia3Strategy(PeftStrategy):
     name = "ia3"
+    tune_space = {"train.lr": {"float": [1e-3, 3e-2], "log": True}}
     plan_family = "adapter"
     summary = "IA3 rescaling vectors + head (~0.1% of weights). Fewest parameters of the adapters; few-shot data."
     Options = Ia3Options

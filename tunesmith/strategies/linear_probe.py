@@ -54,6 +54,7 @@ class HeadOnly(nn.Module):
 
 class LinearProbeStrategy(Strategy):
     name = "linear-probe"
+    tune_space = {"train.lr": {"float": [1e-3, 1e-1], "log": True}}
     summary = "Backbone frozen, head trains on cached features. Fastest by far; a strong baseline; weakest when the domain shifts."
     Options = LinearProbeOptions
     features_only = True

@@ -41,6 +41,13 @@ def default_targets(model: nn.Module) -> list[str] | str:
 
 class LoraStrategy(PeftStrategy):
     name = "lora"
+    tune_space = {
+        "train.lr": {"float": [1e-4, 3e-3], "log": True},
+        "strategy.r": {"int": [4, 64], "log": True},
+        "strategy.alpha": {"float": [8.0, 64.0], "log": True},
+        "strategy.dropout": {"float": [0.0, 0.3]},
+        "strategy.target_modules": {"categorical": [None, ["all-linear"]]},
+    }
     plan_family = "low-rank"
     summary = "Low-rank adapters + head train (~1-3% of weights). Little memory, tiny saves, little forgetting; quantize: nf4 = QLoRA."
     Options = LoraOptions

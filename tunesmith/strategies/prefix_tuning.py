@@ -17,6 +17,7 @@ class PrefixTuningOptions:
 
 class PrefixTuningStrategy(PeftStrategy):
     name = "prefix-tuning"
+    tune_space = {"train.lr": {"float": [1e-3, 3e-2], "log": True}}
     plan_family = "adapter"
     virtual_tokens = True
     summary = (

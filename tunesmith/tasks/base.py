@@ -13,6 +13,7 @@ Only `load_data`, `load_model`, `encode`, `loss`, `validate` and `test` must be 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,19 @@ class Task:
     def check_data(self, data: TaskData, tokenizer, source=None) -> Findings:
         """Audit/lint the data; raise DataError when something must stop the run. `source`: the model's ModelSource."""
         return Findings()
+
+    def hold_out_test(self, data: TaskData) -> TaskData:
+        """The data of a search trial (`tunesmith tune`): the validation split stands in for the test split, so the
+        trial's "test" figures (with their intervals) are validation figures and no test row is ever evaluated.
+        Default: for split objects with train/validation/test dataclass fields, each split having `name`/`source`."""
+        s = data.splits
+        where = "validation split (test held out for model selection)"
+        stand_in = dataclasses.replace(s.validation, name="test", source=where)
+        summary = {**data.summary, "test": {**data.summary["validation"], "source": where}}
+        note = "tune: the test split is held out of this trial; its test figures are on the validation split"
+        return dataclasses.replace(
+            data, splits=dataclasses.replace(s, test=stand_in), summary=summary, notes=[*data.notes, note]
+        )
 
     def lint(self, data: TaskData, tokenizer, show: int = 2):
         """`tunesmith data lint`: a report of how samples render (generative tasks)."""
