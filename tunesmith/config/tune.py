@@ -41,20 +41,6 @@ class Param:
     def active(self, params: dict) -> bool:
         return all(key in params and params[key] in allowed for key, allowed in self.when)
 
-    def grid(self) -> list:
-        """Every value a grid search visits."""
-        if self.kind == "categorical":
-            return list(self.choices)
-        if self.step is None and self.kind == "float":
-            raise ConfigError(f"tune.space.{self.key}: a grid search needs a `step` for a float range (or categorical)")
-        step = self.step or 1
-        count = int(round((self.high - self.low) / step)) + 1
-        return (
-            [self.low + i * step for i in range(count)]
-            if self.kind == "float"
-            else list(range(int(self.low), int(self.high) + 1, int(step)))
-        )
-
 
 def parse_param(key: str, spec: Any) -> Param:
     """A space entry -> Param, or one ConfigError naming the key and the fix."""
@@ -85,7 +71,7 @@ def parse_param(key: str, spec: Any) -> Param:
             raise ConfigError(f"{where}: log and step are for float/int ranges, not a categorical")
         if len({repr(v) for v in value}) != len(value):
             raise ConfigError(f"{where}: the choices {value!r} repeat a value")
-        return Param(key, kind, choices=tuple(_freeze(v) for v in value), when=when)
+        return Param(key, kind, choices=tuple(freeze(v) for v in value), when=when)
     if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)):
         raise ConfigError(f"{where}: {kind} needs [low, high] numbers, e.g. {{{kind}: [1, 4]}} (got {value!r})")
     low, high = value
@@ -121,13 +107,13 @@ def _parse_when(where: str, when: Any) -> tuple:
         raise ConfigError(
             f"{where}.when: expected a mapping of key: value, e.g. {{strategy.name: lora}} (got {when!r})"
         )
-    return tuple((str(k), tuple(_freeze(x) for x in (v if isinstance(v, list) else [v]))) for k, v in when.items())
+    return tuple((str(k), tuple(freeze(x) for x in (v if isinstance(v, list) else [v]))) for k, v in when.items())
 
 
-def _freeze(value: Any) -> Any:
+def freeze(value: Any) -> Any:
     """Choices are kept hashable (lists become tuples); `thaw` gives the config value back."""
     if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
+        return tuple(freeze(v) for v in value)
     if isinstance(value, dict):
         raise ConfigError(f"tune.space: a choice cannot be a mapping ({value!r}); set each key of it separately")
     return value

@@ -189,9 +189,3 @@ def ago(seconds: float) -> str:
     if s < 48 * 3600:
         return f"{s / 3600:.0f} h ago"
     return f"{s / 86400:.0f} days ago"
-
-
-def process_gone(process: dict, seen: float | None = None) -> str:
-    """Why the process `process` (this_process() of some earlier moment) is gone, '' while it lives (or cannot be
-    told: another host without a recent `seen` heartbeat time)."""
-    return _why_died(process, seen, time.time()) if process else ""

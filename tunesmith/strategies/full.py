@@ -27,7 +27,7 @@ class DiscriminativeOptions(LayerDecayOptions):
 class DiscriminativeLrStrategy(Strategy):
     name = "discriminative-lr"
     tune_space = {
-        **{"train.lr": {"float": [1e-5, 2e-4], "log": True}},
+        "train.lr": {"float": [1e-5, 2e-4], "log": True},
         "strategy.layer_lr_decay": {"float": [0.6, 1.0]},
     }
     plan_family = "dense"

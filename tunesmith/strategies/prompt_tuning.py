@@ -19,7 +19,7 @@ class PromptTuningOptions:
 
 class PromptTuningStrategy(PeftStrategy):
     name = "prompt-tuning"
-    tune_space = {**{"train.lr": {"float": [1e-3, 3e-2], "log": True}}, "strategy.virtual_tokens": {"int": [8, 32]}}
+    tune_space = {"train.lr": {"float": [1e-3, 3e-2], "log": True}, "strategy.virtual_tokens": {"int": [8, 32]}}
     plan_family = "adapter"
     virtual_tokens = True
     summary = "Learned soft-prompt tokens + head; the model stays frozen. Tiny saves; shines on large models, weak on small ones."

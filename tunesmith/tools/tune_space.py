@@ -63,23 +63,6 @@ def default_space(cfg: Config) -> list[Param]:
     return [parse_param(k, v) for k, v in space.items()]
 
 
-def describe_space(params: list[Param]) -> list[str]:
-    """One line per key, for the console and study.md."""
-    out = []
-    for p in params:
-        if p.kind == "categorical":
-            what = "one of " + ", ".join(_label(c) for c in p.choices)
-        else:
-            what = (
-                f"{p.kind} in [{p.low:g}, {p.high:g}]"
-                + (" (log)" if p.log else "")
-                + (f" step {p.step:g}" if p.step else "")
-            )
-        when = " when " + ", ".join(f"{k} in {[thaw(v) for v in a]}" for k, a in p.when) if p.when else ""
-        out.append(f"{p.key}: {what}{when}")
-    return out
-
-
 def check_space(cfg: Config, params: list[Param]) -> None:
     """Refuse keys that would move rows between splits, then build every branch of the space as a config."""
     base = flatten(config_to_dict(cfg))
@@ -140,34 +123,6 @@ def sample(trial, params: list[Param], base: dict) -> dict:
     return values
 
 
-def distribution_values(params: list[Param], values: dict) -> dict:
-    """Values as Optuna records them (categoricals by label): for enqueueing a trial."""
-    out = {}
-    for key, value in values.items():
-        p = _param(params, key)
-        out[key] = _label(value) if p.kind == "categorical" else value
-    return out
-
-
-def starting_values(cfg: Config, params: list[Param]) -> dict | None:
-    """The starting config's own values of the space's keys, when all lie inside it (then it is trial 0)."""
-    base = flatten(config_to_dict(cfg))
-    values: dict = {}
-    for p in params:
-        if not p.active({**base, **values}):
-            continue
-        value = _freeze_value(base.get(p.key))
-        if p.kind == "categorical":
-            if value not in p.choices:
-                return None
-        elif not isinstance(value, (int, float)) or not p.low <= value <= p.high:
-            return None
-        elif p.kind == "int" and value != int(value):
-            return None
-        values[p.key] = int(value) if p.kind == "int" else value
-    return values
-
-
 def trial_dict(cfg: Config, values: dict) -> dict:
     """The starting config with the trial's values set (strategy options reset when the strategy changes)."""
     d = config_to_dict(cfg)
@@ -182,10 +137,6 @@ def trial_dict(cfg: Config, values: dict) -> dict:
             node = node.setdefault(part, {})
         node[last] = thaw(value)
     return d
-
-
-def _freeze_value(v):
-    return tuple(_freeze_value(x) for x in v) if isinstance(v, list) else v
 
 
 def _label(value) -> str | int | float | bool | None:
