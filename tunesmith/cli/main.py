@@ -21,6 +21,7 @@ from .export import add_export_commands
 from .generate import add_generate_commands
 from .plan import add_plan_command
 from .serve import add_serve_commands
+from .tune import add_tune_command
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -184,6 +185,7 @@ COMMAND_GROUPS = (
     add_generate_commands,
     add_export_commands,
     add_serve_commands,
+    add_tune_command,
 )
 
 

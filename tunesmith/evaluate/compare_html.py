@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 
 from ..utils import atomic_write_json, atomic_write_text, human_bytes
+from .pages import figure, html_page, markdown_page, png
 from .stats import p_text
 
 PLOTS = {
@@ -181,56 +180,23 @@ def sections(result: dict) -> list[dict]:
 
 
 def render_markdown(result: dict, images: list[str]) -> str:
-    lines = [
-        f"# Comparison: {' vs '.join(r['name'] for r in result['runs'])}",
-        "",
-        f"Reference: `{result['runs'][0]['path']}`; deltas are B - reference on the same test items, in points (x100).",
-        "",
-    ]
-    for s in sections(result):
-        lines += [f"## {s['title']}", ""] + [*(f"{t}  " for t in s.get("text", []))] + ([""] if s.get("text") else [])
-        if s.get("table"):
-            head, rows = s["table"]
-            lines += ["| " + " | ".join(map(str, head)) + " |", "|" + "---|" * len(head)]
-            lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows] + [""]
-        if s.get("image") in images:
-            lines += [f"![{PLOTS[s['image']]}]({s['image']})", ""]
-    return "\n".join(lines)
+    title, intro = _heading(result)
+    return markdown_page(title, intro.replace("<code>", "`").replace("</code>", "`"), sections(result), images, PLOTS)
 
 
 def render_html(result: dict, pngs: dict[str, bytes]) -> str:
-    e = html.escape
-    body = [
-        f"<h1>Comparison: {e(' vs '.join(r['name'] for r in result['runs']))}</h1>",
-        f"<p>Reference: <code>{e(result['runs'][0]['path'])}</code>; deltas are B - reference on the same test items, in points (x100).</p>",
-    ]
-    for s in sections(result):
-        body.append(f"<h2>{e(s['title'])}</h2>")
-        body += [f"<p{' class=verdict' if s['title'] == 'Verdict' else ''}>{e(t)}</p>" for t in s.get("text", [])]
-        if s.get("table"):
-            head, rows = s["table"]
-            body.append(
-                "<table><tr>"
-                + "".join(f"<th>{e(str(h))}</th>" for h in head)
-                + "</tr>"
-                + "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-                + "</table>"
-            )
-        if s.get("image") in pngs:
-            data = base64.b64encode(pngs[s["image"]]).decode()
-            body.append(
-                f"<figure><img alt='{e(PLOTS[s['image']])}' src='data:image/png;base64,{data}'><figcaption>{e(PLOTS[s['image']])}</figcaption></figure>"
-            )
-    style = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}"
-        "th{background:#f3f3f3}.verdict{font-size:1.15em;font-weight:600}img{max-width:100%}code{background:#f3f3f3}"
-    )
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>tunesmith compare</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    title, intro = _heading(result)
+    return html_page(title, intro, sections(result), pngs, PLOTS, emphasis=("Verdict",))
+
+
+def _heading(result: dict) -> tuple[str, str]:
+    title = f"Comparison: {' vs '.join(r['name'] for r in result['runs'])}"
+    path = html.escape(result["runs"][0]["path"])
+    return title, f"Reference: <code>{path}</code>; deltas are B - reference on the same test items, in points (x100)."
 
 
 def plot_metrics(result: dict) -> bytes | None:
-    plt, fig = _figure(7, 3.6)
+    plt, fig = figure(7, 3.6)
     ax = fig.subplots()
     metrics, runs = ["macro_f1", "accuracy", "weighted_f1"], result["runs"]
     width = 0.8 / len(runs)
@@ -245,13 +211,13 @@ def plot_metrics(result: dict) -> bytes | None:
     ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(metrics))], metrics)
     low = min(r["metrics"][m] for r in runs for m in metrics)
     ax.set_ylim(max(0, low - 0.1), 1), ax.set_ylabel("test"), ax.legend(fontsize=8), ax.grid(axis="y", alpha=0.3)
-    return _png(plt, fig)
+    return png(plt, fig)
 
 
 def plot_per_class(result: dict) -> bytes | None:
     if not result["comparisons"] or not result["comparisons"][0]["per_class"]:
         return None
-    plt, fig = _figure(7, 3.4)
+    plt, fig = figure(7, 3.4)
     ax = fig.subplots()
     classes = list(result["comparisons"][0]["per_class"])
     width = 0.8 / len(result["comparisons"])
@@ -270,13 +236,13 @@ def plot_per_class(result: dict) -> bytes | None:
         ha="right",
     )
     ax.set_ylabel("F1 delta (points)"), ax.legend(fontsize=8), ax.grid(axis="y", alpha=0.3)
-    return _png(plt, fig)
+    return png(plt, fig)
 
 
 def plot_losses(result: dict) -> bytes | None:
     if not any(r["history"] for r in result["runs"]):
         return None
-    plt, fig = _figure(8, 3.6)
+    plt, fig = figure(8, 3.6)
     ax = fig.subplots()
     for i, r in enumerate(result["runs"]):
         train = [(h["step"], h["train_loss"]) for h in r["history"] if "train_loss" in h]
@@ -286,24 +252,7 @@ def plot_losses(result: dict) -> bytes | None:
         if val:
             ax.plot(*zip(*val), "o-", color=f"C{i}", label=f"{r['name']} validation")
     ax.set_xlabel("optimizer step"), ax.set_ylabel("cross-entropy"), ax.legend(fontsize=7), ax.grid(alpha=0.3)
-    return _png(plt, fig)
-
-
-def _figure(w: float, h: float):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt, plt.figure(figsize=(w, h))
-
-
-def _png(plt, fig) -> bytes:
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return png(plt, fig)
 
 
 def _with_ci(r: dict, m: str) -> str:

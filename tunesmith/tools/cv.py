@@ -22,7 +22,7 @@ from ..data.splitting import near_duplicate_groups
 from ..engine.pipeline import finetune
 from ..errors import ConfigError, DataError
 from ..tasks.registry import get_task_class
-from ..tracking.mlflow_tracker import default_uri
+from ..tracking.parent_run import ParentRun
 from ..utils import atomic_write_json, atomic_write_text
 
 CV_METRICS = ["macro_f1", "accuracy", "weighted_f1", "loss"]
@@ -47,7 +47,7 @@ def cross_validate(config, overrides: list[str] | None = None, folds: int = 5) -
     fold_of = assign_folds(texts, y, folds, cfg.seed, cfg.data.group_near_duplicates)
     root = Path(cfg.output_dir) / f"{cfg.name}-cv-{time.strftime('%Y%m%d-%H%M%S')}"
     (root / "folds").mkdir(parents=True, exist_ok=False)
-    parent = _ParentRun(cfg, root.name)
+    parent = ParentRun(cfg, root.name, {"cv": True})
     rows = []
     try:
         for k in range(folds):
@@ -80,7 +80,9 @@ def cross_validate(config, overrides: list[str] | None = None, folds: int = 5) -
     }
     atomic_write_json(root / "cv.json", result)
     atomic_write_text(root / "cv.md", cv_markdown(cfg.name, result))
-    parent.finish(summary, root)
+    parent.finish(
+        {f"cv_{m}_{k}": s[k] for m, s in summary.items() for k in ("mean", "std")}, [root / "cv.md", root / "cv.json"]
+    )
     return result
 
 
@@ -133,49 +135,6 @@ def _fold_config(
         encoding_errors="strict",
     )
     return d
-
-
-class _ParentRun:
-    """The MLflow parent run of the folds (nothing when tracking is off)."""
-
-    def __init__(self, cfg, name: str):
-        self.client = self.run_id = None
-        if cfg.tracking.backend != "mlflow":
-            return
-        from mlflow import MlflowClient
-
-        uri = cfg.tracking.uri or default_uri(cfg.output_dir)
-        self.client = MlflowClient(tracking_uri=uri)
-        exp = self.client.get_experiment_by_name(cfg.tracking.experiment)
-        location = (Path(cfg.output_dir).resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-        exp_id = (
-            exp.experiment_id
-            if exp
-            else self.client.create_experiment(cfg.tracking.experiment, artifact_location=location)
-        )
-        self.run_id = self.client.create_run(
-            exp_id, run_name=name
-        ).info.run_id  # not the active run: the folds start their own
-        for key, value in (("cv", True), ("model.name", cfg.model.name), ("strategy.name", cfg.strategy.name)):
-            self.client.log_param(self.run_id, key, value)
-
-    def adopt(self, child_id: str | None) -> None:
-        if self.client and child_id:
-            self.client.set_tag(child_id, "mlflow.parentRunId", self.run_id)
-
-    def finish(self, summary: dict, root: Path) -> None:
-        if not self.client:
-            return
-        for m, s in summary.items():
-            self.client.log_metric(self.run_id, f"cv_{m}_mean", s["mean"])
-            self.client.log_metric(self.run_id, f"cv_{m}_std", s["std"])
-        for name in ("cv.md", "cv.json"):
-            self.client.log_artifact(self.run_id, str(root / name))
-        self.end("FINISHED")
-
-    def end(self, status: str) -> None:
-        if self.client:
-            self.client.set_terminated(self.run_id, status)
 
 
 def cv_markdown(name: str, result: dict) -> str:

@@ -80,7 +80,7 @@ def check_space(cfg: Config, params: list[Param]) -> None:
         try:
             load_config(trial_dict(cfg, values))
         except TunesmithError as err:
-            shown = ", ".join(f"{k}={_label(v)}" for k, v in values.items())
+            shown = ", ".join(f"{k}={choice_label(v)}" for k, v in values.items())
             raise ConfigError(f"tune.space: the trial {{{shown}}} is not a valid config: {err}") from None
 
 
@@ -118,7 +118,7 @@ def sample(trial, params: list[Param], base: dict) -> dict:
         elif p.kind == "int":
             values[p.key] = trial.suggest_int(p.key, p.low, p.high, log=p.log, step=p.step or 1)
         else:
-            labels = [_label(c) for c in p.choices]
+            labels = [choice_label(c) for c in p.choices]
             values[p.key] = p.choices[labels.index(trial.suggest_categorical(p.key, labels))]
     return values
 
@@ -139,7 +139,21 @@ def trial_dict(cfg: Config, values: dict) -> dict:
     return d
 
 
-def _label(value) -> str | int | float | bool | None:
+def best_config(cfg, params: dict) -> dict:
+    """The trial's values (as Optuna stores them) back in the starting config: a runnable config."""
+    space = {p.key: p for p in search_space(cfg)}
+    values = {}
+    for key, value in params.items():
+        p = space[key]
+        if p.kind == "categorical":
+            labels = [choice_label(c) for c in p.choices]
+            value = p.choices[labels.index(value)]
+        values[key] = value
+    d = trial_dict(cfg, values)
+    return yaml.safe_load(yaml.safe_dump(d))
+
+
+def choice_label(value) -> str | int | float | bool | None:
     """A choice as Optuna stores it: scalars as they are, lists as their YAML flow form."""
     if isinstance(value, tuple):
         return yaml.safe_dump(thaw(value), default_flow_style=True).strip()
