@@ -136,7 +136,12 @@ def test_the_pruner_stops_a_planted_bad_trial(tmp_path, tiny_model, toy_csv):
 
 def test_two_workers_share_one_sqlite_study(tmp_path, tiny_model, toy_csv):
     cfg = study_config(
-        tmp_path, tiny_model, toy_csv, {"train.lr": {"float": [1e-3, 1e-2], "log": True}}, 4, tune={"final": "none", "pruner": "none"}
+        tmp_path,
+        tiny_model,
+        toy_csv,
+        {"train.lr": {"float": [1e-3, 1e-2], "log": True}},
+        4,
+        tune={"final": "none", "pruner": "none"},
     )
     cfg["train"]["epochs"] = 1
     r = run_cli("tune", str(write_yaml(tmp_path / "c.yaml", cfg)), "--workers", "2", "--study", "two")
@@ -150,7 +155,12 @@ def test_two_workers_share_one_sqlite_study(tmp_path, tiny_model, toy_csv):
 
 def test_resume_after_a_kill_retries_the_trial_from_its_checkpoint(tmp_path, tiny_model, toy_csv):
     cfg = study_config(
-        tmp_path, tiny_model, toy_csv, {"train.lr": {"float": [1e-3, 1e-2], "log": True}}, 3, tune={"final": "none", "pruner": "none"}
+        tmp_path,
+        tiny_model,
+        toy_csv,
+        {"train.lr": {"float": [1e-3, 1e-2], "log": True}},
+        3,
+        tune={"final": "none", "pruner": "none"},
     )
     config = write_yaml(tmp_path / "c.yaml", cfg)
     r = run_cli("tune", str(config), "--study", "k", env={"TUNESMITH_FAULT_AT_STEP": "20:KILL"})

@@ -56,9 +56,7 @@ def counted(trials) -> int:
     import optuna
 
     fail, waiting = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING
-    return sum(
-        1 for t in trials if t.state != waiting and not (t.state == fail and t.user_attrs.get("interrupted"))
-    )
+    return sum(1 for t in trials if t.state != waiting and not (t.state == fail and t.user_attrs.get("interrupted")))
 
 
 def open_study(meta: dict, cfg: Config, worker: int = 0):
