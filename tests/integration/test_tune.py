@@ -87,6 +87,9 @@ def test_a_study_searches_a_conditional_space_on_validation_and_tests_once(tmp_p
     complete = int((df["state"] == "complete").sum())  # a pruned trial stops before its held-out evaluation
     assert tested == [False] * complete + [True] * len(final)
     assert final["start"] and (s["final"]["best_is_start"] or "comparison" in s["final"])
+    if "comparison" in s["final"]:  # the paired test of best vs start on the same test rows
+        c = s["final"]["comparison"]
+        assert c["ci"][0] <= c["delta"] <= c["ci"][1] and 0 <= c["p"] <= 1
 
     # best.yaml is a runnable config: retrained, it reproduces the best trial's validation score.
     best_yaml = tmp_path / "runs" / s["study"] / "best.yaml"

@@ -140,7 +140,8 @@ def _final_gain(root: Path, cfg, final: dict, metric: str) -> dict:
         out["comparison"] = {
             "metric": compared["metric"],
             "verdict": c["verdict"],
-            **{k: c["metrics"][compared["metric"]].get(k) for k in ("delta", "ci", "p")},
+            **{k: c["metrics"][compared["metric"]].get(k) for k in ("delta", "p")},
+            "ci": [c["metrics"][compared["metric"]].get(k) for k in ("low", "high")],
             "report": str(root / "final" / "compare" / "compare.md"),
         }
     return out
