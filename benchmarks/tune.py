@@ -18,7 +18,8 @@ wall time and trials per minute.
 
 Prints progress to stderr, then the JSON summary and the Markdown tables; writes benchmarks/results/tune.{json,md}
 and the search's optimisation history as benchmarks/results/tune-history.png (tune-quick.* with --quick). Study
-folders go to --work (default /tmp/tunesmith-tune-bench), removed first.
+folders go to --work (default /tmp/tunesmith-tune-bench); an earlier search study there is resumed (its finished
+trials and final runs are reused; `--fresh` starts again), the workers studies always start from scratch.
 """
 
 from __future__ import annotations
@@ -73,31 +74,40 @@ def overrides(size: dict, work: Path) -> list[str]:
 def part_search(size: dict, work: Path) -> dict:
     from tunesmith.tools.tune import tune
 
-    t0 = time.perf_counter()
-    s = tune(
-        str(CONFIG),
-        [*overrides(size, work), "tune.startup_trials=4"],
-        trials=size["trials"],
-        study="search",
-        say=say,
-    )
+    root = work / "search"
+    t0, resumed = time.perf_counter(), (root / "tune.json").is_file()
+    if resumed:  # an earlier invocation's study: resumed (finished trials and runs are reused)
+        say(f"[bench] resuming the study in {root}")
+        s = tune(resume=root, say=say)
+    else:
+        s = tune(
+            str(CONFIG),
+            [*overrides(size, work), "tune.startup_trials=4"],
+            trials=size["trials"],
+            study="search",
+            say=say,
+        )
     wall = time.perf_counter() - t0
     df = pd.read_csv(Path(s["path"]) / "trials.csv")
-    steps = {}
+    # How much training the pruner saved: steps the pruned trials ran / steps they would have run (their epochs x
+    # the steps per epoch of a trial that ran to its end).
+    per_epoch, ran, planned = None, 0, 0
     for _, row in df.iterrows():
-        if isinstance(row["run"], str):
-            m = json.loads((Path(row["run"]) / "metrics.json").read_text())
-            steps[row["trial"]] = m.get("steps")
-    full_steps = [steps[t] for t in df.loc[df["state"] == "complete", "trial"] if steps.get(t)]
-    pruned_steps = [steps[t] for t in df.loc[df["state"] == "pruned", "trial"] if steps.get(t)]
+        run = Path(row["run"]) if isinstance(row["run"], str) else None
+        if row["state"] == "complete" and run and not per_epoch:
+            m = json.loads((run / "metrics.json").read_text())
+            if not m.get("stopped_early"):
+                per_epoch = m["steps"] / row["param:train.epochs"]
+    for _, row in df[df["state"] == "pruned"].iterrows():
+        ran += json.loads((Path(row["run"]) / "run.json").read_text())["pruned"]["step"]
+        planned += row["param:train.epochs"] * (per_epoch or 0)
     final = s["final"]
     out = {
         "trials": {k: v for k, v in s["trials"].items()},
-        "wall_s": round(wall, 1),
+        "wall_s": None if resumed else round(wall, 1),  # the whole command: trials + final runs + report
+        "trials_s": round(float(df["duration_s"].sum()), 1),  # the trials one after another (1 worker)
         "trial_train_seconds_median": float(df["train_seconds"].median()),
-        "pruned_steps_share": round(sum(pruned_steps) / max(1, len(pruned_steps) * max(full_steps or [1])), 3)
-        if pruned_steps
-        else None,
+        "pruned_steps_share": round(ran / planned, 3) if planned else None,
         # Each final run's own validation figure (the starting config need not be a trial of the space).
         "validation": {
             which: json.loads((Path(r["path"]) / "metrics.json").read_text())["validation_best"].get(s["metric"])
@@ -122,6 +132,7 @@ def part_workers(size: dict, work: Path) -> dict:
 
     out = {}
     for k in (1, 2):
+        shutil.rmtree(work / f"workers-{k}", ignore_errors=True)  # timed from scratch
         t0 = time.perf_counter()
         s = tune(
             str(CONFIG),
@@ -159,10 +170,11 @@ def markdown(r: dict) -> str:
             f"## Search: {t.get('counted')} trials of MiniLM + LoRA ({r['sizes']['samples']} tweets, "
             f"max_length {r['sizes']['length']}), TPE + median pruner, default LoRA space",
             "",
-            f"{t.get('complete', 0)} complete, {t.get('pruned', 0)} pruned, {t.get('fail', 0)} failed; the study took "
-            f"{s['wall_s'] / 60:.1f} min (median trial training {s['trial_train_seconds_median']:.0f} s)"
+            f"{t.get('complete', 0)} complete, {t.get('pruned', 0)} pruned, {t.get('fail', 0)} failed; the trials took "
+            f"{s['trials_s'] / 60:.1f} min (median trial training {s['trial_train_seconds_median']:.0f} s)"
+            + (f", the whole command {s['wall_s'] / 60:.1f} min" if s["wall_s"] else "")
             + (
-                f"; pruned trials stopped after {100 * s['pruned_steps_share']:.0f}% of a full trial's steps"
+                f"; the pruned trials ran {100 * s['pruned_steps_share']:.0f}% of the steps they would have run"
                 if s["pruned_steps_share"] is not None
                 else ""
             )
@@ -212,11 +224,13 @@ def main() -> int:
     ap.add_argument("--part", choices=["search", "workers", "all"], default="all")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--work", default="/tmp/tunesmith-tune-bench")
+    ap.add_argument("--fresh", action="store_true", help="start the search study again (default: resume it if there)")
     a = ap.parse_args()
     size = SIZES["quick" if a.quick else "full"]
     work = Path(a.work) / ("quick" if a.quick else "full")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if a.fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     r = {
         "machine": f"{cpu()}, {__import__('os').cpu_count()} cores",
         "command": "python benchmarks/tune.py" + (" --quick" if a.quick else "") + f" --part {a.part}",

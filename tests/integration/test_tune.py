@@ -36,6 +36,12 @@ def study_config(tmp_path, tiny_model, toy_csv, space: dict, trials: int, **sect
     return cfg
 
 
+def lr_study(tmp_path, tiny_model, toy_csv, trials: int) -> dict:
+    """A learning-rate-only study without pruning or final runs: every trial runs to its end."""
+    lr = {"train.lr": {"float": [1e-3, 1e-2], "log": True}}
+    return study_config(tmp_path, tiny_model, toy_csv, lr, trials, tune={"final": "none", "pruner": "none"})
+
+
 def frame(summary) -> pd.DataFrame:
     return pd.read_csv(f"{summary['path']}/trials.csv")
 
@@ -138,14 +144,7 @@ def test_the_pruner_stops_a_planted_bad_trial(tmp_path, tiny_model, toy_csv):
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path, tiny_model, toy_csv):
-    cfg = study_config(
-        tmp_path,
-        tiny_model,
-        toy_csv,
-        {"train.lr": {"float": [1e-3, 1e-2], "log": True}},
-        4,
-        tune={"final": "none", "pruner": "none"},
-    )
+    cfg = lr_study(tmp_path, tiny_model, toy_csv, 4)
     cfg["train"]["epochs"] = 1
     r = run_cli("tune", str(write_yaml(tmp_path / "c.yaml", cfg)), "--workers", "2", "--study", "two")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -157,14 +156,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path, tiny_model, toy_csv):
 
 
 def test_resume_after_a_kill_retries_the_trial_from_its_checkpoint(tmp_path, tiny_model, toy_csv):
-    cfg = study_config(
-        tmp_path,
-        tiny_model,
-        toy_csv,
-        {"train.lr": {"float": [1e-3, 1e-2], "log": True}},
-        3,
-        tune={"final": "none", "pruner": "none"},
-    )
+    cfg = lr_study(tmp_path, tiny_model, toy_csv, 3)
     config = write_yaml(tmp_path / "c.yaml", cfg)
     r = run_cli("tune", str(config), "--study", "k", env={"TUNESMITH_FAULT_AT_STEP": "20:KILL"})
     assert r.returncode == -signal.SIGKILL
@@ -209,3 +201,21 @@ def test_a_metric_the_task_does_not_have_and_a_missing_model_fail_before_any_tri
     r = run_cli("tune", str(write_yaml(tmp_path / "c.yaml", cfg)))
     assert r.returncode == 2 and "no-such-model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_grid_covers_its_points_and_a_second_objective_gives_a_pareto_front(tmp_path, tiny_model, toy_csv):
+    from tunesmith.tools.tune import tune
+
+    space = {"train.lr": {"categorical": [2e-3, 4e-3, 8e-3]}}
+    cfg = study_config(
+        tmp_path, tiny_model, toy_csv, space, 5, tune={"sampler": "grid", "second_objective": "peak_memory"}
+    )
+    cfg["train"]["epochs"] = 1
+    s = tune(cfg, study="grid")
+    df = frame(s)
+    assert sorted(df["param:train.lr"]) == [2e-3, 4e-3, 8e-3]  # every grid point, once (5 trials capped at 3)
+    assert set(df["state"]) == {"complete"}  # a multi-objective study is not pruned
+    assert (df["peak_memory_mb"] > 0).all() and df["peak_memory"].notna().all()
+    root = tmp_path / "runs" / "grid"
+    assert (root / "pareto.png").is_file() and "Pareto" in (root / "study.md").read_text()
+    assert s["best"]["validation"] == df["macro_f1"].max()  # the front's best-metric trial is the final config

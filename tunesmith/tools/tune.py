@@ -16,6 +16,7 @@ runs. Trials run in this process (`--workers 1`) or in K spawned worker processe
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import signal
@@ -35,7 +36,7 @@ from ..tracking.parent_run import ParentRun
 from ..utils import atomic_write_json, read_json
 from .tune_report import write_report
 from .tune_space import best_config, check_space, choice_label, search_space
-from .tune_trial import STUDY_FILE, Worker, counted, open_study, work
+from .tune_trial import STUDY_FILE, Worker, counted, grid_space, open_study, work
 
 
 def tune(
@@ -128,10 +129,10 @@ def _resume(resume, config, overrides, trials, storage_url) -> Path:
 
 
 def grid_check(cfg, params) -> None:
+    """A grid needs a step for every float; a study of a grid has at most as many trials as the grid has points."""
     if cfg.tune.sampler == "grid":
-        from .tune_trial import grid_space
-
-        grid_space(params)
+        points = math.prod(len(v) for v in grid_space(params).values())
+        cfg.tune.trials = min(cfg.tune.trials, points)
 
 
 def _preflight(cfg) -> None:
@@ -159,6 +160,10 @@ def _enqueue_start(root: Path) -> None:
             if inside:
                 start[p.key] = choice_label(freeze(value))
             exact &= inside
+        if w.cfg.tune.sampler == "grid":
+            grid = grid_space(w.params)
+            if not (len(start) == len(w.params) and all(v in grid[k] for k, v in start.items())):
+                return  # a grid takes a queued trial only as one of its points, with every key set
         # Exact: trial 0 IS the starting config (the report marks it); otherwise its values inside the space seed it.
         w.study.enqueue_trial(start, user_attrs={"start": exact})
 

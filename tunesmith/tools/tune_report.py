@@ -72,7 +72,7 @@ def write_report(root: Path, final: dict | None = None) -> dict:
     gain = _final_gain(root, cfg, final, metric) if final.get("runs") else {}
     summary["final"] = gain
     summary["tracked"] = _tracked(summary, gain, metric)
-    pngs = plots(study, root, len(meta["directions"]))
+    pngs = plots(study, root, len(meta["directions"]), metric)
     sections = _sections(meta, frame, ranked, gain, metric, len(meta["directions"]))
     title = f"Study {meta['study']}: {metric} over {len(trials)} trials"
     intro = (
@@ -214,7 +214,7 @@ def _sections(meta: dict, frame: pd.DataFrame, ranked, gain: dict, metric: str, 
     return out
 
 
-def plots(study, root: Path, objectives: int) -> dict[str, bytes]:
+def plots(study, root: Path, objectives: int, metric: str) -> dict[str, bytes]:
     """Optuna's matplotlib plots of the study, each written beside study.md; {name: PNG bytes} of those drawn."""
     import matplotlib
 
@@ -226,7 +226,10 @@ def plots(study, root: Path, objectives: int) -> dict[str, bytes]:
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         return {}
-    first = {"target": lambda t: t.values[0], "target_name": study.metric_names[0] if study.metric_names else "metric"}
+    # One objective: Optuna's own target (the history plot then draws the best value so far); two: the metric.
+    first = {"target_name": f"validation {metric}"}
+    if objectives > 1:
+        first["target"] = lambda t: t.values[0]
     draw = {
         "history.png": lambda: ovm.plot_optimization_history(study, **first),
         "parallel.png": lambda: ovm.plot_parallel_coordinate(study, **first),

@@ -72,7 +72,13 @@ def open_study(meta: dict, cfg: Config, worker: int = 0):
     if t.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
     elif t.sampler == "grid":
-        sampler = optuna.samplers.GridSampler(grid_space(search_space(cfg)), seed=seed)
+
+        class Grid(optuna.samplers.GridSampler):
+            def after_trial(self, study, trial, state, values) -> None:
+                """Optuna's grid calls study.stop() once every point is taken, which works only inside optimize();
+                the workers here ask and tell, and tune.trials (capped at the grid's size) ends the study."""
+
+        sampler = Grid(grid_space(search_space(cfg)), seed=seed)
     else:
         sampler = optuna.samplers.TPESampler(
             n_startup_trials=t.startup_trials, multivariate=True, group=True, constant_liar=True, seed=seed
