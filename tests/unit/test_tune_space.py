@@ -90,3 +90,28 @@ def test_default_space_comes_from_the_strategy():
     assert {"train.lr", "train.warmup_ratio", "train.epochs", "strategy.r", "strategy.alpha"} <= set(keys)
     full = [p for p in search_space(load_config({**BASE, "strategy": {"name": "full"}})) if p.key == "train.lr"]
     assert full[0].high <= 1e-4  # full fine-tuning searches lower learning rates than LoRA
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_both_pruners_stop_a_trial_far_below_the_others_and_keep_one_like_them(tmp_path, pruner):
+    from tunesmith.tools.tune_trial import open_study
+
+    cfg = cfg_with({"train.lr": {"float": [1e-4, 1e-3]}}, pruner=pruner, startup_trials=2)
+    meta = {"storage": f"sqlite:///{tmp_path / 's.db'}", "study": pruner, "directions": ["maximize"]}
+    study = open_study(meta, cfg)
+
+    def run(score, evaluations=8):
+        """A trial reporting `score(evaluation)` as the loop does; the evaluation at which it was pruned, or None."""
+        t = study.ask()
+        for e in range(1, evaluations + 1):
+            t.report(score(e), e)
+            if t.should_prune():
+                study.tell(t, state=optuna.trial.TrialState.PRUNED)
+                return e
+        study.tell(t, score(evaluations))
+        return None
+
+    for k in range(8):  # good trials, each a little different
+        assert run(lambda e, k=k: 0.5 + 0.02 * e + 0.001 * k) is None or pruner == "hyperband"
+    assert run(lambda e: 0.1) is not None  # far below every earlier trial at every evaluation: stopped early
+    assert run(lambda e: 0.6 + 0.03 * e) is None  # better than all of them: runs to its end
