@@ -174,6 +174,26 @@ def test_resume_after_a_kill_retries_the_trial_from_its_checkpoint(tmp_path, tin
     assert history["steps"] > 20
 
 
+def test_ctrl_c_in_two_workers_checkpoints_both_trials_and_resume_finishes_the_study(tmp_path, tiny_model, toy_csv):
+    cfg = lr_study(tmp_path, tiny_model, toy_csv, 4)
+    config = write_yaml(tmp_path / "c.yaml", cfg)
+    # Each worker's first trial gets SIGINT at step 20 (as Ctrl-C would): it checkpoints, the worker exits 130.
+    r = run_cli("tune", str(config), "--workers", "2", "--study", "c", env={"TUNESMITH_FAULT_AT_STEP": "20:INT"})
+    root = tmp_path / "runs" / "c"
+    assert r.returncode == 130, r.stderr[-3000:]
+    assert f"tunesmith tune --resume {root}" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("tune", "--resume", str(root), "--workers", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = pd.read_csv(root / "trials.csv")
+    interrupted = df[df["state"] == "fail"]
+    assert len(interrupted) == 2 and (df["state"] == "complete").sum() == 4  # 4 counted: the retries replace them
+    retries = df[df["retry_of"].notna()]
+    assert sorted(retries["retry_of"].astype(int)) == sorted(interrupted["trial"])
+    for _, retry in retries.iterrows():  # resumed in the interrupted trial's own run folder, from its checkpoint
+        assert retry["run"] == df.loc[df["trial"] == int(retry["retry_of"]), "run"].item()
+        assert read_info(retry["run"])["status"] == "complete"
+
+
 @pytest.mark.parametrize(
     "tune_section, says",
     [
