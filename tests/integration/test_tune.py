@@ -148,6 +148,11 @@ def test_two_workers_share_one_sqlite_study(tmp_path, tiny_model, toy_csv):
     cfg["train"]["epochs"] = 1
     r = run_cli("tune", str(write_yaml(tmp_path / "c.yaml", cfg)), "--workers", "2", "--study", "two")
     assert r.returncode == 0, r.stderr[-3000:]
+    # The terminal gets one line per trial with the study's progress; each worker's runs write to its own log.
+    done = [line for line in r.stdout.splitlines() + r.stderr.splitlines() if ": validation macro_f1" in line]
+    assert len(done) == 4 and "4/4 trials done" in "".join(done) and "train:" not in r.stderr
+    logs = sorted((tmp_path / "runs" / "two" / "workers").glob("worker-*.log"))
+    assert len(logs) == 2 and all("val macro_f1" in log.read_text() for log in logs)
     df = pd.read_csv(tmp_path / "runs" / "two" / "trials.csv")
     assert sorted(df["trial"]) == [0, 1, 2, 3] and set(df["state"]) == {"complete"}  # none lost, none extra
     assert df["run"].nunique() == 4 and df["param:train.lr"].nunique() == 4

@@ -300,7 +300,7 @@ def _progress(acc, total: int, initial: int):
         initial=initial,
         desc="train",
         unit="step",
-        disable=not acc.is_main_process,
+        disable=not acc.is_main_process or bool(os.environ.get("TQDM_DISABLE")),  # tqdm's own switch (tune workers)
         mininterval=1.0 if os.environ.get("CI") is None else 10.0,
         dynamic_ncols=True,
     )

@@ -177,6 +177,7 @@ def _run_workers(root: Path, workers: int, say) -> None:
             raise Interrupted(0) from None
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
+    say(f"[tune] {workers} workers, {threads} thread(s) each; their trials' output: {root / 'workers'}/worker-K.log")
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=work, args=(str(root), k, threads), name=f"tune-worker-{k}") for k in range(workers)]
     for p in procs:

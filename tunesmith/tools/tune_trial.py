@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import sys
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -160,6 +159,20 @@ class Worker:
                     f"continue with: tunesmith tune --resume {self.root}"
                 )
 
+    def progress(self) -> str:
+        """'5/24 trials done, 1 pruned | best 0.7085 (trial 3)': the study so far, all workers together."""
+        import optuna
+
+        states = optuna.trial.TrialState
+        trials = self.study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state in (states.COMPLETE, states.PRUNED, states.FAIL)]
+        pruned = sum(t.state == states.PRUNED for t in done)
+        out = f"{counted(done)}/{self.target} trials done" + (f", {pruned} pruned" if pruned else "")
+        if len(self.meta["directions"]) == 1 and any(t.state == states.COMPLETE for t in done):
+            best = self.study.best_trial
+            out += f" | best {best.values[0]:.4f} (trial {best.number})"
+        return out
+
     def next_trial(self):
         with self.lock:
             if counted(self.study.get_trials(deepcopy=False)) >= self.target:
@@ -217,7 +230,9 @@ class Worker:
         for step, value in (trial.user_attrs.get("reported") or {}).items():
             trial.report(value, int(step))
         out = self.root / "trials" / f"{trial.number:04d}"
-        shown = ", ".join(f"{k}={choice_label(v)}" for k, v in values.items())
+        shown = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={choice_label(v)}" for k, v in values.items()
+        )
         say(
             f"\n[tune] trial {trial.number} (worker {self.worker}): {shown}"
             + (f" (resuming {resume})" if resume else "")
@@ -245,7 +260,10 @@ class Worker:
             self._record_run(trial, out)
             self._drop_checkpoints(trial)
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            say(f"[tune] trial {trial.number} pruned at validation {pruned.evaluation} (step {pruned.step})")
+            say(
+                f"[tune] trial {trial.number} pruned at validation {pruned.evaluation} (step {pruned.step}) | "
+                + self.progress()
+            )
             return "pruned", None
         except (Interrupted, KeyboardInterrupt):
             self._record_run(trial, out)
@@ -271,7 +289,7 @@ class Worker:
         trial.set_user_attr("train_seconds", run.info["timings"]["train_seconds"])
         trial.set_user_attr("peak_memory_mb", _peak_memory_mb(run))
         self.study.tell(trial, objectives)
-        say(f"[tune] trial {trial.number}: validation {metric} {value:.4f}")
+        say(f"[tune] trial {trial.number}: validation {metric} {value:.4f} | {self.progress()}")
         self.keep_models()
         return "complete", None
 
@@ -337,14 +355,29 @@ def _peak_memory_mb(run) -> float:
 
 
 def work(root: str, worker: int, threads: int | None) -> None:
-    """A spawned worker process: its own process group (the parent forwards Ctrl-C once); exit 130 when stopped."""
+    """A spawned worker process: its own process group (the parent forwards Ctrl-C once); exit 130 when stopped.
+
+    Its trials' output (the runs' own lines) goes to <study>/workers/worker-K.log, so that K workers do not interleave
+    their progress bars; the terminal gets the [tune] lines: each trial's start and result and the study's progress."""
     os.setpgrp()
+    log_path = Path(root) / "workers" / f"worker-{worker}.log"
+    log_path.parent.mkdir(exist_ok=True)
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    log = open(log_path, "a", buffering=1)  # noqa: SIM115 (open for the life of the process)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    os.environ["TQDM_DISABLE"] = "1"  # no progress bars in a log file; the loop's validation lines stay
+
+    def say(message: str) -> None:
+        print(message, flush=True)  # the log
+        print(message.strip() if message.startswith("[tune]") else message, file=terminal, flush=True)
+
     try:
-        Worker(Path(root), worker, threads).run()
+        Worker(Path(root), worker, threads).run(say)
     except (Interrupted, KeyboardInterrupt):
         raise SystemExit(130) from None
     except TunesmithError as err:
-        print(f"error: {err}", file=sys.stderr)
+        say(f"error: {err}")
         raise SystemExit(2) from None
 
 
