@@ -36,7 +36,7 @@ from ..tracking.parent_run import ParentRun
 from ..utils import atomic_write_json, read_json
 from .tune_report import write_report
 from .tune_space import best_config, check_space, choice_label, search_space
-from .tune_trial import STUDY_FILE, Worker, counted, grid_space, open_study, work
+from .tune_trial import STUDY_FILE, Worker, best_trial, counted, grid_space, open_study, work
 
 
 def tune(
@@ -217,7 +217,7 @@ def _final(root: Path, meta: dict, cfg, say) -> dict:
     if not complete:
         say("[tune] no trial completed: nothing to retrain")
         return {}
-    best = max(study.best_trials, key=lambda t: t.values[0] * (1 if meta["directions"][0] == "maximize" else -1))
+    best = best_trial(study, meta)
     start = next((t for t in study.trials if t.user_attrs.get("start")), None)
     runs = {}
     say(f"\n[tune] final: the starting config and trial {best.number}'s, each trained once and tested once")

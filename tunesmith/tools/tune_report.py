@@ -21,7 +21,7 @@ from ..tasks.registry import get_task_class
 from ..utils import atomic_write_figure, atomic_write_json, atomic_write_text, read_json
 from .compare import compare_runs
 from .tune_space import best_config
-from .tune_trial import STUDY_FILE, counted, open_study, trial_metrics
+from .tune_trial import STUDY_FILE, best_trial, counted, open_study, trial_metrics
 
 PLOTS = {
     "history.png": "Optimisation history: each trial's validation metric and the best so far",
@@ -53,11 +53,7 @@ def write_report(root: Path, final: dict | None = None) -> dict:
     }
     ranked = sorted(complete, key=lambda t: t.values[0], reverse=maximize)
     if ranked:
-        best = (
-            ranked[0]
-            if len(meta["directions"]) == 1
-            else max(study.best_trials, key=lambda t: t.values[0] * (1 if maximize else -1))
-        )
+        best = best_trial(study, meta)
         d = best_config(cfg, best.params)
         d.pop("tune", None)
         d["name"] = f"{cfg.name}-best"

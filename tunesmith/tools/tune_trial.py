@@ -151,7 +151,7 @@ class Worker:
         self.sweep()
         failures = 0
         while (trial := self.next_trial()) is not None:
-            state, error = self.run_trial(trial, say)
+            _, error = self.run_trial(trial, say)
             failures = failures + 1 if error else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
                 raise RunError(
@@ -282,13 +282,11 @@ class Worker:
         self.parent.adopt(run.info.get("mlflow_run_id"))
         trial.set_user_attr("run", str(run.path))
         value = float(run.metrics["validation_best"][metric])
-        objectives = [value]
-        if not single:
-            seconds = float(run.info["timings"]["train_seconds"])
-            objectives.append(seconds if self.meta["second_objective"] == "train_seconds" else _peak_memory_mb(run))
-        trial.set_user_attr("train_seconds", run.info["timings"]["train_seconds"])
-        trial.set_user_attr("peak_memory_mb", _peak_memory_mb(run))
-        self.study.tell(trial, objectives)
+        seconds, peak = float(run.info["timings"]["train_seconds"]), _peak_memory_mb(run)
+        trial.set_user_attr("train_seconds", seconds)
+        trial.set_user_attr("peak_memory_mb", peak)
+        second = seconds if self.meta["second_objective"] == "train_seconds" else peak
+        self.study.tell(trial, [value] if single else [value, second])
         say(f"[tune] trial {trial.number}: validation {metric} {value:.4f} | {self.progress()}")
         self.keep_models()
         return "complete", None
@@ -306,8 +304,11 @@ class Worker:
         return d
 
     def _record_run(self, trial, out: Path) -> None:
+        """The trial's run folder into the study, once (a retry's is its interrupted trial's, recorded before)."""
+        if "run" in trial.user_attrs:
+            return
         runs = sorted(out.glob("*/run.json")) if out.is_dir() else []
-        if runs and "run" not in trial.user_attrs:
+        if runs:
             trial.set_user_attr("run", str(runs[-1].parent))
 
     def _drop_checkpoints(self, trial) -> None:
@@ -370,7 +371,7 @@ def work(root: str, worker: int, threads: int | None) -> None:
 
     def say(message: str) -> None:
         print(message, flush=True)  # the log
-        print(message.strip() if message.startswith("[tune]") else message, file=terminal, flush=True)
+        print(message, file=terminal, flush=True)
 
     try:
         Worker(Path(root), worker, threads).run(say)
@@ -379,6 +380,12 @@ def work(root: str, worker: int, threads: int | None) -> None:
     except TunesmithError as err:
         say(f"error: {err}")
         raise SystemExit(2) from None
+
+
+def best_trial(study, meta: dict):
+    """The best complete trial: by the metric; with two objectives, the Pareto front's best on the metric."""
+    sign = 1 if meta["directions"][0] == "maximize" else -1
+    return max(study.best_trials, key=lambda t: sign * t.values[0])
 
 
 def trial_metrics(trial) -> dict:
