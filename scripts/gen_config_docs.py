@@ -18,6 +18,7 @@ import inspect
 import json
 import sys
 import textwrap
+import types
 import typing
 from pathlib import Path
 
@@ -87,8 +88,10 @@ def section_type(cls: type, f: dataclasses.Field) -> type | None:
         hint = None
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return hint
-    item = typing.get_args(hint)[0] if typing.get_origin(hint) is list and typing.get_args(hint) else None
-    if isinstance(item, type) and dataclasses.is_dataclass(item):  # a list of items: documented as `key[]`
+    hint = container(hint)
+    args = typing.get_args(hint)
+    item = args[-1] if typing.get_origin(hint) in (list, dict) and args else None
+    if isinstance(item, type) and dataclasses.is_dataclass(item):  # items: documented as `key[]` / `key.<name>`
         return item
     if f.default_factory is not dataclasses.MISSING:
         try:
@@ -142,6 +145,15 @@ def anchor(title: str) -> str:
     return kept.replace(" ", "-")
 
 
+def container(hint):
+    """`list[X] | None` -> `list[X]` (an optional list of items is documented like a list)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        rest = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return hint
+
+
 def table(
     cls: type, prefix: str, skip: set[str] = frozenset(), owners: dict[str, list[str]] | None = None
 ) -> tuple[list[str], list[tuple[str, type]]]:
@@ -157,10 +169,14 @@ def table(
         annotation, doc = docs.get(f.name, (getattr(f.type, "__name__", str(f.type)), ""))
         sub = section_type(cls, f)
         if sub is not None:
-            items = typing.get_origin(typing.get_type_hints(cls).get(f.name)) is list
-            title = f"{prefix}{f.name}" + ("[]" if items else "")
-            nested.append((title, sub))
-            default = ("`[]`, items: " if items else "") + f"see [{title}](#{anchor(title)})"
+            kind = typing.get_origin(container(typing.get_type_hints(cls).get(f.name)))
+            title = f"{prefix}{f.name}" + {list: "[]", dict: ".<name>"}.get(kind, "")
+            if sub in DOCUMENTED:  # a section documented elsewhere (a task's data: the data section)
+                title = DOCUMENTED[sub]
+            else:
+                nested.append((title, sub))
+            empty = {list: "`[]`, items: ", dict: "`{}`, entries: "}.get(kind, "")
+            default = empty + f"see [{title}](#{anchor(title)})"
         else:
             default = f"`{cell(yaml_value(default_of(f)))}`"
         readers = (owners or {}).get(f"{prefix}{f.name}")
@@ -170,8 +186,13 @@ def table(
     return lines, nested
 
 
+DOCUMENTED: dict[type, str] = {}
+"""Section classes already documented, by title (documented once, linked from elsewhere)."""
+
+
 def sections(cls: type, title: str, lead: str, owners: dict[str, list[str]]) -> list[str]:
     """`## title` with its table, then one section per nested dataclass (depth first)."""
+    DOCUMENTED.setdefault(cls, title)
     skip = {"options"} if title == "strategy" else set()  # strategy options are listed per strategy below
     lines, nested = table(cls, f"{title}.", skip, owners)
     out = [f"## {title}", ""]

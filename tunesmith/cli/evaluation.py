@@ -33,6 +33,7 @@ def add_eval_commands(subparsers) -> None:
         help="compare runs tested on different data (unpaired figures only)",
     )
     m.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples and permutations per test")
+    m.add_argument("--task", help="multi-task runs: compare this task's head (its folder RUN/tasks/NAME)")
     m.set_defaults(func=cmd_compare)
 
     r = subparsers.add_parser("register", help="register a run's model as a new version in the MLflow model registry")
@@ -69,7 +70,7 @@ def cmd_compare(args) -> int:
     from ..evaluate.compare_html import headlines, write_comparison
     from ..tools.compare import compare_runs
 
-    result = compare_runs(args.runs, args.metric, args.allow_different_data, args.resamples)
+    result = compare_runs(args.runs, args.metric, args.allow_different_data, args.resamples, task=args.task)
     out = args.out or f"compare-{Path(args.runs[0]).name}-vs-{Path(args.runs[1]).name}"
     md, html = write_comparison(result, out)
     for line in headlines(result):

@@ -46,7 +46,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from ..runs.run import load_run
 
-    metrics = load_run(args.run).evaluate(args.data, args.text_column, args.label_column)
+    metrics = load_run(args.run).evaluate(args.data, args.text_column, args.label_column, task=args.task)
     print(f"{args.data}: {metrics['n']} rows")
     if "generation" in metrics:  # a generative run
         print(f"  {'loss':18} {metrics['loss']:.4f}\n  {'perplexity':18} {metrics['perplexity']:.4f}")
@@ -73,12 +73,12 @@ def cmd_predict(args) -> int:
     if bool(given) == bool(args.file):
         raise DataError(f'predict: give --{kind} "..." (repeatable) or --file in.csv [--out preds.csv]')
     if given:
-        for item, pred in zip(given, run.predict(given)):
+        for item, pred in zip(given, run.predict(given, task=args.task)):
             print(f"{pred.label}\t{pred.score:.4f}\t{item}")
         return 0
     df, inputs = predictor.read_inputs(args.file, args.image_column if kind == "image" else args.text_column)
     column = "image" if kind == "image" else (args.text_column or run.config.data.text_column)
-    preds = run.predict(inputs)
+    preds = run.predict(inputs, task=args.task)
     df["predicted"] = [p.label for p in preds]
     df["score"] = [round(p.score, 5) for p in preds]
     if args.out:
@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--text-column")
     e.add_argument("--label-column")
+    e.add_argument("--task", help="a multi-task run: the task whose head is evaluated (default: the first primary)")
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="predict labels with a saved run")
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--text-column")
     pr.add_argument("--image", action="append", help="an image file to classify (repeatable; image runs)")
     pr.add_argument("--image-column", help="the image column of --file (default: the run's images.column)")
+    pr.add_argument("--task", help="a multi-task run: the task whose head predicts (default: the first primary)")
     pr.set_defaults(func=cmd_predict)
 
     r = sub.add_parser("runs", help="list runs with their headline metrics")

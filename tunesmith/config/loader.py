@@ -19,6 +19,7 @@ from ..errors import ConfigError
 from ..strategies.registry import get_strategy_class, strategy_names
 from ..tasks.registry import DEFAULT_TASK, get_task_class, task_names
 from ..utils import resolve_path
+from .multitask import check_tasks
 from .schema import TASK_KEYS, Config, StrategyConfig, suggest
 
 
@@ -54,14 +55,30 @@ def load_config(
     for item in overrides or []:
         _apply_override(raw, item)
     task = _task_class(raw, where, lines)
+    _inherit_task_data(raw)
     cfg = _build(Config, raw, (), where, lines)
     cfg.task = cfg.task or DEFAULT_TASK
     cfg.check()
+    check_tasks(cfg.tasks, task.composite, cfg.task)
     if strict:
         _check_task_keys(task, cfg, raw, where, lines)
     _resolve_metric(task, cfg, where, lines)
     _check_paths(cfg)
     return cfg
+
+
+FILE_KEYS = ("path", "train", "validation", "test", "mix")
+
+
+def _inherit_task_data(raw: dict) -> None:
+    """A multi-task config's top-level `data:` (minus its files) holds every task's defaults: merged under each."""
+    tasks, top = raw.get("tasks"), raw.get("data")
+    if not isinstance(tasks, dict) or not isinstance(top, dict):
+        return
+    defaults = {k: v for k, v in top.items() if k not in FILE_KEYS}
+    for spec in tasks.values():
+        if isinstance(spec, dict) and isinstance(spec.get("data", {}), dict):
+            spec["data"] = {**defaults, **(spec.get("data") or {})}
 
 
 def _task_class(raw: dict, where: str, lines: dict):
@@ -208,6 +225,11 @@ def _coerce(value: Any, tp: Any, path: tuple, where: str, lines: dict) -> Any:
                 f"{suggest(str(value), [str(c) for c in choices])}"
             )
         return value
+    if origin is dict:
+        _, item_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{_at(where, lines, path)}{key} must be a mapping, got {type(value).__name__}")
+        return {str(k): _coerce(v, item_tp, path + (str(k),), where, lines) for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, (str, int, float)):

@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from .forgetting import ReferenceSet, Regularizer, check_forgetting
 from .hygiene import AuditConfig, AugmentConfig, PrepareConfig
 from .images import ImagesConfig
+from .multitask import MixSource, MultiTaskConfig, check_mix
 from .tune import TuneConfig
 
 
@@ -80,6 +81,26 @@ class DataConfig:
     """Causal LM: pack several short samples into one row of `max_length` tokens (positions restart per
     sample and samples cannot attend to each other); falls back to length-grouped padding when the
     model's attention cannot keep packed samples apart."""
+    mix: list[MixSource] | None = None
+    """Generative tasks: several weighted files instead of `path`, `- {path: a.jsonl, weight: 0.7}`. Each is split
+    with the shares above; training draws batches from the sources by weight, in a fresh order per epoch (a small
+    source repeats, a large one is subsampled), and the run reports the realised shares and per-source test loss."""
+
+
+@dataclass
+class TaskSpec:
+    data: DataConfig = field(default_factory=DataConfig)
+    """The task's data: a `data:` section (path or train/validation/test, columns, shares, ...) over the top-level
+    `data:` (whose settings are every task's defaults)."""
+    task: Literal["text-classification"] = "text-classification"
+    """What the task learns: a label per text, from its own head on the shared backbone."""
+    weight: float = 1.0
+    """Its loss is multiplied by this (each task's loss is its mean per example, as a single-task run's would be)."""
+    auxiliary: bool = False
+    """Trained and reported, but not the selection metric: early stopping and the best checkpoint follow the other
+    (primary) tasks."""
+    metric_weight: float = 1.0
+    """A primary task's share of the selection metric (the weighted mean of the primary tasks' validation metric)."""
 
 
 @dataclass
@@ -262,6 +283,11 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
     """`tunesmith tune`: the search space (dotted keys -> distributions, conditional with `when`), the number of
     trials, sampler, pruner, a second objective and how the winner is checked on test (docs/tune.md)."""
+    tasks: dict[str, TaskSpec] = field(default_factory=dict)
+    """Task multi-task: the tasks trained together on one backbone, each with its own head, data, weight and
+    metrics: `{sentiment: {data: {path: a.csv}}, topic: {data: {path: b.csv}, weight: 0.5, auxiliary: true}}`."""
+    multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)
+    """Task multi-task: how batches are drawn from the tasks and how their losses are weighted."""
     regularize: list[Regularizer] = field(default_factory=list)
     """Remedies against forgetting, any combination, with every strategy:
     `- {kind: l2sp, weight: 0.1}`, `- {kind: ewc, reference: NAME}`, `- {kind: distill, weight: 1.0, inputs: train}`,
@@ -280,7 +306,9 @@ class Config:
             raise ConfigError(
                 "data: set either `path` (one file, split for you) or `train`/`validation`/`test`, not both"
             )
-        if not d.path and not d.train:
+        self.multitask.check()
+        check_mix(d.mix, bool(d.path or d.train or d.validation or d.test))
+        if not d.path and not d.train and not d.mix and not self.tasks:
             raise ConfigError(
                 "data: no data given; set data.path (one file) or data.train (plus optional validation/test)"
             )
@@ -326,6 +354,7 @@ TASK_KEYS: dict[str, set[str]] = {
         "add_eos",
         "long_samples",
         "packing",
+        "mix",
     },
     "model": {"chat_template"},
     "train": {"class_weights"},
@@ -364,6 +393,7 @@ __all__ = [
     "StrategyConfig",
     "TASK_KEYS",
     "TrackingConfig",
+    "TaskSpec",
     "TrainConfig",
     "suggest",
 ]

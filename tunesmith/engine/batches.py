@@ -102,7 +102,10 @@ def plan_steps(
 
     Steps are drawn first (so 16 x 1 and 8 x 2 accumulation see the same examples per step), then cut
     into micro-batches. Every process needs at least one example per micro-batch, or DDP would wait forever.
+    A split that plans its own steps (`plan_steps`: a mixture of tasks or sources, engine/mixing.py) does so.
     """
+    if hasattr(data, "plan_steps"):
+        return data.plan_steps(global_micro, accum, seed, epoch, world)
     steps = []
     for step in plan_epoch(data.lengths, global_micro * accum, seed, epoch, group):
         micro = [step[i : i + global_micro] for i in range(0, len(step), global_micro)]

@@ -183,6 +183,7 @@ def finetune(
 
         # ---- with the best weights: save, test, write, track
         model, trained = acc.unwrap_model(model), acc.unwrap_model(trained)
+        task.after_fit(model, trained)
         if acc.is_main_process:
             peak_mb = folder.save_model(strategy, model, tokenizer, result)
         acc.wait_for_everyone()

@@ -156,14 +156,23 @@ class Run:
             return choose_precision("auto", device_type)[0]
 
     # ---- what the task's predictor offers
-    def predict(self, texts: str | list[str], batch_size: int = 64) -> list[Prediction]:
-        """Label, its probability, and every label's probability, per text."""
+    def predict(self, texts: str | list[str], batch_size: int = 64, task: str | None = None) -> list[Prediction]:
+        """Label, its probability, and every label's probability, per text (`task`: a multi-task run's head)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        return self.predictor.predict(texts, batch_size) if texts else []
+        return self.predictor.predict(texts, batch_size, **self._head(task)) if texts else []
 
-    def predict_probs(self, texts: list[str], batch_size: int = 64):
-        """Class probabilities, one row per text, columns in `label_names` order."""
-        return self.predictor.predict_probs(list(texts), batch_size)
+    def predict_probs(self, texts: list[str], batch_size: int = 64, task: str | None = None):
+        """Class probabilities, one row per text, columns in `label_names` order (a multi-task run: the task's)."""
+        return self.predictor.predict_probs(list(texts), batch_size, **self._head(task))
+
+    def _head(self, task: str | None) -> dict:
+        if task is None:
+            return {}
+        if not self.task.composite:
+            raise RunError(
+                f"{self.path}: task={task!r} picks a head of a multi-task run; this run is {self.info.get('task')}"
+            )
+        return {"task": task}
 
     def generate(
         self, prompts: list[str] | list[list[dict]], max_new_tokens: int | None = None, **overrides
@@ -172,10 +181,15 @@ class Run:
         return self.predictor.generate(prompts, max_new_tokens, **overrides)
 
     def evaluate(
-        self, data: str, text_column: str | None = None, label_column: str | None = None, save: bool = True
+        self,
+        data: str,
+        text_column: str | None = None,
+        label_column: str | None = None,
+        save: bool = True,
+        task: str | None = None,
     ) -> dict:
         """Metrics of this run's model on another file (written to `evals/` in the run folder)."""
-        metrics = self.predictor.evaluate(data, text_column=text_column, label_column=label_column)
+        metrics = self.predictor.evaluate(data, text_column=text_column, label_column=label_column, **self._head(task))
         if save:
             atomic_write_json(self.path / "evals" / f"{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}.json", metrics)
         return metrics

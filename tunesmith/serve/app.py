@@ -132,6 +132,18 @@ class Serving:
             raise ApiError(422, f"{len(items)} images; at most {self.options.max_texts} per request", "images")
         return "image", items, given[0]
 
+    def check_task(self, served: Served, task: str | None) -> str | None:
+        """A multi-task model's head (`task`); a 422 naming the tasks when it has none of that name."""
+        heads = getattr(served.run.predictor, "heads", None)
+        if task is None:
+            return None
+        if heads is None:
+            raise ApiError(422, f"'task' picks a head of a multi-task model; model '{served.name}' has one", "task")
+        names = [h.name for h in heads]
+        if task not in names:
+            raise ApiError(422, f"model '{served.name}' has no task '{task}'; its tasks: {', '.join(names)}", "task")
+        return task
+
     def check_input(self, served: Served, kind: str, field: str) -> None:
         """Texts to an image model, or images to a text model: one line saying what the model takes."""
         wants = served.run.predictor.input_kind
@@ -246,16 +258,17 @@ def add_routes(app: FastAPI, serving: Serving) -> None:
         return {"object": "list", "data": [s.describe() for s in serving.models.values()] + routes}
 
     @app.post("/v1/classify")
-    async def classify(req: ClassifyRequest, request: Request):
+    async def classify(req: ClassifyRequest, request: Request, task: str | None = None):
         kind, items, field = serving.classify_inputs(req)
         request.state.inputs = items if kind == "text" else [{"images": len(items)}]
         served = serving.pick(request, req.model, "classify", req.user)
         serving.check_input(served, kind, field)
+        head = serving.check_task(served, req.task or task)
         if kind == "image":  # decoded off the event loop; a bad image is a 422 before any model work
             images = served.run.config.images
             loop = asyncio.get_running_loop()
             items, request.state.inputs = await loop.run_in_executor(None, decode_images, items, field, images)
-        predictions = await serving.submit(served, "classify", Job(items, len(items)))
+        predictions = await serving.submit(served, "classify", Job(items, len(items), key=head))
         results = [{"label": p.label, "score": p.score, "probs": p.probs} for p in predictions]
         serving.record(request, "classify", request.state.inputs, results)
         return {**answer_head(request, served), "results": results}

@@ -21,6 +21,8 @@ class ClassifyRequest(Strict):
     text: str | None = None
     images: list[str] | None = None
     image: str | None = None
+    task: str | None = None
+    """A multi-task model: the task whose head answers (also `?task=`; default: its first primary task)."""
     user: str | None = None
     """Who asks: the key of A/B routing (else the request id)."""
 

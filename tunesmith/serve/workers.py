@@ -60,7 +60,7 @@ def classify_worker(served: Served, max_total_tokens: int) -> Callable[[list[Job
         items = [t for job in jobs for t in job.payload]
         with served.group.lock:
             served.group.activate(served.run)
-            predictions = served.run.predict(items, batch_size=len(items))
+            predictions = served.run.predict(items, batch_size=len(items), task=jobs[0].key)  # key: a multi-task head
         return split(predictions, jobs)
 
     return handle

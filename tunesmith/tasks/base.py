@@ -5,7 +5,7 @@ engine (`engine/pipeline.py`) calls, in this order and nothing else:
 
     load_data -> load_tokenizer -> check_data -> check_strategy -> load_model -> [strategy.prepare]
     -> [run folder opens] -> encode -> before_training -> train_batches -> [fit: loss, validate]
-    -> [model saved] -> test -> write_artifacts -> headline -> summary_lines
+    -> after_fit -> [model saved] -> test -> write_artifacts -> headline -> summary_lines
 
 and `Run` (the read side) asks `load_model` (to rebuild a saved model) and `predictor` (predict/generate/evaluate).
 Only `load_data`, `load_model`, `encode`, `loss`, `validate` and `test` must be written; the rest has defaults.
@@ -118,6 +118,8 @@ class Task:
     supports_cv: ClassVar[bool] = False
     supports_compare: ClassVar[bool] = False
     supports_chat: ClassVar[bool] = False
+    composite: ClassVar[bool] = False
+    """A task made of tasks (`tasks:`, one head each): predict, serve and compare take a task's name."""
     serves: ClassVar[frozenset[str]] = frozenset()
     """What `tunesmith serve` offers for the task's runs: "classify" (predict), "generate", "chat" (OpenAI chat)."""
 
@@ -191,6 +193,10 @@ class Task:
 
     def validate(self, model, batches: dict, ctx) -> dict[str, float]:
         raise NotImplementedError
+
+    def after_fit(self, model, trained) -> None:
+        """Told once training is over (the best weights loaded), before the model is saved: a task removes what only
+        training needed (e.g. multi-task's learned loss weights)."""
 
     # ---- after training (the best weights are loaded; the model is saved)
     def test(self, model, trained, data: TaskData, batches: dict, before: dict, ctx) -> dict:

@@ -15,6 +15,7 @@ _BUILTIN = {
     "causal-lm": "tunesmith.tasks.generative:CausalLMTask",
     "seq2seq": "tunesmith.tasks.generative:Seq2SeqTask",
     "image-classification": "tunesmith.tasks.images:ImageClassificationTask",
+    "multi-task": "tunesmith.tasks.multitask:MultiTask",
 }
 _REGISTERED: dict[str, type] = {}
 DEFAULT_TASK = "text-classification"

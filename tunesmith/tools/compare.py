@@ -35,11 +35,13 @@ def compare_runs(
     level: float = 0.95,
     seed: int = 0,
     examples: int = 10,
+    task: str | None = None,
 ) -> dict:
-    """The whole comparison as a plain dict (what compare.json holds, and what the Markdown/HTML render)."""
+    """The whole comparison as a plain dict (what compare.json holds, and what the Markdown/HTML render).
+    `task`: multi-task runs among `paths` are compared by that task's head (their folder RUN/tasks/<task>)."""
     if len(paths) < 2:
         raise RunError("compare: give at least two run folders (the first is the reference)")
-    runs = [_load(Path(p)) for p in paths]
+    runs = [_load(task_view(Path(p), task)) for p in paths]
     if metric not in COMPARED:
         raise RunError(f"compare: --metric {metric} is not one of {', '.join(COMPARED)}")
     paired = _same_test_data(runs, allow_different_data)
@@ -60,6 +62,17 @@ def compare_runs(
             c["metrics"][metric]["p_holm"] = p
             c["verdict"] = verdict({**c["metrics"][metric], "p": p}, name_b=c["b"]) + " [Holm-adjusted]"
     return out
+
+
+def task_view(path: Path, task: str | None) -> Path:
+    """A multi-task run's folder for one task (`--task`); other runs as they are."""
+    if not Run(path).task.composite:
+        return path
+    tasks = sorted(p.name for p in (path / "tasks").iterdir() if p.is_dir()) if (path / "tasks").is_dir() else []
+    if task is None or task not in tasks:
+        why = f"has no task {task!r}" if task else "is a multi-task run"
+        raise RunError(f"{path}: {why}; pick the task to compare with --task ({', '.join(tasks) or 'none finished'})")
+    return path / "tasks" / task
 
 
 def _load(path: Path) -> dict:
