@@ -155,3 +155,16 @@ def test_multitask_two_processes_match_one(tmp_path, tiny_model):
             b.metrics["tasks"][name]["test"]["loss"], rel=1e-3
         )
     assert_same_weights(_final_weights(a), _final_weights(b), atol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["linear-probe", "ia3"])
+def test_multitask_with_other_strategies(tmp_path, tiny_model, strategy):
+    """Cached features (the head trains alone) and another adapter: each task's head tests and reloads the same."""
+    cfg = multitask_config(tmp_path, tiny_model, epochs=1)
+    cfg.update(strategy={"name": strategy}, multitask={"sampling": "proportional"})
+    run = tunesmith.finetune(cfg)
+    assert run.status == "complete"
+    for name, labels in (("sentiment", ["neg", "neu", "pos"]), ("topic", ["nature", "object"])):
+        preds = pd.read_csv(run.path / "tasks" / name / "test_predictions.csv")
+        probs = tunesmith.load_run(run.path).predict_probs(preds["text"].tolist(), task=name)
+        assert probs == pytest.approx(preds[[f"p_{x}" for x in labels]].to_numpy(), abs=1e-4)

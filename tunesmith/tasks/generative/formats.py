@@ -64,6 +64,8 @@ class GenSplit:
     name: str
     samples: list[Sample]
     source: str
+    origins: list[str] | None = None
+    """With data.mix: the source (its name) each sample came from; None for one file."""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -79,10 +81,13 @@ class GenSplits:
     test: GenSplit
     format: str
     notes: list[str] = field(default_factory=list)
+    mix: dict[str, dict] | None = None
+    """With data.mix: {source: {path, weight (normalised), train, validation, test (rows)}}, in config order."""
 
     def summary(self) -> dict:
         return {
             s.name: {"rows": len(s), "fingerprint": s.fingerprint(), "source": s.source}
+            | ({"mix": {name: m[s.name] for name, m in self.mix.items()}} if self.mix else {})
             for s in (self.train, self.validation, self.test)
         }
 
@@ -185,7 +190,8 @@ def _messages(value, where: str) -> list[dict]:
 
 
 def load_gen_splits(cfg: Config) -> GenSplits:
-    """Train/validation/test samples: explicit files, or one file shuffled and split by the configured shares."""
+    """Train/validation/test samples: explicit files, or one file shuffled and split by the configured shares
+    (several weighted files, data.mix: mix.load_mix_splits)."""
     d = cfg.data
 
     def read(spec: str, split: str = "train") -> pd.DataFrame:
@@ -220,7 +226,19 @@ def load_gen_splits(cfg: Config) -> GenSplits:
                 name, to_samples(read(first, name), d, fmt, cfg.task, f"{first}[{name}]"), f"{first}[{name}]"
             )
     src = d.path or d.train
-    n = len(samples)
+    test_rows, val_rows, train_rows, split_notes = split_samples(samples, cfg, src, rng, given)
+    train = GenSplit("train", [samples[i] for i in train_rows], src)
+    validation = given.get("validation") or GenSplit("validation", [samples[i] for i in val_rows], f"{src} (split)")
+    test = given.get("test") or GenSplit("test", [samples[i] for i in test_rows], f"{src} (split)")
+    return GenSplits(train, validation, test, fmt, notes + split_notes + leak_notes(train, test))
+
+
+def split_samples(
+    samples: list[Sample], cfg: Config, src: str, rng: random.Random, given=()
+) -> tuple[list[int], list[int], list[int], list[str]]:
+    """(test, validation, train) row indices of `samples` by the configured shares, plus notes; a split in `given`
+    has its own file and takes no rows. Near duplicates go to one side together (data.group_near_duplicates)."""
+    d, n = cfg.data, len(samples)
     cut = {
         name: (0 if name in given else max(1, round(n * share)))
         for name, share in (("test", d.test_size), ("validation", d.validation_size))
@@ -228,16 +246,14 @@ def load_gen_splits(cfg: Config) -> GenSplits:
     if n - cut["test"] - cut["validation"] < 1:
         raise DataError(f"{src}: {n} rows are too few to split off validation and test; add rows or lower the shares")
     groups = _groups(samples, cfg) if cut["test"] or cut["validation"] else list(range(n))
-    if len(set(groups)) < n:
-        notes.append(f"split so that near duplicates stay on one side ({len(set(groups))} groups of {n} samples)")
-    test_rows, val_rows, train_rows = _split_by_groups(groups, cut["test"], cut["validation"], rng)
-    train = GenSplit("train", [samples[i] for i in train_rows], src)
-    validation = given.get("validation") or GenSplit("validation", [samples[i] for i in val_rows], f"{src} (split)")
-    test = given.get("test") or GenSplit("test", [samples[i] for i in test_rows], f"{src} (split)")
-    leaked = {_sample_key(s) for s in train.samples} & {_sample_key(s) for s in test.samples}
-    if leaked:
-        notes.append(f"{len(leaked)} test prompt(s) also occur in train: generation scores on them are optimistic")
-    return GenSplits(train, validation, test, fmt, notes)
+    k = len(set(groups))
+    notes = [f"split so that near duplicates stay on one side ({k} groups of {n} samples)"] if k < n else []
+    return (*_split_by_groups(groups, cut["test"], cut["validation"], rng), notes)
+
+
+def leak_notes(train: GenSplit, test: GenSplit) -> list[str]:
+    n = len({_sample_key(s) for s in train.samples} & {_sample_key(s) for s in test.samples})
+    return [f"{n} test prompt(s) also occur in train: generation scores on them are optimistic"] if n else []
 
 
 def _groups(samples: list[Sample], cfg: Config) -> list[int]:

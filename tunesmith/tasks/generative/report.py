@@ -51,6 +51,7 @@ def write_generative_report(run_dir: Path, cfg, info: dict, metrics: dict, rows:
             f"\nGeneration scores over {ga['n']} held-out test prompts ({'sampled' if cfg.generate.do_sample else 'greedy'} decoding, "
             f"at most {cfg.generate.max_new_tokens} new tokens)."
         )
+    lines += mix_section(metrics.get("mix"))
     lines += ["", *forgetting_section(metrics)]
     if rows:
         lines += ["", "## Sample generations", "", "| prompt | reference | before | after |", "|---|---|---|---|"]
@@ -70,6 +71,47 @@ def write_generative_report(run_dir: Path, cfg, info: dict, metrics: dict, rows:
         "",
     ]
     atomic_write_text(run_dir / "report.md", "\n".join(lines))
+
+
+def mix_section(mix: dict | None) -> list[str]:
+    """data.mix: per source, its training rows, configured and realised share of the trained samples, test loss."""
+    if not mix:
+        return []
+    lines = [
+        "",
+        "## Data mix",
+        "",
+        "| source | train rows | configured share | trained share (samples) | test loss before | after |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in mix.items():
+        lines.append(
+            f"| {_cell(name)} | {m.get('rows', '-')} | {_f(m.get('configured'))} | {_f(m.get('share'))} "
+            f"({m.get('examples', '-')}) | {_f(m.get('before_test_loss'))} | {_f(m.get('test_loss'))} |"
+        )
+    lines.append(
+        "\nShares of the samples the run trained on: every step (with gradient accumulation: every micro-batch) "
+        "draws from one source, by weight. Test loss per trained token on the source's own test rows."
+    )
+    return lines
+
+
+def mix_lines(mix: dict | None) -> list[str]:
+    """The printed summary's rows for a data mix (the same figures as report.md's table)."""
+    if not mix:
+        return []
+    lines = ["", f"{'mix source':24}{'rows':>7}{'config':>8}{'trained':>9}{'test loss before':>18}{'after':>8}"]
+    for name, m in mix.items():
+        before, after = _f(m.get("before_test_loss")), _f(m.get("test_loss"))
+        lines.append(
+            f"{name[:23]:24}{m.get('rows', '-'):>7}{_pct(m.get('configured')):>8}{_pct(m.get('share')):>9}"
+            f"{before:>18}{after:>8}"
+        )
+    return lines
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.1%}"
 
 
 def _cell(text, limit: int = 300) -> str:

@@ -33,8 +33,9 @@ from .formats import (
 )
 from .generation import generate_for, generation_scores, perplexity
 from .lint import LintReport, lint
+from .mix import load_mix_splits, mix_by_source, mix_realised, source_losses, train_mixture
 from .predictor import GenerativePredictor
-from .report import write_generative_report
+from .report import mix_lines, write_generative_report
 
 GENERATIVE_KEYS = frozenset(
     {
@@ -43,6 +44,7 @@ GENERATIVE_KEYS = frozenset(
         "data.completion_column",
         "data.add_eos",
         "data.long_samples",
+        "data.mix",
         "generate.*",
     }
 )
@@ -54,11 +56,13 @@ class GenerativeTask(Task):
     infer_in_compute_dtype = True
     cast_frozen_weights = True
     serves = frozenset({"generate"})
+    _mixture = None  # data.mix: the training Mixture (train_batches), read again for the realised shares
 
     # ---- data
     def load_data(self) -> TaskData:
-        splits = load_gen_splits(self.cfg)
-        return TaskData(splits, splits.summary(), [], splits.notes, {"format": splits.format})
+        splits = load_mix_splits(self.cfg) if self.cfg.data.mix else load_gen_splits(self.cfg)
+        record = {"format": splits.format} | ({"mix": splits.mix} if splits.mix else {})
+        return TaskData(splits, splits.summary(), [], splits.notes, record)
 
     def lint(self, data: TaskData, tokenizer, show: int = 2, model=None) -> LintReport:
         s, d = data.splits, self.cfg.data
@@ -131,7 +135,7 @@ class GenerativeTask(Task):
 
     # ---- training
     def encode(self, data: TaskData, tokenizer) -> dict:
-        s = data.splits
+        s = self._splits = data.splits  # train_batches maps a data mix's rows to their sources
         return {split.name: self.encode_samples(tokenizer, split.samples) for split in (s.train, s.validation, s.test)}
 
     def before_training(self, model, data: TaskData, batches: dict, ctx) -> dict:
@@ -141,6 +145,10 @@ class GenerativeTask(Task):
             return {}
         pretrained = model.get_base_model() if hasattr(model, "get_base_model") else model
         out = {"test_loss": self._loss_over(pretrained, batches["test"], ctx, alone=True)}
+        if data.splits.mix:
+            out["mix_test_loss"] = source_losses(
+                lambda rows: self._loss_over(pretrained, rows, ctx, alone=True), data.splits, batches["test"]
+            )
         samples = data.splits.test.samples[: self.cfg.generate.samples]
         if samples and self.cfg.generate.before:
             ctx.say(f"generate: {len(samples)} held-out prompts with the model before fine-tuning")
@@ -148,6 +156,13 @@ class GenerativeTask(Task):
                 pretrained, self._tokenizer, samples, self.cfg.generate, self.name, ctx.autocast, progress=True
             )
         return out
+
+    def train_batches(self, model, batches: dict, strategy, ctx):
+        """data.mix: the training rows drawn by weight, one source per step (mix.py); else the encoded split."""
+        if not self._splits.mix:
+            return batches["train"]
+        self._mixture = train_mixture(batches["train"], self._splits, self.cfg, ctx)
+        return self._mixture
 
     def loss(self, model, inputs: dict):
         return seq2seq_loss(model, inputs) if self.name == "seq2seq" else causal_lm_loss(model, inputs)
@@ -159,6 +174,7 @@ class GenerativeTask(Task):
     # ---- after training
     def test(self, model, trained, data: TaskData, batches: dict, before: dict, ctx) -> dict:
         test_loss = self._loss_over(model, batches["test"], ctx)
+        by_source = source_losses(lambda rows: self._loss_over(model, rows, ctx), data.splits, batches["test"])
         if not ctx.is_main:
             return {}
         g, samples = self.cfg.generate, data.splits.test.samples[: self.cfg.generate.samples]
@@ -172,8 +188,8 @@ class GenerativeTask(Task):
             {"prompt": s.prompt_view(), "reference": r, "before": b, "after": a}
             for s, r, b, a in zip(samples, refs, was or [None] * len(after), after)
         ]
-        loss_before = before.get("test_loss")
-        return {
+        loss_before, mix = before.get("test_loss"), mix_by_source(by_source, before.get("mix_test_loss"))
+        return ({"mix": mix} if mix else {}) | {
             "test": {
                 "loss": test_loss,
                 "perplexity": perplexity(test_loss),
@@ -188,6 +204,10 @@ class GenerativeTask(Task):
         self, run_dir: Path, metrics: dict, history: list[dict], data: TaskData, info: dict, ctx
     ) -> None:
 
+        if self._mixture is not None:  # the shares of what the run trained on, beside the test losses per source
+            metrics["mix"] = mix_realised(
+                self._mixture, metrics["steps"], metrics.pop("mix", None), self.cfg, ctx.world
+            )
         super().write_artifacts(run_dir, metrics, history, data, info, ctx)
         atomic_write_text(
             run_dir / "generations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self._rows)
@@ -231,6 +251,7 @@ class GenerativeTask(Task):
         ):
             if k in ga:
                 lines.append(f"{'generation ' + k:24}{_f(gb.get(k)):>10}{_f(ga.get(k)):>10}")
+        lines += mix_lines(metrics.get("mix"))
         lines.append(
             f"train {t['train_seconds']:.0f}s, {t['samples_per_second']:.1f} samples/s, {t['tokens_per_second']:.0f} tokens/s, "
             f"peak memory {t['peak_rss_mb']:.0f} MB"
@@ -293,17 +314,21 @@ class GenerativeTask(Task):
 
     # ---- helpers
     def encode_samples(self, tokenizer, samples: list[Sample]):
-        """Token ids and loss masks (samples cut by truncation are dropped when data.long_samples says so)."""
+        """Token ids and loss masks (samples cut by truncation are dropped when data.long_samples says so);
+        `.kept` lists the samples kept, in order (a data mix maps rows back to their sources with it)."""
         self._tokenizer = tokenizer
         d = self.cfg.data
         keep = d.long_samples == "error"  # with "error" the lint has already refused truncated samples
         if self.name == "seq2seq":
             pairs = [render_seq2seq(tokenizer, s, d.max_length, d.add_eos) for s in samples]
-            pairs = [(a, r) for a, r in pairs if keep or not r.truncated_target]
-            return Seq2SeqData([a for a, _ in pairs], [r.labels for _, r in pairs], tokenizer.pad_token_id)
-        rendered = [render(tokenizer, s, self.name, d.max_length, d.add_eos) for s in samples]
-        rendered = [r for r in rendered if keep or not r.truncated_target]
-        return LMData([r.ids for r in rendered], [r.labels for r in rendered], tokenizer.pad_token_id)
+            kept = [i for i, (_, r) in enumerate(pairs) if keep or not r.truncated_target]
+            out = Seq2SeqData([pairs[i][0] for i in kept], [pairs[i][1].labels for i in kept], tokenizer.pad_token_id)
+        else:
+            rendered = [render(tokenizer, s, self.name, d.max_length, d.add_eos) for s in samples]
+            kept = [i for i, r in enumerate(rendered) if keep or not r.truncated_target]
+            out = LMData([rendered[i].ids for i in kept], [rendered[i].labels for i in kept], tokenizer.pad_token_id)
+        out.kept = kept
+        return out
 
     def _loss_over(self, model, data, ctx, alone: bool = False) -> float:
         """Mean loss per trained token, shared across processes (`alone`: this process does all of it)."""
@@ -341,7 +366,7 @@ class CausalLMTask(GenerativeTask):
             packed = False
         ctx.record["packing"] = packed
         if not packed:
-            return train
+            return super().train_batches(model, batches, strategy, ctx)
         rows = PackedLMData(train.ids, train.labels_, max_length, train.pad_id)
         ctx.say(
             f"packing: {len(train)} samples in {len(rows)} rows of <= {max_length} tokens "

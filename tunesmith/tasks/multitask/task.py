@@ -29,6 +29,7 @@ from ..classification import ClassificationTask
 from .heads import (
     TAG,
     HeadView,
+    TaskRows,
     add_log_vars,
     block_probs,
     combine,
@@ -210,14 +211,13 @@ class MultiTask(Task):
     # ---- after training: each task tested as its own classifier, in tasks/<name>/
     def test(self, model, trained, data: TaskData, batches: dict, before: dict, ctx) -> dict:
         out = {}
-        for h, (name, sub) in zip(self.heads, self.subtasks.items()):
+        for g, (h, (name, sub)) in enumerate(zip(self.heads, self.subtasks.items())):
             sub_ctx = copy.copy(ctx)
             sub_ctx.run_dir = ctx.run_dir / "tasks" / name
             sub_ctx.run_dir.mkdir(parents=True, exist_ok=True)
             ctx.say(f"testing task {name}")
-            out[name] = sub.test(
-                HeadView(model, h), HeadView(trained, h), data.splits[name], self._parts[name], {}, sub_ctx
-            )
+            mine = {split: TaskRows(batches[split], self._rows[split][g], h) for split in ("validation", "test")}
+            out[name] = sub.test(HeadView(model, h), HeadView(trained, h), data.splits[name], mine, {}, sub_ctx)
         if not ctx.is_main:
             return {}
         metrics = {"tasks": out, "test": self.selection({n: m["test"] for n, m in out.items()})}
