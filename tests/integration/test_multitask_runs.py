@@ -17,6 +17,7 @@ from test_serving import call
 from test_train import _final_weights, assert_same_weights
 
 import tunesmith
+from tunesmith.cli.main import main
 from tunesmith.serve import ServeOptions, Server
 
 PLACES, THINGS = ["river", "cloud", "stone", "green"], ["table", "chair", "paper", "house"]
@@ -51,11 +52,25 @@ def multitask_config(tmp_path, model, **train) -> dict:
     return cfg
 
 
-def test_multitask_run_heads_compare_predict_and_serve(tmp_path, tiny_model):
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI in this process (exit code, stdout, stderr): the same parsing and error handling, no start-up cost."""
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_multitask_run_heads_compare_predict_and_serve(tmp_path, tiny_model, capsys):
     cfg = multitask_config(tmp_path, tiny_model)
     cfg["strategy"] = {"name": "lora", "r": 4}  # LoRA on the backbone, the heads trained in full
+    cfg["tracking"] = {"backend": "mlflow"}  # a real store: runs/mlflow.db
     run = tunesmith.finetune(cfg)
     m = run.metrics
+    from mlflow import MlflowClient
+
+    tracked = MlflowClient(run.info["mlflow_uri"]).get_run(run.info["mlflow_run_id"]).data.metrics
+    assert tracked["topic.test_macro_f1"] == pytest.approx(m["tasks"]["topic"]["test"]["macro_f1"])
+    assert "sentiment.test_macro_f1_ci_low" in tracked and "val_topic_macro_f1" in tracked
     assert run.status == "complete" and set(m["tasks"]) == {"sentiment", "topic"}
     assert run.label_names == ["sentiment:neg", "sentiment:neu", "sentiment:pos", "topic:nature", "topic:object"]
     # selection follows the primary task only: the best validation figure is the sentiment head's
@@ -83,18 +98,19 @@ def test_multitask_run_heads_compare_predict_and_serve(tmp_path, tiny_model):
     single_cfg.update(name="single", strategy={"name": "lora", "r": 4})
     single = tunesmith.finetune(single_cfg)
     out = tmp_path / "cmp"
-    done = run_cli("compare", str(single.path), str(run.path), "--task", "sentiment", "--out", str(out))
-    assert done.returncode == 0, done.stderr[-2000:]
+    code, _, err = cli(capsys, "compare", str(single.path), str(run.path), "--task", "sentiment", "--out", str(out))
+    assert code == 0, err[-2000:]
     assert json.loads((out / "compare.json").read_text())["paired"] is True
-    refused = run_cli("compare", str(single.path), str(run.path))
-    assert refused.returncode == 2 and "--task (sentiment, topic)" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    code, _, err = cli(capsys, "compare", str(single.path), str(run.path))
+    assert code == 2 and "--task (sentiment, topic)" in err and "Traceback" not in err
 
-    said = run_cli("predict", str(run.path), "--task", "topic", "--text", "the river", "--text", "a chair")
-    assert said.returncode == 0, said.stderr[-2000:]
-    assert {line.split("\t")[0] for line in said.stdout.strip().splitlines()} <= {"nature", "object"}
-    wrong = run_cli("predict", str(run.path), "--task", "colour", "--text", "x")
-    assert wrong.returncode == 2 and "no task 'colour'" in wrong.stderr
+    code, said, err = cli(
+        capsys, "predict", str(run.path), "--task", "topic", "--text", "the river", "--text", "a chair"
+    )
+    assert code == 0, err[-2000:]
+    assert {line.split("\t")[0] for line in said.strip().splitlines()} <= {"nature", "object"}
+    code, _, err = cli(capsys, "predict", str(run.path), "--task", "colour", "--text", "x")
+    assert code == 2 and "no task 'colour'" in err
 
     with Server([f"M={run.path}", f"S={single.path}"], ServeOptions(port=0), say=lambda s: None) as srv:
         status, _, body = call(srv.url, "/v1/classify", {"model": "M", "texts": ["the river", "good"], "task": "topic"})

@@ -72,6 +72,32 @@ class Features:
         return out
 
 
+class Subset:
+    """Some rows of an encoded split, as a `Batches` of their own (a data-mix source's or a task's test rows)."""
+
+    def __init__(self, base, rows: list[int]):
+        self.base, self.rows = base, rows
+        self.lengths = [base.lengths[r] for r in rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _map(self, rows: list[int]) -> list[int]:
+        return [self.rows[r] for r in rows]
+
+    def units(self, rows: list[int]) -> int:
+        return self.base.units(self._map(rows))
+
+    def examples(self, rows: list[int]) -> int:
+        return self.base.examples(self._map(rows))
+
+    def tokens(self, rows: list[int]) -> int:
+        return self.base.tokens(self._map(rows))
+
+    def batch(self, rows: list[int], with_targets: bool = True):
+        return self.base.batch(self._map(rows), with_targets)
+
+
 def plan_epoch(
     lengths: list[int], batch: int, seed: int, epoch: int, group_by_length: bool, drop_last: bool = False
 ) -> list[list[int]]:

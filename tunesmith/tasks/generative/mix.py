@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ...config.schema import Config
 from ...data.loaders import load_table, pick_split
+from ...engine.batches import Subset
 from ...engine.mixing import Mixture, mixing_probs
 from ...errors import ConfigError, DataError
 from ...utils import resolve_path
@@ -164,30 +165,4 @@ def source_losses(loss_over, splits: GenSplits, test) -> dict[str, float]:
     if not splits.mix:
         return {}
     groups = rows_by_source(splits.test, test, list(splits.mix))
-    return {name: loss_over(Rows(test, rows)) for name, rows in zip(splits.mix, groups) if rows}
-
-
-class Rows:
-    """Some rows of an encoded split, as a `Batches` of their own (a source's test rows, for its own loss)."""
-
-    def __init__(self, base, rows: list[int]):
-        self.base, self.rows = base, rows
-        self.lengths = [base.lengths[r] for r in rows]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def _map(self, rows: list[int]) -> list[int]:
-        return [self.rows[r] for r in rows]
-
-    def units(self, rows: list[int]) -> int:
-        return self.base.units(self._map(rows))
-
-    def examples(self, rows: list[int]) -> int:
-        return self.base.examples(self._map(rows))
-
-    def tokens(self, rows: list[int]) -> int:
-        return self.base.tokens(self._map(rows))
-
-    def batch(self, rows: list[int], with_targets: bool = True):
-        return self.base.batch(self._map(rows), with_targets)
+    return {name: loss_over(Subset(test, rows)) for name, rows in zip(splits.mix, groups) if rows}

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from ...engine.batches import Subset
 from ..classification.batches import Tokenized
 
 TAG = "task_index"
@@ -62,29 +63,17 @@ def combine(parts: list[Tokenized], heads: list[Head]) -> tuple[Tokenized, list[
     return Tokenized(ids, targets, parts[0].pad_id, fingerprint), rows
 
 
-class TaskRows:
+class TaskRows(Subset):
     """One task's rows of a combined split (any Batches: token ids, or a linear probe's cached features), with the
     task's own label ids: what the task's single-task evaluation reads."""
 
     def __init__(self, base, rows: list[int], head: Head):
-        self.base, self.rows, self.start = base, rows, head.start
-        self.lengths = [base.lengths[r] for r in rows]
+        super().__init__(base, rows)
+        self.start = head.start
         self.targets = [base.targets[r] - head.start for r in rows]
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def units(self, rows: list[int]) -> int:
-        return len(rows)
-
-    def examples(self, rows: list[int]) -> int:
-        return len(rows)
-
-    def tokens(self, rows: list[int]) -> int:
-        return self.base.tokens([self.rows[r] for r in rows])
-
     def batch(self, rows: list[int], with_targets: bool = True) -> dict[str, torch.Tensor]:
-        out = self.base.batch([self.rows[r] for r in rows], with_targets)
+        out = super().batch(rows, with_targets)
         if with_targets:
             out["labels"] = out["labels"] - self.start
         return out

@@ -24,6 +24,7 @@ from ...engine.mixing import Mixture, mixing_probs
 from ...errors import ConfigError
 from ...evaluate.metrics import METRIC_NAMES, classification_metrics
 from ...models.loading import load_classifier
+from ...tracking.classification import classification_tracked
 from ..base import Findings, Task, TaskData
 from ..classification import ClassificationTask
 from .heads import (
@@ -240,6 +241,15 @@ class MultiTask(Task):
         test = metrics.get("test") or {}
         keys = [self.cfg.train.metric, *(f"{h.name}_{k}" for h in self.heads for k in ("macro_f1", "accuracy"))]
         return {k: test[k] for k in keys if isinstance(test.get(k), float)}
+
+    def tracked(self, metrics: dict) -> dict[str, float]:
+        """The selection figures (`test_<metric>`), and every task's test figures with intervals (`<task>.test_...`)."""
+        out = {f"test_{k}": v for k, v in (metrics.get("test") or {}).items() if k in METRIC_NAMES}
+        for name, m in metrics["tasks"].items():
+            out.update({f"{name}.{k}": v for k, v in classification_tracked(m).items()})
+        for name, r in (metrics.get("mix") or {}).items():
+            out[f"{name}.drawn_share"] = r["share"]
+        return out
 
     def brief(self, metrics: dict) -> str:
         test = metrics.get("test") or {}
