@@ -176,7 +176,7 @@ def test_multitask_two_processes_match_one(tmp_path, tiny_model):
 @pytest.mark.parametrize("strategy", ["linear-probe", "ia3"])
 def test_multitask_with_other_strategies(tmp_path, tiny_model, strategy):
     """Cached features (the head trains alone) and another adapter: each task's head tests and reloads the same."""
-    cfg = multitask_config(tmp_path, tiny_model, epochs=1)
+    cfg = multitask_config(tmp_path, tiny_model, epochs=1, class_weights="balanced")  # each task's own weights
     cfg.update(strategy={"name": strategy}, multitask={"sampling": "proportional"})
     run = tunesmith.finetune(cfg)
     assert run.status == "complete"

@@ -121,6 +121,11 @@ class ClassificationTask(Task):
             for split in (s.train, s.validation, s.test)
         }
 
+    @property
+    def class_weights(self) -> torch.Tensor | None:
+        """The loss's per-class weights (train.class_weights: balanced), known once the data is encoded."""
+        return self._weights
+
     def loss(self, model, inputs: dict):
         return cross_entropy_sum(model, inputs, self._weights)
 

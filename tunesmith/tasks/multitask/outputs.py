@@ -150,6 +150,10 @@ def report(task, metrics: dict, info: dict) -> str:
         "",
         'Predict with one task\'s head: `tunesmith predict RUN --task NAME --text ...`; serve: `/v1/classify` with `"task": NAME`.',
         "",
+        "Each task's own report and model card (data, audit, intervals, slices, calibration, intended use): "
+        + ", ".join(f"[{h.name}](tasks/{h.name}/MODEL_CARD.md)" for h in task.heads)
+        + ".",
+        "",
     ]
     return "\n".join(lines)
 

@@ -136,7 +136,7 @@ class MultiTask(Task):
     # ---- training
     def encode(self, data: TaskData, tokenizer) -> dict:
         self._parts = {name: sub.encode(data.splits[name], tokenizer) for name, sub in self.subtasks.items()}
-        self._class_weights = [sub._weights for sub in self.subtasks.values()]
+        self._class_weights = [sub.class_weights for sub in self.subtasks.values()]
         out, self._rows = {}, {}
         for split in ("train", "validation", "test"):
             out[split], self._rows[split] = combine([p[split] for p in self._parts.values()], self.heads)
