@@ -93,10 +93,19 @@ def test_multitask_run_heads_compare_predict_and_serve(tmp_path, tiny_model, cap
             assert not [k for k in st.keys() if "log_vars" in k]  # training-only weights are not saved
     assert "| [topic](tasks/topic/report.md) | auxiliary |" in (run.path / "report.md").read_text()
 
-    # did multi-task help? the single-task run on the same split, compared on the same test rows
-    single_cfg = tiny_config(tmp_path, tiny_model, tmp_path / "sentiment.csv", train={"epochs": 3, "eval_every": 10})
-    single_cfg.update(name="single", strategy={"name": "lora", "r": 4})
-    single = tunesmith.finetune(single_cfg)
+    # did multi-task help? the task trained alone on the same split (as many examples), compared on the same rows
+    code, said, err = cli(capsys, "compare-tasks", str(run.path))
+    assert code == 0, err[-2000:]
+    summary = json.loads((run.path / "alone" / "summary.json").read_text())
+    assert [r["task"] for r in summary["tasks"]] == ["sentiment"]  # the primary task
+    row = summary["tasks"][0]
+    single = tunesmith.load_run(row["alone_run"])
+    assert single.metrics["steps"] * 16 >= m["mix"]["sentiment"]["examples"] > (single.metrics["steps"] - 1) * 16
+    assert row["multi"]["value"] == pytest.approx(m["tasks"]["sentiment"]["test"]["macro_f1"])
+    assert row["delta"] == pytest.approx(row["multi"]["value"] - row["alone"]["value"])
+    assert "| [sentiment](compare-sentiment/compare.md) |" in said
+    code, _, _ = cli(capsys, "compare-tasks", str(run.path))  # a second call reuses the finished run
+    assert code == 0 and len(list((run.path / "alone").glob("mt-sentiment-alone-*"))) == 1
     out = tmp_path / "cmp"
     code, _, err = cli(capsys, "compare", str(single.path), str(run.path), "--task", "sentiment", "--out", str(out))
     assert code == 0, err[-2000:]

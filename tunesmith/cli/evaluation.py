@@ -2,6 +2,7 @@
 
 tunesmith cv config.yaml --folds 5                       # stratified k-fold: mean, std, per-fold table
 tunesmith compare RUN_A RUN_B [RUN_C ...] --out cmp/      # paired significance, Markdown + HTML
+tunesmith compare-tasks MULTI_TASK_RUN                     # each task alone vs the multi-task run
 tunesmith register RUN --name sentiment                   # a version in the MLflow model registry
 tunesmith models                                          # registered names, versions, aliases, metrics
 tunesmith promote sentiment 3 --to production             # alias; then predict models:/sentiment@production
@@ -36,6 +37,20 @@ def add_eval_commands(subparsers) -> None:
     m.add_argument("--task", help="multi-task runs: compare this task's head (its folder RUN/tasks/NAME)")
     m.set_defaults(func=cmd_compare)
 
+    ct = subparsers.add_parser(
+        "compare-tasks", help="did multi-task help? train each task of a multi-task run alone, then compare"
+    )
+    ct.add_argument("run", help="a complete multi-task run folder")
+    ct.add_argument("--tasks", help="comma-separated tasks (default: the primary ones)")
+    ct.add_argument(
+        "--budget",
+        default="matched",
+        choices=["matched", "config"],
+        help="matched: as many training examples as the task got in the run (default); config: the run's epochs",
+    )
+    ct.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples and permutations per test")
+    ct.set_defaults(func=cmd_compare_tasks)
+
     r = subparsers.add_parser("register", help="register a run's model as a new version in the MLflow model registry")
     r.add_argument("run")
     r.add_argument("--name", required=True, help="registered model name")
@@ -52,6 +67,14 @@ def add_eval_commands(subparsers) -> None:
     p.add_argument("--to", default="production", help="alias name (default: production)")
     p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
     p.set_defaults(func=cmd_promote)
+
+
+def cmd_compare_tasks(args) -> int:
+    from ..tools.compare_tasks import compare_tasks
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    compare_tasks(args.run, tasks, args.budget, args.resamples)
+    return 0
 
 
 def cmd_cv(args) -> int:
