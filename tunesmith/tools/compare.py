@@ -91,7 +91,8 @@ def _load(path: Path) -> dict:
         if (path / "history.jsonl").is_file()
         else []
     )
-    return {"name": path.name, "path": str(path), "run": run, "preds": df, "config": cfg, "history": history}
+    name = f"{path.parent.parent.name}/{path.name}" if run.info.get("multitask") else path.name  # RUN/tasks/<task>
+    return {"name": name, "path": str(path), "run": run, "preds": df, "config": cfg, "history": history}
 
 
 def _config(path: Path) -> dict:
