@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("section", "kind")  # `arch` (all / any) is built too: add it here for a three-task benchmark
@@ -47,50 +46,11 @@ SIZES = {
 
 
 def debian_tables(work: Path, size: dict, seed: int = 0) -> dict[str, Path]:
-    """section.csv (primary pool) and aux.csv (kind, arch; disjoint packages), built once from apt's indexes."""
-    out = {"section": work / "section.csv", "aux": work / "aux.csv"}
-    if all(p.is_file() for p in out.values()):
-        return out
-    spec = importlib.util.spec_from_file_location("build_debian_json", ROOT / "scripts" / "build_debian_json.py")
-    deb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(deb)
-    found = deb.indexes()
-    if found is None:
-        raise SystemExit(2)
-    section, translations = found
-    arch = {}
-    for p in sorted(Path(deb.LISTS).glob("*_main_binary-*_Packages*")):
-        for f in deb.stanzas(str(p)):
-            arch.setdefault(f["Package"], "all" if f.get("Architecture") == "all" else "any")
-    rows, seen = [], set()
-    for t in translations:
-        for f in deb.stanzas(t):
-            name, desc = f["Package"], f.get("Description-en", "")
-            if name in seen or not section.get(name) or "\n" not in desc:
-                continue
-            seen.add(name)
-            summary, _, long = desc.partition("\n")
-            para = deb.first_paragraph(long)
-            if "transitional" in summary.lower() or not 8 <= len(para.split()) <= 60:
-                continue
-            text = f"{summary.strip()}. {para}"
-            rows.append(
-                {
-                    "text": text,
-                    "section": section[name],
-                    "kind": deb.kind(name, section[name]),
-                    "arch": arch.get(name, "any"),
-                }
-            )
-    df = pd.DataFrame(rows).drop_duplicates("text").sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    top = df["section"].value_counts().index[: size["sections"]]
-    primary = df[df["section"].isin(top)].groupby("section", group_keys=False).head(size["pool"] // len(top) + 1)
-    primary = primary.sample(n=min(size["pool"], len(primary)), random_state=seed)
-    rest = df.drop(primary.index).head(size["aux"])
-    work.mkdir(parents=True, exist_ok=True)
-    primary[["text", "section"]].to_csv(out["section"], index=False)
-    rest[["text", "kind", "arch"]].to_csv(out["aux"], index=False)
-    return out
+    """section.csv (primary pool) and aux.csv (kind, arch; disjoint packages): scripts/build_debian_tasks.py."""
+    spec = importlib.util.spec_from_file_location("build_debian_tasks", ROOT / "scripts" / "build_debian_tasks.py")
+    tasks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tasks)
+    return tasks.build(work, size["pool"], size["aux"], size["sections"], seed)
 
 
 def base_config(work: Path, seed: int, steps: int, name: str) -> dict:
