@@ -100,6 +100,7 @@ def test_multitask_run_heads_compare_predict_and_serve(tmp_path, tiny_model, cap
     assert [r["task"] for r in summary["tasks"]] == ["sentiment"]  # the primary task
     row = summary["tasks"][0]
     single = tunesmith.load_run(row["alone_run"])
+    assert single.info["mlflow_uri"] == run.info["mlflow_uri"]  # tracked in the same store
     assert single.metrics["steps"] * 16 >= m["mix"]["sentiment"]["examples"] > (single.metrics["steps"] - 1) * 16
     assert row["multi"]["value"] == pytest.approx(m["tasks"]["sentiment"]["test"]["macro_f1"])
     assert row["delta"] == pytest.approx(row["multi"]["value"] - row["alone"]["value"])

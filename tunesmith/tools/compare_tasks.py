@@ -52,6 +52,8 @@ def compare_tasks(
         if not single or Run(single).status != "complete":
             say(f"compare-tasks: training {task} alone ({budget} budget)")
             alone = single_config(cfg, metrics, task, budget, folder, int(run.info.get("processes") or 1))
+            if run.info.get("mlflow_uri") and alone["tracking"]["backend"] == "mlflow":
+                alone["tracking"]["uri"] = run.info["mlflow_uri"]  # tracked beside the multi-task run
             single = str(finetune(alone).path)
             done[task] = single
             atomic_write_json(record_file, done)
