@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import random
 import subprocess
@@ -102,7 +103,10 @@ def train(cfg: dict, work: Path) -> Path:
     )
     t0 = time.time()
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(cfg_file)], capture_output=True, text=True, env={"TQDM_DISABLE": "1", **_env()}
+        [sys.executable, "-c", code, str(cfg_file)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"},
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{cfg['name']} failed:\n{proc.stderr[-3000:]}")
@@ -111,12 +115,6 @@ def train(cfg: dict, work: Path) -> Path:
     done[key] = str(path)
     cache.write_text(json.dumps(done, indent=1))
     return path
-
-
-def _env() -> dict:
-    import os
-
-    return {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def figures(path: Path, task: str | None) -> dict:
@@ -179,8 +177,6 @@ def machine() -> dict:
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
     flags = next((line for line in cpu.splitlines() if line.startswith("Flags")), "")
-    import os
-
     return {
         "cpu": model,
         "cores": os.cpu_count(),

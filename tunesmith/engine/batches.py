@@ -200,6 +200,20 @@ def mean_loss(
     return float(total[0] / total[1].clamp(min=1))
 
 
+def predict_logits(
+    model: nn.Module, data, batch_size: int, autocast=nullcontext, rank: int = 0, world: int = 1
+) -> np.ndarray:
+    """float32 `model(**inputs).logits` for every row of `data`, in shares across processes; every process gets all."""
+    model.eval()
+    device = next(model.parameters()).device
+
+    def logits(inputs):
+        with autocast():
+            return model(**{k: v.to(device) for k, v in inputs.items()}).logits.float()
+
+    return map_batches(data, batch_size, logits, rank, world)
+
+
 def predict_probs(
     model: nn.Module, data, batch_size: int, autocast=nullcontext, rank: int = 0, world: int = 1
 ) -> np.ndarray:

@@ -9,11 +9,13 @@ RUN/tasks/<name>/     the task as a text-classification run folder (run.json, co
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
 from ...config.dump import save_config
+from ...engine.batches import predict_logits
 from ...errors import RunError
 from ...evaluate.metrics import classification_metrics
 from ...runs.record import RUN_FILE
@@ -161,8 +163,9 @@ def report(task, metrics: dict, info: dict) -> str:
 class MultiTaskPredictor(Predictor):
     """Predictions of one task's head (`task=`; default: the first primary task)."""
 
-    @property
+    @functools.cached_property
     def heads(self) -> list[Head]:
+        """The run's heads (read once: predict and every served request ask)."""
         return heads_of(self.run.label_names, self.run.config.tasks)
 
     def head(self, task: str | None) -> Head:
@@ -177,17 +180,9 @@ class MultiTaskPredictor(Predictor):
         )
 
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        from ...engine.batches import map_batches
-
         m = self.run.load()
         ids = tokenize(m.tokenizer, list(texts), self.run.config.data.max_length)
-
-        def fn(inputs):
-            with m.autocast():
-                return m.model(**{k: v.to(m.device) for k, v in inputs.items()}).logits.float()
-
-        m.model.eval()
-        return map_batches(Tokenized(ids, [0] * len(ids), m.tokenizer.pad_token_id), batch_size, fn)
+        return predict_logits(m.model, Tokenized(ids, [0] * len(ids), m.tokenizer.pad_token_id), batch_size, m.autocast)
 
     def predict_probs(self, texts: list[str], batch_size: int = 64, task: str | None = None) -> np.ndarray:
         return block_probs(self.logits(texts, batch_size), self.head(task))

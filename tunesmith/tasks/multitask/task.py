@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ...data.splits import TextSplit
-from ...engine.batches import map_batches
+from ...engine.batches import predict_logits
 from ...engine.mixing import Mixture, mixing_probs
 from ...errors import ConfigError
 from ...evaluate.metrics import METRIC_NAMES, classification_metrics
@@ -176,7 +176,9 @@ class MultiTask(Task):
         return multitask_loss(logits, labels, task, self.heads, self._class_weights, log_vars)
 
     def validate(self, model, batches: dict, ctx) -> dict[str, float]:
-        logits = self._logits(model, batches["validation"], ctx)
+        logits = predict_logits(
+            model, batches["validation"], self.cfg.eval.batch_size, ctx.autocast, ctx.rank, ctx.world
+        )
         per = {}
         for h, rows, part in zip(self.heads, self._rows["validation"], self._parts.values()):
             per[h.name] = classification_metrics(
@@ -195,16 +197,6 @@ class MultiTask(Task):
                 out[k] = sum(h.metric_weight * per[h.name][k] for h in primary) / total
         out["loss"] = sum(h.weight * per[h.name]["loss"] for h in self.heads) / sum(h.weight for h in self.heads)
         return out
-
-    def _logits(self, model, data, ctx) -> np.ndarray:
-        model.eval()
-        device = next(model.parameters()).device
-
-        def fn(inputs):
-            with ctx.autocast():
-                return model(**{k: v.to(device) for k, v in inputs.items()}).logits.float()
-
-        return map_batches(data, self.cfg.eval.batch_size, fn, ctx.rank, ctx.world)
 
     def after_fit(self, model, trained) -> None:
         self.log_vars = pop_log_vars(model, trained)
