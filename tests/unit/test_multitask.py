@@ -147,6 +147,8 @@ def test_config_mistakes(tmp_path):
         load_config({**base, "tasks": {"a": {"data": {"path": "a.csv"}}, "b": {"weight": 2}}})
     with pytest.raises(ConfigError, match="unknown key 'wieght'"):
         load_config({**base, "tasks": {"a": {"data": {"path": "a.csv"}}, "b": {"data": {"path": "b"}, "wieght": 2}}})
+    with pytest.raises(ConfigError, match="each task's file goes under tasks"):
+        load_config({**base, "data": {"path": "a.csv"}, "tasks": {n: {"data": {"path": "a.csv"}} for n in "ab"}})
     with pytest.raises(ConfigError, match="set task: multi-task"):
         load_config({"data": {"path": "a.csv"}, "tasks": {"a": {"data": {"path": "a.csv"}}}})
     cfg = load_config(

@@ -60,6 +60,11 @@ def load_config(
     cfg.task = cfg.task or DEFAULT_TASK
     cfg.check()
     check_tasks(cfg.tasks, task.composite, cfg.task)
+    if task.composite and (cfg.data.path or cfg.data.train or cfg.data.mix):
+        raise ConfigError(
+            f"{_at(where, lines, ('data',))}task {cfg.task}: each task's file goes under tasks.<name>.data "
+            "(the top-level data: holds only their defaults); move data.path / data.train there"
+        )
     if strict:
         _check_task_keys(task, cfg, raw, where, lines)
     _resolve_metric(task, cfg, where, lines)
