@@ -59,12 +59,34 @@ def add_eval_commands(subparsers) -> None:
 
     ls = subparsers.add_parser("models", help="list registered models: versions, aliases, headline metrics")
     ls.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
+    ls.add_argument(
+        "--lineage", metavar="NAME", help="print the chain of versions of NAME: parents, data, gate verdicts"
+    )
     ls.set_defaults(func=cmd_models)
 
     p = subparsers.add_parser("promote", help="point an alias (e.g. production) at a registered model version")
     p.add_argument("name")
-    p.add_argument("version", type=int)
+    p.add_argument("version", type=int, nargs="?", help="the version to point the alias at (or --if-better RUN)")
     p.add_argument("--to", default="production", help="alias name (default: production)")
+    p.add_argument(
+        "--if-better",
+        metavar="RUN",
+        help="the gate: register and promote RUN only if it beats the alias's version on new data and is not worse "
+        "on the old test set (paired bootstrap + permutation test); exit 3 when refused",
+    )
+    p.add_argument("--metric", default="macro_f1", help="gate metric: macro_f1 | accuracy | weighted_f1")
+    p.add_argument("--alpha", type=float, default=0.05, help="gate significance level (default 0.05)")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.01,
+        help="gate: how much worse on the old test set is tolerated (0.01 = 1 point)",
+    )
+    p.add_argument(
+        "--new-test", help="gate: the new test set (default: the retrain's, else the candidate's test split)"
+    )
+    p.add_argument("--old-test", help="gate: the old test set (default: the retrain's, else production's test split)")
+    p.add_argument("--dry-run", action="store_true", help="gate: decide and report, but do not register or promote")
     p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
     p.set_defaults(func=cmd_promote)
 
@@ -114,6 +136,8 @@ def cmd_register(args) -> int:
 def cmd_models(args) -> int:
     from ..runs.registry import list_models, registry_uri
 
+    if args.lineage:
+        return print_lineage(args.lineage, args.tracking_uri)
     rows = list_models(args.tracking_uri)
     if not rows:
         print(f"no registered models in {registry_uri(args.tracking_uri)}")
@@ -129,10 +153,45 @@ def cmd_models(args) -> int:
 
 
 def cmd_promote(args) -> int:
+    from ..errors import ConfigError
     from ..runs.registry import promote
 
+    if (args.version is None) == (args.if_better is None):
+        raise ConfigError("promote: give the VERSION to promote, or --if-better RUN for the gate (one of them)")
+    if args.if_better:
+        from ..tools.gate import gate
+
+        out = gate(
+            args.name,
+            args.if_better,
+            args.to,
+            args.metric,
+            args.alpha,
+            args.margin,
+            args.new_test,
+            args.old_test,
+            args.tracking_uri,
+            dry_run=args.dry_run,
+        )
+        return 0 if out["promote"] else 3
     promote(args.name, args.version, args.to, args.tracking_uri)
     print(
         f'{args.name}@{args.to} -> version {args.version}; load it with: tunesmith predict models:/{args.name}@{args.to} --text "..."'
     )
+    return 0
+
+
+def print_lineage(name: str, uri: str | None) -> int:
+    from ..runs.registry import lineage
+
+    for r in lineage(name, uri):
+        t = r["tags"]
+        aliases = f" [{', '.join(r['aliases'])}]" if r["aliases"] else ""
+        parent = f" <- v{t['parent_version']}" if t.get("parent_version") else " (first version)"
+        print(
+            f"v{r['version']}{aliases}{parent}  test macro-F1 {t.get('test_macro_f1', '-')}  run {Path(t.get('run_folder', '-')).name}"
+        )
+        if t.get("gate"):
+            gate = t["gate"].replace("vNEW", f"v{r['version']}")
+            print(f"    {gate}")
     return 0

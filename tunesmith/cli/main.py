@@ -19,6 +19,7 @@ from .data import add_data_commands
 from .evaluation import add_eval_commands
 from .export import add_export_commands
 from .generate import add_generate_commands
+from .improve import add_improve_commands
 from .plan import add_plan_command
 from .serve import add_serve_commands
 from .tune import add_tune_command
@@ -188,6 +189,7 @@ COMMAND_GROUPS = (
     add_export_commands,
     add_serve_commands,
     add_tune_command,
+    add_improve_commands,
 )
 
 

@@ -37,8 +37,9 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def register(run_path: str | Path, name: str, uri: str | None = None) -> dict:
-    """A new version of registered model `name` whose source is the run's files; tagged with its headline metrics."""
+def register(run_path: str | Path, name: str, uri: str | None = None, tags: dict[str, str] | None = None) -> dict:
+    """A new version of registered model `name` whose source is the run's files; tagged with its headline metrics
+    (and `tags`: e.g. the lineage `promote --if-better` records)."""
     from mlflow.exceptions import MlflowException
 
     path = Path(run_path)
@@ -65,6 +66,7 @@ def register(run_path: str | Path, name: str, uri: str | None = None) -> dict:
         "test_fingerprint": str(run.info.get("data", {}).get("splits", {}).get("test", {}).get("fingerprint")),
         **{f"test_{m}": f"{test[m]:.4f}" for m in HEADLINE if m in test},
         **{f"test_{m}_ci": f"{ci[m]['low']:.4f}-{ci[m]['high']:.4f}" for m in HEADLINE if m in ci},
+        **{k: str(v)[:5000] for k, v in (tags or {}).items()},
     }
     card = run.path / "MODEL_CARD.md"
     mv = client.create_model_version(
@@ -150,6 +152,31 @@ def list_models(uri: str | None = None) -> list[dict]:
                 }
             )
     return out
+
+
+def describe_model_uri(model_uri: str, uri: str | None = None) -> dict:
+    """{"registered": NAME, "version": N} of `models:/NAME@ALIAS` or `models:/NAME/VERSION` (the alias resolved now)."""
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_model_uri(model_uri)
+    client = _client(registry_uri(uri))
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException:
+        raise RegistryError(
+            f"{model_uri}: no such model version in {registry_uri(uri)}; `tunesmith models` lists them"
+        ) from None
+    return {"registered": name, "version": int(mv.version), **({"alias": alias} if alias else {})}
+
+
+def lineage(name: str, uri: str | None = None) -> list[dict]:
+    """The versions of `name`, oldest first, each with its parent version and the recorded lineage tags."""
+    rows = [r for r in list_models(uri) if r["name"] == name]
+    if not rows:
+        raise RegistryError(
+            f"lineage: no registered model '{name}' in {registry_uri(uri)}; `tunesmith models` lists them"
+        )
+    return sorted(rows, key=lambda r: r["version"])
 
 
 def resolve(model_uri: str, uri: str | None = None) -> Path:

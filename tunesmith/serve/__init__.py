@@ -5,7 +5,8 @@
         requests.post(f"{server.url}/v1/classify", json={"model": "...", "texts": ["great"]})
 
 `Server(...).run()` blocks (the CLI): SIGTERM / Ctrl-C stop accepting, let in-flight requests finish
-(up to the request timeout), drain the batch queues and flush the prediction log, then exit.
+(up to the request timeout), let shadow answers finish, drain the batch queues and flush the prediction
+log, then exit.
 """
 
 from __future__ import annotations
@@ -17,12 +18,26 @@ import time
 
 from ..errors import ConfigError
 from .app import build_app
-from .options import Route, ServeOptions, parse_route, read_api_keys
+from .options import Route, ServeOptions, Shadow, parse_route, parse_shadow, read_api_keys
 from .pool import open_runs, warm
 from .predlog import PredictionLog, summarize, summary_table
 from .protocol import with_header_deadline
+from .shadow import check_shadows, compare_arms, read_labels, shadow_table
 
-__all__ = ["Route", "ServeOptions", "Server", "parse_route", "read_api_keys", "summarize", "summary_table"]
+__all__ = [
+    "Route",
+    "ServeOptions",
+    "Server",
+    "Shadow",
+    "compare_arms",
+    "parse_route",
+    "parse_shadow",
+    "read_api_keys",
+    "read_labels",
+    "shadow_table",
+    "summarize",
+    "summary_table",
+]
 
 
 class Server:
@@ -43,6 +58,7 @@ class Server:
                     raise ConfigError(
                         f"--route {route.name}: arm '{arm}' is not a served model ({', '.join(self.models)})"
                     )
+        check_shadows(self.options.shadows, self.models, {r.name for r in self.options.routes}, self.options.log)
         warm(self.models, say)
         log = None
         if self.options.log is not None:

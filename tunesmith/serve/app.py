@@ -3,7 +3,8 @@
 Every request: checked (Guard: key, body size, slow body; pydantic: types; here: the configurable
 bounds) -> routed (a model name, or an A/B route picking an arm by a stable hash of the user) ->
 queued on that model's batcher (503 + Retry-After when full) -> answered within the timeout (else
-504) -> counted (/metrics) and logged (the prediction log, off the request path).
+504) -> counted (/metrics) and logged (the prediction log, off the request path) -> handed to the
+answering model's shadows, if any (shadow.py: logged only, never awaited by the request).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .options import ServeOptions
 from .pool import Served
 from .predlog import PredictionLog
 from .schemas import ChatRequest, ClassifyRequest, GenerateRequest
+from .shadow import Shadows, answers
 from .telemetry import Telemetry
 from .workers import Sampling, classify_worker, generate_worker
 
@@ -38,6 +40,7 @@ class Serving:
     def __init__(self, models: dict[str, Served], options: ServeOptions, log: PredictionLog | None):
         self.models, self.options, self.log = models, options, log
         self.telemetry = Telemetry()
+        self.shadows = Shadows(self, options.shadows)
         self.routes = {r.name: r for r in options.routes}
         batch, wait = (options.max_batch, options.max_wait_ms / 1000) if options.batching else (1, 0.0)
         self.batchers: dict[tuple[str, str], Batcher] = {}
@@ -189,6 +192,7 @@ def build_app(models: dict[str, Served], options: ServeOptions, log: PredictionL
     @asynccontextmanager
     async def lifespan(app):
         yield
+        await serving.shadows.drain(options.timeout_s)  # shadow answers still on their way reach the log
         await asyncio.get_running_loop().run_in_executor(None, serving.close)  # drain the queues, flush the log
 
     app = FastAPI(title="tunesmith", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -269,8 +273,9 @@ def add_routes(app: FastAPI, serving: Serving) -> None:
             loop = asyncio.get_running_loop()
             items, request.state.inputs = await loop.run_in_executor(None, decode_images, items, field, images)
         predictions = await serving.submit(served, "classify", Job(items, len(items), key=head))
-        results = [{"label": p.label, "score": p.score, "probs": p.probs} for p in predictions]
+        results = answers("classify", predictions)
         serving.record(request, "classify", request.state.inputs, results)
+        serving.shadows.follow(request, "classify", lambda c: Job(items, len(items), key=serving.check_task(c, head)))
         return {**answer_head(request, served), "results": results}
 
     @app.post("/v1/generate")
@@ -280,8 +285,9 @@ def add_routes(app: FastAPI, serving: Serving) -> None:
         served = serving.pick(request, req.model, "generate", req.user)
         sampling = serving.sampling(served, req.max_tokens, req.temperature, req.top_p)
         done = await serving.submit(served, "generate", Job(prompts, len(prompts), key=sampling))
-        texts = [c.text for c in done]
+        texts = answers("generate", done)
         serving.record(request, "generate", prompts, texts)
+        serving.shadows.follow(request, "generate", lambda c: Job(prompts, len(prompts), key=sampling))
         return {**answer_head(request, served), "completions": texts, "usage": usage(done)}
 
     @app.post("/v1/chat/completions")
@@ -295,6 +301,7 @@ def add_routes(app: FastAPI, serving: Serving) -> None:
             return await stream_chat(serving, request, served, messages, sampling)
         [done] = await serving.submit(served, "generate", Job([messages], 1, key=sampling))
         serving.record(request, "chat", messages, [done.text])
+        serving.shadows.follow(request, "chat", lambda c: Job([messages], 1, key=sampling))
         return {
             **chat_head(request, served, "chat.completion"),
             "choices": [
@@ -381,5 +388,6 @@ async def stream_chat(serving: Serving, request: Request, served: Served, messag
         yield event({}, completion.finish_reason(sampling.max_tokens))
         yield "data: [DONE]\n\n"
         serving.record(request, "chat", messages, [completion.text])
+        serving.shadows.follow(request, "chat", lambda c: Job([messages], 1, key=sampling))
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})

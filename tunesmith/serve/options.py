@@ -1,4 +1,5 @@
-"""What `tunesmith serve` is told: the limits that keep a bad request from hurting the server, batching, routes.
+"""What `tunesmith serve` is told: the limits that keep a bad request from hurting the server, batching, routes,
+shadows.
 
 Every bound has a default a laptop survives; each is checked here, once, so a mistake in a flag is one line.
 """
@@ -54,6 +55,22 @@ def parse_route(spec: str) -> Route:
     return Route(name.strip(), [(a, v / total) for a, v in arms])
 
 
+@dataclass(frozen=True)
+class Shadow:
+    """`PRIMARY=CANDIDATE`: what PRIMARY answers, CANDIDATE answers too, off the request path, into the log only."""
+
+    primary: str
+    candidate: str
+
+
+def parse_shadow(spec: str) -> Shadow:
+    """`PRIMARY=CANDIDATE`: two served model names."""
+    primary, sep, candidate = (part.strip() for part in spec.partition("="))
+    if not sep or not primary or not candidate or "=" in candidate or "," in candidate:
+        raise ConfigError(f"--shadow '{spec}': write PRIMARY=CANDIDATE (two served model names)")
+    return Shadow(primary, candidate)
+
+
 @dataclass
 class ServeOptions:
     host: str = "127.0.0.1"
@@ -81,6 +98,8 @@ class ServeOptions:
     api_keys: list[str] = field(default_factory=list)
     """When set, every endpoint but /healthz wants `Authorization: Bearer KEY` (or `X-API-Key`)."""
     routes: list[Route] = field(default_factory=list)
+    shadows: list[Shadow] = field(default_factory=list)
+    """Candidates answering their primary's traffic for the log only (the client gets the primary's answer)."""
     log: Path | None = None
     """The prediction log (JSONL, appended off the request path); None: no log."""
     log_rotate_bytes: int = 50_000_000

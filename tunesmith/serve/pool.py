@@ -48,7 +48,8 @@ class Served:
 
     @property
     def version(self) -> str:
-        return self.run.path.name
+        """The run's folder name (also for a registry copy, whose local folder is MLflow's `artifacts`)."""
+        return str(self.run.info.get("name") or self.run.path.name)
 
     @property
     def serves(self) -> frozenset[str]:

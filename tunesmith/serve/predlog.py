@@ -2,8 +2,9 @@
 
 A record: time, request id, endpoint, the model name asked for, the model that answered and its version
 (the run folder), the A/B route and arm, the input, the output (labels and probabilities, or completions),
-latency and status. Files rotate by size: `LOG` -> `LOG.1` -> ... -> `LOG.<keep>`. `summarize` reads them
-all back: per-version traffic, errors, latency and label distribution (`tunesmith log summarize LOG`).
+latency and status; a shadow's record (shadow.py) also says `"arm": "shadow"` and `"shadow_of"`. Files rotate
+by size: `LOG` -> `LOG.1` -> ... -> `LOG.<keep>`. `summarize` reads them all back: per-version traffic, errors,
+latency and label distribution (`tunesmith log summarize LOG`), a shadow's traffic apart from its own.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def read_log(path: Path):
 
 
 def summarize(path: Path) -> dict:
-    """{version: {requests, errors, items, latency_ms p50/p95/p99, arms, labels | mean output chars}}."""
+    """{version: {requests, errors, items, latency_ms p50/p95/p99, arms, labels | mean output chars}}.
+
+    A model's answers as a shadow are their own entry, `"MODEL@VERSION (shadow of PRIMARY)"`, arm "shadow"."""
     groups: dict[tuple, dict] = defaultdict(
         lambda: {
             "requests": 0,
@@ -98,11 +101,14 @@ def summarize(path: Path) -> dict:
         }
     )
     for rec in read_log(path):
-        g = groups[(rec.get("model"), rec.get("version"))]
+        shadow_of = rec.get("shadow_of")
+        g = groups[(rec.get("model"), rec.get("version"), shadow_of)]
         g["requests"] += 1
         g["errors"] += rec.get("status", 200) >= 400
         g["latency"].append(rec.get("latency_ms", 0.0))
-        if rec.get("arm"):
+        if shadow_of:
+            g["arms"]["shadow"] += 1
+        elif rec.get("arm"):
             g["arms"][f"{rec.get('route')}:{rec['arm']}"] += 1
         for out in rec.get("outputs") or []:
             g["items"] += 1
@@ -111,7 +117,7 @@ def summarize(path: Path) -> dict:
             elif isinstance(out, str):
                 g["chars"].append(len(out))
     summary = {}
-    for (model, version), g in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for (model, version, shadow_of), g in sorted(groups.items(), key=lambda kv: str(kv[0])):
         lat = np.array(g["latency"], dtype=float)
         entry = {
             "model": model,
@@ -122,11 +128,13 @@ def summarize(path: Path) -> dict:
             "latency_ms": {q: round(float(np.percentile(lat, int(q[1:]))), 2) for q in ("p50", "p95", "p99")},
             "arms": dict(g["arms"]),
         }
+        if shadow_of:
+            entry["shadow_of"] = shadow_of
         if g["labels"]:
             entry["labels"] = {k: round(v / sum(g["labels"].values()), 4) for k, v in g["labels"].most_common()}
         if g["chars"]:
             entry["mean_output_chars"] = round(float(np.mean(g["chars"])), 1)
-        summary[f"{model}@{version}"] = entry
+        summary[f"{model}@{version}" + (f" (shadow of {shadow_of})" if shadow_of else "")] = entry
     return summary
 
 
@@ -138,6 +146,7 @@ def summary_table(summary: dict) -> str:
         else:
             outputs = f"mean {e.get('mean_output_chars', 0):.0f} chars" if e["items"] else "-"
         arms = f"  [{', '.join(f'{a} {n}' for a, n in e['arms'].items())}]" if e["arms"] else ""
+        arms = f"  [shadow of {e['shadow_of']}]" if e.get("shadow_of") else arms
         lines.append(
             f"{str(e['model'])[:22]:22} {str(e['version'])[:34]:34} {e['requests']:>8} {e['errors']:>6} "
             f"{e['latency_ms']['p50']:>8.1f} {e['latency_ms']['p95']:>8.1f}  {outputs}{arms}"

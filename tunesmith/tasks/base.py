@@ -89,6 +89,10 @@ class Predictor:
     def predict_probs(self, texts: list[str], batch_size: int = 64):
         raise RunError(f"{self.run.path}: a {self.run.task.name} run has no class probabilities; use generate")
 
+    def embed(self, texts: list[str], batch_size: int = 64):
+        """One vector per input from the trained model's own encoder (drift monitoring); None where it has none."""
+        return None
+
     def generate(self, prompts: list, max_new_tokens: int | None = None, streamer=None, **overrides) -> list[str]:
         raise RunError(f"{self.run.path}: a {self.run.task.name} run does not generate text; use predict")
 
