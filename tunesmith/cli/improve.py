@@ -31,6 +31,9 @@ def add_improve_commands(subparsers) -> None:
     )
     m.add_argument("--min-window", type=int, default=30, help="windows with fewer items are reported, not tested")
     m.add_argument("--permutations", type=int, default=500, help="permutations of the embedding MMD test")
+    m.add_argument(
+        "--max-rows", type=int, default=1000, help="items per side tested (a seeded sample of larger windows)"
+    )
     m.add_argument("--text-column", help="--data: the text column (default: the run's)")
     m.add_argument("--label-column", help="--data: the label column, when present (default: the run's)")
     m.add_argument("--out", default="monitor", help="folder for monitor.md/.html/.json/.png (default: monitor/)")
@@ -86,6 +89,7 @@ def cmd_monitor(args) -> int:
         psi_alert=args.psi_alert,
         min_window=args.min_window,
         permutations=args.permutations,
+        max_rows=args.max_rows,
         out=args.out,
         text_column=args.text_column,
         label_column=args.label_column,

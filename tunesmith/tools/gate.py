@@ -22,8 +22,8 @@ import pandas as pd
 from ..errors import ConfigError, RegistryError, RunError
 from ..evaluate.predictions import read_predictions
 from ..evaluate.stats import mcnemar, p_text, paired_delta
-from ..runs.registry import describe_model_uri, promote, register
-from ..runs.run import Run, load_run
+from ..runs.registry import describe_model_uri, promote, register, resolve
+from ..runs.run import Run
 from ..utils import atomic_write_json, atomic_write_text, read_json
 
 
@@ -47,7 +47,7 @@ def gate(
         raise ConfigError(f"promote: --metric {metric}: give macro_f1, accuracy or weighted_f1")
     current_uri = f"models:/{name}@{alias}"
     try:
-        current = load_run(current_uri)
+        current = Run(resolve(current_uri, uri))
     except RegistryError:
         raise RegistryError(
             f"promote: {name} has no '{alias}' version to beat; register and promote the first one: "
@@ -109,6 +109,11 @@ def test_sets(cand: Run, current: Run, retrained: dict, new_test, old_test) -> d
     """{"new": (source, texts, label ids), "old": ...}: explicit files, else the retrain's sets, else the candidate's
     test split (new) and production's test split (old)."""
     sets = retrained.get("sets") or {}
+    if retrained and not sets.get("new_test") and not new_test:
+        raise RunError(
+            f"promote: {cand.path} was retrained without new data, so it has no new test set; give labelled recent "
+            f"data with --new-test FILE"
+        )
     chosen = {
         "new": new_test or sets.get("new_test") or cand.path / "test_predictions.csv",
         "old": old_test or sets.get("old_test") or current.path / "test_predictions.csv",
@@ -143,7 +148,14 @@ def decide(results: dict, alpha: float, margin: float) -> dict:
             else f"it is {'significantly worse' if worse else 'not better'} on the new data"
         )
     if not kept:
-        reasons.append(f"it may be worse than production on the old test set by more than the margin {margin:g}")
+        width = (old["high"] - old["low"]) / 2
+        hint = (
+            f" (the interval is +-{100 * width:.1f} points wide on {results['old']['n']} rows: a margin below that "
+            f"cannot be shown at this size; test on more rows or set --margin)"
+            if old["delta"] > -margin and width > margin
+            else ""
+        )
+        reasons.append(f"it may be worse than production on the old test set by more than the margin {margin:g}{hint}")
     return {"promote": better and kept, "better_on_new": better, "non_inferior_on_old": kept, "reasons": reasons}
 
 
@@ -166,20 +178,18 @@ def lineage_line(results: dict, v_cur: int, retrained: dict, metric: str) -> str
 
 
 def data_added(retrained: dict) -> str:
+    """ "added 200 corrected items (200 errors of the model) and 1679 new rows; replayed 1879 of 2099 old rows"."""
     parts = []
-    fb = retrained.get("feedback")
+    fb, new, rep = retrained.get("feedback"), retrained.get("new"), retrained.get("replay")
     if fb:
         parts.append(f"{fb['rows']} corrected items ({fb.get('errors') or 0} errors of the model)")
-    new = retrained.get("new")
     if new:
         parts.append(f"{new['train']['rows']} new rows")
-    rep = retrained.get("replay")
+    text = f"added {' and '.join(parts)}" if parts else ""
     if rep:
-        parts.append(f"{rep['rows']} of the {rep['of']} old training rows replayed")
+        text += f"; replayed {rep['rows']} of the {rep['of']} old training rows"
     dropped = sum((retrained.get("dropped") or {}).values())
-    return (
-        (", ".join(parts) + " added" + (f" ({dropped} dropped as test duplicates)" if dropped else "")) if parts else ""
-    )
+    return text + (f" ({dropped} dropped as duplicates)" if dropped else "")
 
 
 def add_lineage_to_card(path: Path, name: str, v_cur: int, summary: str, retrained: dict) -> None:

@@ -38,7 +38,6 @@ from ..runs.run import Run, load_run
 from .feedback import feedback_path, logged_items, read_feedback
 from .monitor_report import TEST_NAMES, write_monitor
 
-TESTS = ("length", "oov", "embedding", "labels", "confidence")
 WORD = re.compile(r"\w+", re.UNICODE)
 UNITS = {"m": 60, "h": 3600, "d": 86400}
 
@@ -86,11 +85,12 @@ def monitor(
         if len(rows) < min_window:
             results.append({"window": label, "n": len(rows), "skipped": f"fewer than {min_window} items"})
             continue
-        rows = rows.iloc[np.sort(rng.choice(len(rows), max_rows, replace=False))] if len(rows) > max_rows else rows
+        live = live_quality(rows, run.label_names, test, seed)  # on every labelled item of the window
+        n = len(rows)
+        rows = rows.iloc[np.sort(rng.choice(n, max_rows, replace=False))] if n > max_rows else rows
         emb = run.predictor.embed(rows["text"].tolist())
         result = compare_window(ref, ref_feats, ref_emb, rows, emb, vocab, run.label_names, permutations, seed + i)
-        result.update(window=label, n=len(rows))
-        result["live"] = live_quality(rows, run.label_names, test, seed)
+        result.update(window=label, n=n, tested=len(rows), live=live)
         decide(result, alpha, psi_alert)
         results.append(result)
         last_rows = rows

@@ -29,7 +29,7 @@ def write_monitor(report: dict, ref, latest, out: Path) -> None:
     tested = [w for w in report["windows"] if "skipped" not in w]
     image = plot(report, tested, ref, latest, TEST_NAMES)
     atomic_write_bytes(out / "monitor.png", image)
-    title = f"Monitor: {Path(report['run']).name}"
+    title = f"Monitor: {report['model']}"
     intro = (
         f"Traffic {report['traffic']} ({report['window']} windows) against the reference: {report['reference']} "
         f"({report['reference_rows']} rows). Alert when a Holm-adjusted p-value of the five drift tests is below "

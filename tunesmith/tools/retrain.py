@@ -8,7 +8,7 @@ The candidate continues from the production model (`--from production`: its weig
 - the feedback (`tunesmith feedback import`: logged inputs with their corrected labels; the model's errors among them),
 - a replay sample of the parent's own training split (`--replay R`: R x the added rows, stratified; re-read from
   the parent's data and checked against its recorded fingerprint), which keeps what v1 knew (see docs/forgetting.md
-  for the other remedies, which apply as in any run: `forgetting=...` overrides),
+  for the other remedies, which apply as in any run: the parent's `regularize:`, or `"regularize=[{kind: l2sp}]"`),
 
 with every training row that duplicates (exactly or nearly, as the audit decides) a row of either test set dropped,
 so neither benchmark leaks into training; the run's own audit then checks the result again. The parent's test set is
@@ -56,7 +56,7 @@ def retrain(
     from ..engine.pipeline import finetune
 
     parent = load_run(model)
-    if not parent.task.supports_compare or not parent.label_names:
+    if not parent.task.supports_compare or not parent.label_names or parent.predictor.input_kind != "text":
         raise RunError(f"{model}: retrain works on text classifiers for now; this run is {parent.task.name}")
     if start not in ("production", "base"):
         raise ConfigError(f"retrain: --from {start}: give production (continue from the model) or base")
@@ -189,6 +189,13 @@ def old_test_rows(parent: Run) -> pd.DataFrame:
 
 
 def old_splits(parent: Run):
+    """The parent's splits, re-read from its data (once per run object) and checked against its recorded fingerprint."""
+    if getattr(parent, "_old_splits", None) is None:
+        parent._old_splits = _read_old_splits(parent)
+    return parent._old_splits
+
+
+def _read_old_splits(parent: Run):
     cfg = parent.config
     try:
         splits = load_splits(cfg.data, cfg.seed, cfg.audit)
