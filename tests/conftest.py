@@ -38,13 +38,13 @@ NEUTRAL = [
 WORDS = POSITIVE + NEGATIVE + NEUTRAL
 
 
-def toy_rows(n: int, seed: int = 0) -> list[dict]:
+def toy_rows(n: int, seed: int = 0, filler: list[str] = NEUTRAL) -> list[dict]:
     """A learnable 3-class task: the label is given by which sentiment word the text contains."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         label = ["pos", "neg", "neu"][i % 3]
-        words = rng.choices(NEUTRAL, k=rng.randint(3, 12))
+        words = rng.choices(filler, k=rng.randint(3, 12))
         if label != "neu":
             words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label == "pos" else NEGATIVE))
         rows.append({"text": " ".join(words), "label": label})
@@ -126,6 +126,28 @@ def write_yaml(path: Path, cfg: dict) -> Path:
 
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def http_call(url: str, path: str, body=None, method: str | None = None, headers=None, raw: bytes | None = None):
+    """(status, headers, parsed JSON or text) of one request to a test server, on a fresh connection."""
+    import http.client
+    import json
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    conn.request(
+        method or ("POST" if data is not None else "GET"),
+        path,
+        body=data,
+        headers={"content-type": "application/json", **(headers or {})},
+    )
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    head = {k.lower(): v for k, v in resp.getheaders()}
+    return resp.status, head, json.loads(text) if head.get("content-type", "").startswith("application/json") else text
 
 
 def run_cli(

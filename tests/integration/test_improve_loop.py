@@ -12,22 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import NEGATIVE, NEUTRAL, POSITIVE, build_tiny_bert, tiny_config, write_csv
+from conftest import NEUTRAL, build_tiny_bert, tiny_config, toy_rows, write_csv
 
 FILLER = [w for w in NEUTRAL if w not in ("stone", "cloud")]
 
 
 def old_rows(n: int, seed: int = 0) -> list[dict]:
     """The toy task (a sentiment word gives the label) without the words the new slang will use."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = ["pos", "neg", "neu"][i % 3]
-        words = rng.choices(FILLER, k=rng.randint(3, 12))
-        if label != "neu":
-            words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label == "pos" else NEGATIVE))
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
+    return toy_rows(n, seed, FILLER)
 
 
 def shifted_rows(n: int, seed: int) -> list[dict]:

@@ -3,7 +3,6 @@ API keys, adapters sharing one base, A/B split proportions, the prediction log, 
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -16,30 +15,13 @@ from urllib.parse import urlparse
 
 import pytest
 from conftest import ROOT, build_tiny_bert, run_cli, tiny_config, toy_rows, write_csv
+from conftest import http_call as call
 from gen_fixtures import build_tiny_lm, toy_pairs, write_jsonl
 
 from tunesmith import finetune
 from tunesmith.config import load_config
 from tunesmith.runs.run import Run
 from tunesmith.serve import ServeOptions, Server, parse_route
-
-
-def call(url: str, path: str, body=None, method: str | None = None, headers=None, raw: bytes | None = None):
-    """(status, headers, parsed JSON or text) of one request on a fresh connection."""
-    u = urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    conn.request(
-        method or ("POST" if data is not None else "GET"),
-        path,
-        body=data,
-        headers={"content-type": "application/json", **(headers or {})},
-    )
-    resp = conn.getresponse()
-    text = resp.read().decode()
-    conn.close()
-    head = {k.lower(): v for k, v in resp.getheaders()}
-    return resp.status, head, json.loads(text) if head.get("content-type", "").startswith("application/json") else text
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,14 @@ an image model (or images to a text model) a 422 saying what the model takes."""
 from __future__ import annotations
 
 import base64
-import http.client
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 from conftest import build_tiny_bert, tiny_config, toy_rows, write_csv
+from conftest import http_call as call
 from image_fixtures import png_bytes, pretrain_tiny_vision, toy_images, write_folder
 from PIL import Image
 
@@ -24,19 +23,6 @@ from tunesmith.serve import ServeOptions, Server
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def call(url: str, path: str, body=None):
-    """(status, headers, parsed JSON or text) of one request on a fresh connection."""
-    u = urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-    data = json.dumps(body).encode() if body is not None else None
-    conn.request("POST" if data is not None else "GET", path, body=data, headers={"content-type": "application/json"})
-    resp = conn.getresponse()
-    text = resp.read().decode()
-    conn.close()
-    head = {k.lower(): v for k, v in resp.getheaders()}
-    return resp.status, head, json.loads(text) if head.get("content-type", "").startswith("application/json") else text
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,14 @@ candidate's answers to the same requests, a busy or failing candidate never touc
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlparse
 
 import pytest
 from conftest import build_tiny_bert, run_cli, tiny_config, toy_rows, write_csv
+from conftest import http_call as call
 
 from tunesmith import finetune
 from tunesmith.config import load_config
@@ -21,24 +20,6 @@ from tunesmith.evaluate.stats import mcnemar
 from tunesmith.runs.run import Run
 from tunesmith.serve import ServeOptions, Server, compare_arms, parse_route, parse_shadow, shadow_table, summarize
 from tunesmith.serve.predlog import read_log
-
-
-def call(url: str, path: str, body=None, headers=None):
-    """(status, headers, parsed JSON or text) of one request on a fresh connection."""
-    u = urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-    data = json.dumps(body).encode() if body is not None else None
-    conn.request(
-        "POST" if data is not None else "GET",
-        path,
-        body=data,
-        headers={"content-type": "application/json", **(headers or {})},
-    )
-    resp = conn.getresponse()
-    text = resp.read().decode()
-    conn.close()
-    head = {k.lower(): v for k, v in resp.getheaders()}
-    return resp.status, head, json.loads(text) if head.get("content-type", "").startswith("application/json") else text
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +49,9 @@ def test_the_client_gets_the_primary_and_the_log_gets_both(runs, tmp_path):
         with ThreadPoolExecutor(4) as pool:
             got = list(
                 pool.map(
-                    lambda r: call(srv.url, "/v1/classify", {"model": "A", "texts": r[1]}, {"x-request-id": r[0]}),
+                    lambda r: call(
+                        srv.url, "/v1/classify", {"model": "A", "texts": r[1]}, headers={"x-request-id": r[0]}
+                    ),
                     requests,
                 )
             )

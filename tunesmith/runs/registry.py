@@ -154,8 +154,8 @@ def list_models(uri: str | None = None) -> list[dict]:
     return out
 
 
-def describe_model_uri(model_uri: str, uri: str | None = None) -> dict:
-    """{"registered": NAME, "version": N} of `models:/NAME@ALIAS` or `models:/NAME/VERSION` (the alias resolved now)."""
+def _model_version(model_uri: str, uri: str | None):
+    """(name, alias, the MLflow ModelVersion) of `models:/NAME@ALIAS` or `models:/NAME/VERSION`."""
     from mlflow.exceptions import MlflowException
 
     name, alias, version = parse_model_uri(model_uri)
@@ -164,8 +164,15 @@ def describe_model_uri(model_uri: str, uri: str | None = None) -> dict:
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException:
         raise RegistryError(
-            f"{model_uri}: no such model version in {registry_uri(uri)}; `tunesmith models` lists them"
+            f"{model_uri}: no such model version in {registry_uri(uri)}; `tunesmith models` lists them "
+            f"(set MLFLOW_TRACKING_URI to use another store)"
         ) from None
+    return name, alias, mv
+
+
+def describe_model_uri(model_uri: str, uri: str | None = None) -> dict:
+    """{"registered": NAME, "version": N} of `models:/NAME@ALIAS` or `models:/NAME/VERSION` (the alias resolved now)."""
+    name, alias, mv = _model_version(model_uri, uri)
     return {"registered": name, "version": int(mv.version), **({"alias": alias} if alias else {})}
 
 
@@ -181,17 +188,7 @@ def lineage(name: str, uri: str | None = None) -> list[dict]:
 
 def resolve(model_uri: str, uri: str | None = None) -> Path:
     """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> a local folder that `Run` opens (downloaded when remote)."""
-    from mlflow.exceptions import MlflowException
-
-    name, alias, version = parse_model_uri(model_uri)
-    client = _client(registry_uri(uri))
-    try:
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except MlflowException:
-        raise RegistryError(
-            f"{model_uri}: no such model version in {registry_uri(uri)}; `tunesmith models` lists them "
-            f"(set MLFLOW_TRACKING_URI to use another store)"
-        ) from None
+    name, _, mv = _model_version(model_uri, uri)
     parsed = urlparse(mv.source)
     if parsed.scheme == "file" and Path(unquote(parsed.path), "run.json").is_file():
         return Path(unquote(parsed.path))
