@@ -93,6 +93,44 @@ def toy_csv(tmp_path_factory) -> Path:
     return write_csv(tmp_path_factory.mktemp("data") / "toy.csv", toy_rows(360))
 
 
+@pytest.fixture(scope="session")
+def smollm2_run(tmp_path_factory) -> dict:
+    """One LoRA run on the real packaged SmolLM2-135M-Instruct GGUF through the CLI, in a fresh conversion cache:
+    `data lint` (the first use converts), then `train` (3 steps). Shared by the e2e and the export tests (each
+    SmolLM2 load and conversion costs tens of seconds on CPU). {"run", "env", "cache", "lint", "train"}."""
+    pytest.importorskip("gguf")
+    from gen_fixtures import toy_pairs, write_jsonl
+
+    tmp = tmp_path_factory.mktemp("smollm2")
+    cache = tmp / "cache"
+    env = {"TUNESMITH_CACHE": str(cache)}
+    rows = [
+        {"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]}
+        for r in toy_pairs(40)
+    ]
+    data = write_jsonl(tmp / "chat.jsonl", rows)
+    cfg = write_yaml(
+        tmp / "c.yaml",
+        {
+            "name": "smol",
+            "task": "causal-lm",
+            "output_dir": str(tmp / "runs"),
+            "data": {"path": str(data), "max_length": 96, "validation_size": 0.1, "test_size": 0.2},
+            "audit": {"block_on_leakage": False},
+            "model": {"name": "smollm2-135m-instruct"},
+            "strategy": {"name": "lora", "r": 4, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+            "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-3, "patience": None},
+            "generate": {"samples": 2, "max_new_tokens": 8},
+            "tracking": {"backend": "none"},
+        },
+    )
+    lint = run_cli("data", "lint", str(cfg), "--show", "1", env=env)
+    assert lint.returncode == 0, lint.stderr[-1500:]
+    train = run_cli("train", str(cfg), env=env)
+    assert train.returncode == 0, train.stderr[-2000:]
+    return {"run": next((tmp / "runs").iterdir()), "env": env, "cache": cache, "lint": lint, "train": train}
+
+
 def tiny_config(tmp_path: Path, model: Path, data: Path, **sections) -> dict:
     """A config dict for a fast run on the tiny model; `sections` update the defaults per section."""
     cfg = {

@@ -18,17 +18,21 @@ from .errors import DataError
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temporary name in the same folder, then rename: never a half-written file."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    _atomic_write(path, lambda f: f.write(text), "w")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """`atomic_write_text` for bytes."""
+    _atomic_write(path, lambda f: f.write(data), "wb")
+
+
+def _atomic_write(path: Path, write, mode: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            write(f)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a run's files are as readable as any other file
         os.replace(tmp, path)
     except BaseException:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from conftest import ROOT
-from gen_fixtures import toy_pairs, write_jsonl
 
 import tunesmith
 from tunesmith.export import export_run
@@ -50,27 +48,11 @@ def test_minilm_quickstart_run_exports_to_onnx_int8_with_parity(tmp_path):
     assert labels[int(logits[0].argmax())] == run.predict(["I love this, wonderful!"])[0].label
 
 
-def test_smollm2_lora_run_exports_to_gguf_q8_0_with_parity(tmp_path):
-    pytest.importorskip("gguf")
-    rows = [
-        {"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]}
-        for r in toy_pairs(40)
-    ]
-    data = write_jsonl(tmp_path / "chat.jsonl", rows)
-    run = tunesmith.finetune(
-        {
-            "name": "smol",
-            "task": "causal-lm",
-            "output_dir": str(tmp_path / "runs"),
-            "data": {"path": str(data), "max_length": 64, "validation_size": 0.1, "test_size": 0.2},
-            "audit": {"block_on_leakage": False},
-            "model": {"name": "smollm2-135m-instruct"},
-            "strategy": {"name": "lora", "r": 4, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-            "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-3, "patience": None},
-            "generate": {"samples": 2, "max_new_tokens": 8, "before": False},
-            "tracking": {"backend": "none"},
-        }
-    )
+def test_smollm2_lora_run_exports_to_gguf_q8_0_with_parity(tmp_path, smollm2_run, monkeypatch):
+    from tunesmith.runs.run import Run
+
+    monkeypatch.setenv("TUNESMITH_CACHE", str(smollm2_run["cache"]))  # the run's base, converted once
+    run = Run(smollm2_run["run"])
     out = tmp_path / "smol-q8_0"
     result = export_run(run, out, "gguf", "q8_0", parity_rows=8, say=print)
     p = result.report["parity"]

@@ -153,13 +153,18 @@ def test_feedback_retrain_gate_and_lineage(loop, capsys):
     assert chain[2].strip().startswith("v2 vs v1: +")
 
 
-def test_loop_mistakes_are_one_line(loop, tmp_path):
+def test_loop_mistakes_are_one_line(loop, tmp_path, capsys):
     from conftest import run_cli
 
+    from tunesmith.cli import main
+
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{loop['tmp'] / 'registry.db'}"}
-    res = run_cli("promote", "toy", env=env)
+    res = run_cli("promote", "toy", env=env)  # one real process: exit code 2, one line, no traceback
     assert res.returncode == 2 and "give the VERSION to promote, or --if-better RUN" in res.stderr
-    res = run_cli("retrain", str(loop["v1"].path), "--out", str(tmp_path), env=env)
-    assert res.returncode == 2 and "give new labelled data" in res.stderr and "Traceback" not in res.stderr
-    res = run_cli("monitor", str(loop["v1"].path), "--log", str(tmp_path / "none.jsonl"), env=env)
-    assert res.returncode == 2 and "does not exist" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert main(["retrain", str(loop["v1"].path), "--out", str(tmp_path)]) == 2
+    assert "give new labelled data" in capsys.readouterr().err
+    assert main(["monitor", str(loop["v1"].path), "--log", str(tmp_path / "none.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["promote", "toy", "--if-better", str(tmp_path / "nothing")]) == 2
+    assert "not a tunesmith run folder" in capsys.readouterr().err

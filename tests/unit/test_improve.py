@@ -51,6 +51,7 @@ def test_feedback_joins_ids_to_logged_items_merges_and_counts_errors(tmp_path):
     )
     items = logged_items(log)
     assert items["id"].tolist() == ["r1:0", "r1:1", "r2:0"]  # the shadow's answers are not production's
+    assert logged_items(log.parent)["id"].tolist() == items["id"].tolist()  # `--log serve/`: the folder's one log
     assert logged_items(log, shadows=True)["model"].unique().tolist() == ["cand"]
     corrections = tmp_path / "c.csv"
     pd.DataFrame({"id": ["r1:1", "r2", "nope:0"], "label": ["neg", "pos", "neg"], "rater": ["a", "b", "c"]}).to_csv(
@@ -190,3 +191,35 @@ def test_gate_promotes_a_better_candidate_and_refuses_a_worse_or_no_better_one()
     assert not worse["promote"] and worse["reasons"] == ["it is significantly worse on the new data"]
     forgets = decide(planted(0.3, -0.2), alpha=0.05, margin=0.02)  # better on new, worse on the old test set
     assert not forgets["promote"] and forgets["better_on_new"] and not forgets["non_inferior_on_old"]
+
+
+def synthetic_window(rng, n: int, shift: float = 0.0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows (text, predicted, score) and 16-d embeddings; `shift` moves every feature's distribution."""
+    words = ["alpha", "beta", "gamma", "delta", "omega", "zeta"]
+    lengths = rng.poisson(8 + 6 * shift, n) + 1
+    texts = [" ".join(rng.choice(words, k)) for k in lengths]
+    labels = rng.choice(["a", "b", "c"], n, p=[0.5 - 0.3 * shift, 0.3, 0.2 + 0.3 * shift])
+    rows = pd.DataFrame({"text": texts, "predicted": labels, "score": rng.beta(5 - 2 * shift, 2, n)})
+    return rows, rng.normal(shift, 1.0, (n, 16))
+
+
+def test_monitor_window_decision_holds_its_false_alarm_rate_and_fires_on_a_shift():
+    """The per-window rule (Holm over the five drift tests at alpha) on repeated same-distribution windows alerts at
+    most about alpha of the time, and on every shifted window."""
+    from tunesmith.tools.monitor import compare_window, decide, features
+
+    rng = np.random.default_rng(0)
+    vocab = {"alpha", "beta", "gamma", "delta", "omega"}  # "zeta" is out of vocabulary
+    ref, ref_emb = synthetic_window(rng, 150)
+    ref_feats = features(ref["text"].tolist(), vocab)
+    alerts = {0.0: 0, 0.5: 0}
+    draws = 60
+    for d in range(draws):
+        for shift in alerts:
+            rows, emb = synthetic_window(rng, 100, shift)
+            r = compare_window(ref, ref_feats, ref_emb, rows, emb, vocab, ["a", "b", "c"], 100, d)
+            r.update(window=str(d), n=100, live=None)
+            decide(r, 0.05, None)
+            alerts[shift] += r["alert"]
+    assert alerts[0.0] / draws <= 0.05 + 3 * (0.05 * 0.95 / draws) ** 0.5
+    assert alerts[0.5] == draws

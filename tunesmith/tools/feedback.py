@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.loaders import load_table, pick_split
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..serve.predlog import read_log
 from ..utils import atomic_write_text
 
@@ -32,11 +32,23 @@ def item_id(request_id: str, position: int) -> str:
     return f"{request_id}:{position}"
 
 
+def log_file(log: str | Path) -> Path:
+    """The prediction log: the file itself, or the one log in a folder (`--log serve/` as well as the file)."""
+    path = Path(log)
+    if not path.is_dir():
+        return path
+    logs = sorted(p for p in path.glob("*.jsonl") if p.name != "feedback.jsonl")
+    if len(logs) != 1:
+        found = ", ".join(p.name for p in logs) or "none"
+        raise ConfigError(f"{path}: give the prediction log file itself (.jsonl files in the folder: {found})")
+    return logs[0]
+
+
 def logged_items(log: str | Path, served: str | None = None, shadows: bool = False) -> pd.DataFrame:
     """One row per answered item of the log (status 200): id, time, endpoint, model, version, input, output, score.
     Shadow answers (`shadow_of`) are left out unless `shadows`; `served` keeps one served model name."""
     rows = []
-    for rec in read_log(Path(log)):
+    for rec in read_log(log_file(log)):
         if rec.get("status", 200) >= 400 or bool(rec.get("shadow_of")) != shadows:
             continue
         if served is not None and rec.get("model") != served:
@@ -67,7 +79,7 @@ def logged_items(log: str | Path, served: str | None = None, shadows: bool = Fal
 
 def feedback_path(log: str | Path, generative: bool = False) -> Path:
     """Where a log's feedback lives: beside it (`feedback.csv`, or `feedback.jsonl` for generative answers)."""
-    return Path(log).parent / ("feedback.jsonl" if generative else "feedback.csv")
+    return log_file(log).parent / ("feedback.jsonl" if generative else "feedback.csv")
 
 
 def import_feedback(
