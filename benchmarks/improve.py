@@ -281,18 +281,13 @@ def main() -> int:
         srv.stop()
 
     print("3. monitor", file=sys.stderr)
-    mon = cli(
-        "monitor",
-        "models:/sentiment@production",
-        "--log",
-        str(log),
-        "--window",
-        str(size["window"]),
-        "--out",
-        str(work / "monitor"),
-        env=env,
-    )
-    first = json.loads((work / "monitor" / "monitor.json").read_text())
+
+    def monitor_run(out: str):
+        args_ = ["monitor", "models:/sentiment@production", "--log", str(log), "--window", str(size["window"])]
+        proc = cli(*args_, "--out", str(work / out), env=env)
+        return proc, json.loads((work / out / "monitor.json").read_text())
+
+    mon, first = monitor_run("monitor")
     repeated = repeated_windows(v1, files, size, args.seed)
 
     print("4. feedback", file=sys.stderr)
@@ -301,18 +296,7 @@ def main() -> int:
         work / "corrections.csv", index=False
     )
     fb = cli("feedback", "import", str(work / "corrections.csv"), "--log", str(log), env=env)
-    cli(
-        "monitor",
-        "models:/sentiment@production",
-        "--log",
-        str(log),
-        "--window",
-        str(size["window"]),
-        "--out",
-        str(work / "monitor-labelled"),
-        env=env,
-    )
-    labelled = json.loads((work / "monitor-labelled" / "monitor.json").read_text())
+    _, labelled = monitor_run("monitor-labelled")
 
     print("5. retrain", file=sys.stderr)
     cli(

@@ -47,14 +47,18 @@ def text_features(
     batch_size: int = 64,
     dtype: torch.dtype | None = None,
     progress: Callable[[int], None] | None = None,
+    hidden: Callable[[dict], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One L2-normalised, mean-pooled vector per text from `model` (a bare backbone: AutoModel).
 
     Texts are batched by length (little padding); `dtype` (bf16 where the CPU has it) runs under autocast.
+    `hidden(encoded batch)` gives the last hidden states of another kind of model (default: the backbone's
+    `last_hidden_state`); positions before the text's own (soft prompts) are cut off.
     """
     model.eval()
     device = next(model.parameters()).device
     order = np.argsort([len(t) for t in texts], kind="stable")
+    hidden = hidden or (lambda enc: model(**enc).last_hidden_state)
     out = torch.empty((len(texts), model.config.hidden_size), dtype=torch.float32)
     for start in range(0, len(texts), batch_size):
         rows = order[start : start + batch_size]
@@ -63,9 +67,10 @@ def text_features(
         )
         enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            hidden = model(**enc).last_hidden_state.float()
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            states = hidden(enc).float()
+        mask = enc["attention_mask"].unsqueeze(-1).to(states.dtype)
+        states = states[:, -mask.shape[1] :]
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
         out[torch.from_numpy(rows)] = torch.nn.functional.normalize(pooled, dim=-1).cpu()
         if progress:
             progress(min(start + batch_size, len(texts)))

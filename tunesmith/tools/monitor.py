@@ -62,7 +62,7 @@ def monitor(
     say=print,
 ) -> dict:
     run = load_run(model)
-    if not run.label_names or run.predictor.embed(["x"]) is None:
+    if not run.label_names or run.predictor.input_kind != "text":
         raise RunError(f"{model}: monitor watches text classifiers; this run is {run.task.name}")
     if bool(log) == bool(data):
         raise ConfigError("monitor: give the recent traffic as --log PREDICTION_LOG or --data FILE (one of them)")
@@ -79,6 +79,8 @@ def monitor(
         f"monitor: reference {len(ref)} rows ({ref.attrs['source']}); {len(cur)} recent items in {len(windows)} windows"
     )
     ref_emb = run.predictor.embed(ref["text"].tolist())
+    if ref_emb is None:
+        raise RunError(f"{model}: monitor needs the model's own encoder; this {run.task.name} run has none")
     test = (run.metrics.get("test") or {}).get("macro_f1")
     results = []
     for i, (label, rows) in enumerate(windows):

@@ -283,12 +283,12 @@ def starting_model(parent: Run, start: str, folder: Path) -> str:
     (adapters merged into the weights; the classification head kept)."""
     if start == "base":
         return parent.config.model.name
-    if not getattr(parent.load().strategy, "mergeable", True):
+    m = parent.load()
+    if not getattr(m.strategy, "mergeable", True):
         raise ConfigError(
             f"retrain: the adapters of {parent.path} cannot be merged into its weights (soft prompts, or a quantized "
             f"base); retrain it --from base"
         )
-    m = parent.load()
     target = folder / "start"
     if not (target / "config.json").is_file():
         merged = m.strategy.merged(m.model)

@@ -21,7 +21,7 @@ from ...errors import DataError
 from ...evaluate.baseline import tfidf_baseline
 from ...evaluate.metrics import METRIC_NAMES, classification_metrics, headline
 from ...evaluate.slices import column_values
-from ...models.features import text_embedder
+from ...models.features import text_embedder, text_features
 from ...models.loading import load_classifier
 from ...tracking.classification import classification_brief, classification_tracked, write_classification_outputs
 from ..base import Findings, Prediction, Predictor, Task, TaskData
@@ -239,33 +239,18 @@ class ClassificationPredictor(Predictor):
         ids = tokenize(m.tokenizer, list(texts), self.run.config.data.max_length)
         return predict_probs(m.model, Tokenized(ids, [0] * len(ids), m.tokenizer.pad_token_id), batch_size, m.autocast)
 
-    @torch.no_grad()
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """The fine-tuned encoder's representation of each text: its last hidden state, mean-pooled over the text's
         tokens and L2-normalised (what drift monitoring compares)."""
         m = self.run.load()
-        m.model.eval()
-        out = np.zeros((len(texts), 0), dtype=np.float32)
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
-            enc = m.tokenizer(
-                [texts[i] for i in rows],
-                truncation=True,
-                max_length=self.run.config.data.max_length,
-                padding=True,
-                return_tensors="pt",
-            )
-            enc = {k: v.to(m.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-            with m.autocast():
-                hidden = m.model(**enc, output_hidden_states=True).hidden_states[-1].float()
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            hidden = hidden[:, -mask.shape[1] :]  # soft prompts prepend virtual positions
-            pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
-            if out.shape[1] == 0:
-                out = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32)
-            out[rows] = pooled.cpu().numpy()
-        return out
+        return text_features(
+            m.model,
+            m.tokenizer,
+            list(texts),
+            self.run.config.data.max_length,
+            batch_size,
+            hidden=lambda enc: m.model(**enc, output_hidden_states=True).hidden_states[-1],
+        ).numpy()
 
     def predict(self, texts: list[str], batch_size: int = 64):
         names = self.run.label_names
