@@ -21,6 +21,7 @@ LAYERS = {
     "tunesmith.config.images": 1,
     "tunesmith.config.tune": 1,
     "tunesmith.config.multitask": 1,
+    "tunesmith.config.preference": 1,
     "tunesmith.forgetting": 2,
     "tunesmith.config.dump": 1,
     "tunesmith.models": 2,

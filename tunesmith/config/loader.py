@@ -20,6 +20,7 @@ from ..strategies.registry import get_strategy_class, strategy_names
 from ..tasks.registry import DEFAULT_TASK, get_task_class, task_names
 from ..utils import resolve_path
 from .multitask import check_tasks
+from .preference import check_rewards
 from .schema import TASK_KEYS, Config, StrategyConfig, suggest
 
 
@@ -60,6 +61,7 @@ def load_config(
     cfg.task = cfg.task or DEFAULT_TASK
     cfg.check()
     check_tasks(cfg.tasks, task.composite, cfg.task)
+    check_rewards(cfg.reward, task.uses, cfg.task)
     if task.composite and (cfg.data.path or cfg.data.train or cfg.data.mix):
         raise ConfigError(
             f"{_at(where, lines, ('data',))}task {cfg.task}: each task's file goes under tasks.<name>.data "

@@ -16,6 +16,7 @@ from .forgetting import ReferenceSet, Regularizer, check_forgetting
 from .hygiene import AuditConfig, AugmentConfig, PrepareConfig
 from .images import ImagesConfig
 from .multitask import MixSource, MultiTaskConfig, check_mix
+from .preference import GRPOConfig, PreferenceConfig, RewardSpec
 from .tune import TuneConfig
 
 
@@ -292,6 +293,12 @@ class Config:
     """Remedies against forgetting, any combination, with every strategy:
     `- {kind: l2sp, weight: 0.1}`, `- {kind: ewc, reference: NAME}`, `- {kind: distill, weight: 1.0, inputs: train}`,
     `- {kind: replay, fraction: 0.1}` (see below)."""
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    """Task preference: the loss (dpo, ipo, orpo, kto, simpo), its beta, and the reference model."""
+    reward: list[RewardSpec] = field(default_factory=list)
+    """Task reward-tuning: the reward components, a weighted sum: `- {kind: json_schema, keys: [name]}`, `- {kind: python, fn: "m:f"}`."""
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    """Task reward-tuning: completions per prompt, the KL weight and sampling of GRPO."""
 
     def check(self) -> None:
         """Cross-field rules that no single field can check."""
@@ -300,6 +307,8 @@ class Config:
         self.eval.check()
         self.images.check()
         self.tune.check()
+        self.preference.check()
+        self.grpo.check()
         check_forgetting(self.eval.reference, self.regularize)
         d, t = self.data, self.train
         if d.path and (d.train or d.validation or d.test):
@@ -343,39 +352,20 @@ def suggest(word: str, choices) -> str:
 # Keys that only some tasks read. A task lists the ones it uses in `Task.uses` ("data.packing", "generate.*");
 # setting any other of these to a non-default value is an error that names the task.
 TASK_KEYS: dict[str, set[str]] = {
-    "data": {
-        "label_column",
-        "labels",
-        "normalize_labels",
-        "sample_format",
-        "messages_column",
-        "prompt_column",
-        "completion_column",
-        "add_eos",
-        "long_samples",
-        "packing",
-        "mix",
-    },
+    "data": set(
+        "label_column labels normalize_labels sample_format messages_column prompt_column completion_column add_eos "
+        "long_samples packing mix".split()
+    ),
     "model": {"chat_template"},
     "train": {"class_weights"},
     "images": {"column", "size", "augment", "workers", "min_size", "max_pixels", "bad_images"},
-    "eval": {
-        "baseline",
-        "ci_level",
-        "bootstrap_resamples",
-        "sets",
-        "slice_by",
-        "length_buckets",
-        "min_slice_size",
-        "sensitive_column",
-        "calibration",
-        "temperature_scaling",
-        "robustness",
-        "robustness_samples",
-        "efficiency",
-        "efficiency_batches",
-    },
+    "eval": set(
+        "baseline ci_level bootstrap_resamples sets slice_by length_buckets min_slice_size sensitive_column calibration "
+        "temperature_scaling robustness robustness_samples efficiency efficiency_batches".split()
+    ),
     "generate": {f.name for f in fields(GenerateConfig)},
+    "preference": {f.name for f in fields(PreferenceConfig)},
+    "grpo": {f.name for f in fields(GRPOConfig)},
 }
 
 

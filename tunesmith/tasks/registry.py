@@ -16,6 +16,7 @@ _BUILTIN = {
     "seq2seq": "tunesmith.tasks.generative:Seq2SeqTask",
     "image-classification": "tunesmith.tasks.images:ImageClassificationTask",
     "multi-task": "tunesmith.tasks.multitask:MultiTask",
+    "preference": "tunesmith.tasks.preference:PreferenceTask",
 }
 _REGISTERED: dict[str, type] = {}
 DEFAULT_TASK = "text-classification"

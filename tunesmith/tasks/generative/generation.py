@@ -1,7 +1,8 @@
 """Generation from a (fine-tuned) model, and the scores of generations against references.
 
 Scores: exact match, ROUGE-L (rouge-score), BLEU and chrF (sacrebleu), and for structured outputs
-the share that parses as a JSON object with the required keys plus per-key exact match.
+the share that parses as a JSON object with the required keys plus per-key exact match, and (given the inputs)
+faithfulness: the share of extracted values that literally occur in the input, a check for invented values.
 """
 
 from __future__ import annotations
@@ -102,7 +103,10 @@ def _bar(total: int, enabled: bool):
 # scores
 
 
-def generation_scores(predictions: list[str], references: list[str], json_keys: list[str] | None = None) -> dict:
+def generation_scores(
+    predictions: list[str], references: list[str], json_keys: list[str] | None = None, sources: list[str] | None = None
+) -> dict:
+    """`sources` (the input texts): with `json_keys`, adds faithfulness_scores of those keys."""
     import sacrebleu
     from rouge_score import rouge_scorer
 
@@ -121,6 +125,8 @@ def generation_scores(predictions: list[str], references: list[str], json_keys: 
     }
     if json_keys:
         out.update(json_scores(predictions, references, json_keys))
+        if sources is not None:
+            out.update(faithfulness_scores(predictions, sources, json_keys))
     return out
 
 
@@ -138,6 +144,52 @@ def json_scores(predictions: list[str], references: list[str], keys: list[str]) 
     out = {"json_valid": valid / n, **{f"field_{k}": hits[k] / n for k in keys}}
     out["field_exact_match"] = sum(hits.values()) / (n * len(keys))
     return out
+
+
+def faithfulness(prediction: str, source: str, keys: list[str] | None = None) -> float | None:
+    """Share of the values extracted into the JSON object `prediction` that literally occur in `source` (the input
+    text), compared after whitespace/case normalisation and as whole words (a value "5" is not found in "15").
+
+    Extraction should copy, not invent: a value that is not in the input was made up (or rephrased). Counted are the
+    string and number values of `keys` (None: every top-level string value), and those inside a list; empty strings
+    are skipped. None when the prediction is not a JSON object or has no such values (no extraction to judge)."""
+    obj = parse_json_object(prediction)
+    if obj is None:
+        return None
+    values = _extracted_values(obj, keys)
+    if not values:
+        return None
+    text = _norm(source)
+    return sum(_occurs(v, text) for v in values) / len(values)
+
+
+def faithfulness_scores(predictions: list[str], sources: list[str], keys: list[str] | None = None) -> dict:
+    """{"faithful_rate": mean over the judged predictions (None if none was), "faithful_judged": share judged}."""
+    judged = [f for f in (faithfulness(p, s, keys) for p, s in zip(predictions, sources)) if f is not None]
+    n = len(predictions)
+    return {
+        "faithful_rate": sum(judged) / len(judged) if judged else None,
+        "faithful_judged": len(judged) / n if n else 0.0,
+    }
+
+
+def _extracted_values(obj: dict, keys: list[str] | None) -> list[str]:
+    """The normalised values faithfulness judges: strings (and, for named keys, numbers), also inside lists."""
+    kinds = (str,) if keys is None else (str, int, float)
+    picked = obj.values() if keys is None else [obj[k] for k in keys if k in obj]
+    flat = [x for v in picked for x in (v if isinstance(v, list) else [v])]
+    out = [_value_text(x) for x in flat if isinstance(x, kinds) and not isinstance(x, bool)]
+    return [v for v in out if v]
+
+
+def _value_text(x) -> str:
+    if isinstance(x, float) and x.is_integer():
+        x = int(x)  # 3.0 is written "3" in the input
+    return _norm(str(x))
+
+
+def _occurs(value: str, text: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text) is not None
 
 
 def parse_json_object(text: str) -> dict | None:

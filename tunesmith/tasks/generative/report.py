@@ -14,12 +14,21 @@ SCORES = [
     ("chrf", "chrF"),
     ("json_valid", "valid JSON with the keys"),
     ("field_exact_match", "JSON fields exact (mean)"),
+    ("faithful_rate", "faithfulness (extracted values found in the input)"),
 ]
 
 
-def write_generative_report(run_dir: Path, cfg, info: dict, metrics: dict, rows: list[dict], show: int = 8) -> None:
+def write_generative_report(
+    run_dir: Path, cfg, info: dict, metrics: dict, rows: list[dict], show: int = 8, head: list[tuple] | None = None
+) -> None:
+    """`head`: the table's first rows, (label, before, after); default: test loss and perplexity."""
     t, p = info["timings"], info["parameters"]
     test, before = metrics["test"], metrics.get("before") or {}
+    if head is None:
+        head = [
+            ("loss (per trained token)", before.get("loss"), test["loss"]),
+            ("perplexity", before.get("perplexity"), test["perplexity"]),
+        ]
     lines = [
         f"# {info['name']}",
         "",
@@ -37,8 +46,7 @@ def write_generative_report(run_dir: Path, cfg, info: dict, metrics: dict, rows:
         "",
         "| | before fine-tuning | after |",
         "|---|---|---|",
-        f"| loss (per trained token) | {_f(before.get('loss'))} | {_f(test['loss'])} |",
-        f"| perplexity | {_f(before.get('perplexity'))} | {_f(test['perplexity'])} |",
+        *(f"| {label} | {_f(b)} | {_f(a)} |" for label, b, a in head),
     ]
     gb, ga = before.get("generation") or {}, test.get("generation") or {}
     for key, label in SCORES:

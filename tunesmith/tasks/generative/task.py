@@ -182,7 +182,7 @@ class GenerativeTask(Task):
         if samples:
             ctx.say(f"generate: {len(samples)} held-out prompts with the fine-tuned model")
             after = generate_for(model, self._tokenizer, samples, g, self.name, ctx.autocast, progress=True)
-        refs = [s.reference for s in samples]
+        refs, sources = [s.reference for s in samples], [s.prompt_view() for s in samples]
         was = before.get("generations")
         self._rows = [
             {"prompt": s.prompt_view(), "reference": r, "before": b, "after": a}
@@ -194,10 +194,10 @@ class GenerativeTask(Task):
                 "loss": test_loss,
                 "perplexity": perplexity(test_loss),
                 "n": len(data.splits.test),
-                **({"generation": generation_scores(after, refs, g.json_keys)} if samples else {}),
+                **({"generation": generation_scores(after, refs, g.json_keys, sources=sources)} if samples else {}),
             },
             "before": ({"loss": loss_before, "perplexity": perplexity(loss_before)} if loss_before is not None else {})
-            | ({"generation": generation_scores(was, refs, g.json_keys)} if was else {}),
+            | ({"generation": generation_scores(was, refs, g.json_keys, sources=sources)} if was else {}),
         }
 
     def write_artifacts(

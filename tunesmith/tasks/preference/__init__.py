@@ -1,0 +1,5 @@
+"""Preference tuning (DPO, IPO, KTO, ORPO, SimPO) and reward-driven tuning (GRPO) of causal LMs."""
+
+from .task import PreferenceTask
+
+__all__ = ["PreferenceTask"]
