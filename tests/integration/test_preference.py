@@ -156,3 +156,25 @@ def test_adapters_off_reference_needs_an_adapter_strategy(tmp_path, llama):
     cfg["train"]["max_steps"] = 4
     res = run_cli("train", str(write_yaml(tmp_path / "c.yaml", cfg)))
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_an_interrupted_dpo_run_resumes_exactly_with_its_cached_reference(tmp_path, llama):
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(64))
+
+    def config(name):
+        cfg = pref_config(tmp_path / name, llama, data, train={"max_steps": 8, "eval_every": 4, "log_every": 2})
+        cfg["generate"]["samples"] = 0
+        return write_yaml(tmp_path / f"{name}.yaml", cfg)
+
+    whole = run_cli("train", str(config("whole")))
+    assert whole.returncode == 0, whole.stderr[-1500:]
+    cut = run_cli("train", str(config("cut")), env={"TUNESMITH_FAULT_AT_STEP": "5:INT"})
+    assert cut.returncode == 130, cut.stderr[-1500:]
+    run_dir = next((tmp_path / "cut" / "runs").iterdir())
+    resumed = run_cli("train", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-1500:]
+    assert "computed once" in cut.stdout and "computed once" not in resumed.stdout  # the cached reference is reused
+    a = json.loads(next((tmp_path / "whole" / "runs").iterdir()).joinpath("metrics.json").read_text())["test"]
+    b = json.loads((run_dir / "metrics.json").read_text())["test"]
+    for key in ("loss", "preference_accuracy", "reward_margin"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
