@@ -46,6 +46,8 @@ class PreferenceConfig:
             raise ConfigError(f"preference.beta must be positive (got {self.beta}); e.g. 0.1 for dpo")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"preference.label_smoothing must be in [0, 0.5) (got {self.label_smoothing})")
+        if self.label_smoothing and self.loss not in ("dpo", "simpo"):
+            raise ConfigError(f"preference.label_smoothing applies to dpo and simpo, not {self.loss}; remove it")
         if self.reference not in ("adapters-off", "base") and not self.reference.startswith("run:"):
             raise ConfigError(
                 f"preference.reference={self.reference!r}: use adapters-off, base or run:<path to a saved run>"
