@@ -70,6 +70,31 @@ def add_data_commands(subparsers) -> None:
     )
     lt.set_defaults(func=cmd_lint)
 
+    pr = sub.add_parser(
+        "pairs", help="preference pairs (chosen, rejected) from a generative run's failing answers or corrections"
+    )
+    pr.add_argument("run", help="a generative run folder (or models:/NAME@ALIAS)")
+    pr.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="`generations` (the run answers a split of its data) or a server's prediction log (file or folder) "
+        "with corrections imported by `tunesmith feedback import`",
+    )
+    pr.add_argument("--split", help="generations: the split the run answers (train, validation, test; default train)")
+    pr.add_argument("--limit", type=int, help="generations: at most this many samples (a seeded sample)")
+    pr.add_argument(
+        "--check",
+        help="generations: json | fields | exact | reward (default fields with generate.json_keys, else exact)",
+    )
+    pr.add_argument("--reward", help="--check reward: module:function(completions, prompts, references) -> floats")
+    pr.add_argument("--threshold", type=float, default=0.5, help="--check reward: answers scoring below fail")
+    pr.add_argument("--out", help="the pairs JSONL (default: <run>/pairs-<split>.jsonl, or pairs-feedback.jsonl)")
+    pr.add_argument(
+        "--batch-size", type=int, help="prompts generated together (default: the run's generate.batch_size)"
+    )
+    pr.set_defaults(func=cmd_pairs)
+
 
 def cmd_audit(args) -> int:
     from ..config.schema import AuditConfig
@@ -212,6 +237,32 @@ def cmd_lint(args) -> int:
     if report.ok:
         print("lint: ok (EOS trained, training and inference prompts identical, nothing truncated inside a completion)")
     return 0 if report.ok else 1
+
+
+def cmd_pairs(args) -> int:
+    from ..tools.pairs import pairs_from_feedback, pairs_from_generations
+
+    say = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    if args.source == "generations":
+        summary = pairs_from_generations(
+            args.run,
+            split=args.split or "train",
+            limit=args.limit,
+            check=args.check,
+            reward=args.reward,
+            threshold=args.threshold,
+            out=args.out,
+            batch_size=args.batch_size,
+            say=say,
+        )
+    else:
+        options = ("split", "limit", "check", "reward", "batch_size")
+        given = [f"--{k.replace('_', '-')}" for k in options if getattr(args, k) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: for --from generations only; a log's pairs are its corrections")
+        summary = pairs_from_feedback(args.run, args.source, args.out, say=say)
+    print(summary["line"])
+    return 0
 
 
 def load_prepare_config(path: str | Path):
