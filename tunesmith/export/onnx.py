@@ -161,13 +161,28 @@ def _export_torchscript(wrapped, args, names, dims: dict, path: Path) -> None:
         )
 
 
+def saturates() -> bool:
+    """x86 CPUs without VNNI compute uint8 x int8 products in int16 pairs that can saturate (onnxruntime's
+    quantization docs); 7-bit weights (reduce_range) avoid it there. Measured: without it, int8 label agreement fell
+    to 91.7% on an AVX2-only AMD EPYC where AVX512-VNNI machines kept >= 95%."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "vnni" not in flags
+
+
 def quantize_int8(path: Path) -> None:
     """Replace the fp32 file by one with int8 weights (dynamic quantization: activations quantized at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = path.with_name(f".{path.stem}.int8.onnx")
     with _quiet():
-        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=saturates())
     tmp.replace(path)
 
 
@@ -206,6 +221,7 @@ def quantize_int8_static(path: Path, calibration: list) -> None:
                 per_channel=True,
                 weight_type=QuantType.QInt8,
                 activation_type=QuantType.QUInt8,
+                reduce_range=saturates(),
             )
         tmp.replace(path)
     finally:
