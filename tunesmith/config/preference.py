@@ -86,10 +86,15 @@ class GRPOConfig:
     """Nucleus sampling of the K completions."""
     scale_rewards: bool = True
     """Divide advantages by the group's standard deviation (GRPO); false centres them only (Dr. GRPO)."""
+    eval_prompts: int = 32
+    """Validation prompts answered (as `generate:` says, greedy by default) and scored by `reward:` at every
+    validation; their mean weighted reward is the validation metric `reward`."""
 
     def check(self) -> None:
         if self.samples < 2:
             raise ConfigError(f"grpo.samples must be at least 2 (got {self.samples}): advantages compare completions")
+        if self.eval_prompts < 1:
+            raise ConfigError(f"grpo.eval_prompts must be at least 1 (got {self.eval_prompts})")
         if self.beta < 0 or self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ConfigError("grpo: beta must be >= 0, temperature > 0 and top_p in (0, 1]")
 

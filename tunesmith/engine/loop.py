@@ -78,6 +78,7 @@ def fit(
     ctx: Context,
     reached: Callable[[int], None] = lambda step: None,
     regularization: Regularization = NO_REGULARIZATION,
+    figures: Callable[[], dict[str, float]] = dict,
 ) -> FitResult:
     """Train `model` as `strategy` says; returns with the best checkpoint's weights loaded.
 
@@ -86,6 +87,7 @@ def fit(
     and `validate(model)` returns validation metrics, `cfg.metric` among them. `reached(step)` is told
     each optimizer step reached (the run folder's heartbeat; it must be cheap: no I/O). `regularization` adds the
     remedies against forgetting (forgetting/regularize.py): terms per micro-batch and per step, logged apart.
+    `figures()` gives what the task measured while training since the last log (logged as train_<name>).
     """
     acc, seed, run_dir = ctx.acc, ctx.cfg.seed, ctx.run_dir
     world, rank = acc.num_processes, acc.process_index
@@ -188,6 +190,7 @@ def fit(
                     rate = samples_window / max(1e-9, time.perf_counter() - t_window)
                     lr = scheduler.get_last_lr()[0]
                     terms = _terms(acc, running_parts, state.step - state.logged_step)
+                    terms.update({f"train_{k}": v for k, v in figures().items()})
                     ctx.log({"train_loss": mean, **terms, "lr": lr, "samples_per_s": rate}, state.step)
                     state.history.append({"step": state.step, "train_loss": mean, **terms, "lr": lr})
                     progress.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")

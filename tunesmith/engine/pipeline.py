@@ -179,6 +179,7 @@ def finetune(
             ctx,
             folder.reached,
             regularization,
+            task.train_figures,
         )
 
         # ---- with the best weights: save, test, write, track

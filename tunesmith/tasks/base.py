@@ -198,6 +198,12 @@ class Task:
     def validate(self, model, batches: dict, ctx) -> dict[str, float]:
         raise NotImplementedError
 
+    def train_figures(self) -> dict[str, float]:
+        """Figures the task measured while training since the last log (GRPO: the sampled completions' rewards per
+        component), logged with train_loss as train_<name>. Called on every process at the same step (a task may
+        reduce across them)."""
+        return {}
+
     def after_fit(self, model, trained) -> None:
         """Told once training is over (the best weights loaded), before the model is saved: a task removes what only
         training needed (e.g. multi-task's learned loss weights)."""

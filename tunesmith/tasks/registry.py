@@ -17,6 +17,7 @@ _BUILTIN = {
     "image-classification": "tunesmith.tasks.images:ImageClassificationTask",
     "multi-task": "tunesmith.tasks.multitask:MultiTask",
     "preference": "tunesmith.tasks.preference:PreferenceTask",
+    "reward-tuning": "tunesmith.tasks.preference:RewardTuningTask",
 }
 _REGISTERED: dict[str, type] = {}
 DEFAULT_TASK = "text-classification"

@@ -17,7 +17,6 @@ import torch
 from .formats import Sample, prompt_ids, stop_token_ids
 
 
-@torch.no_grad()
 def generate(
     model,
     tokenizer,
@@ -31,6 +30,23 @@ def generate(
     """Completions (decoded, special tokens dropped) for token-id prompts, `gen.batch_size` at a time.
 
     `streamer`: a transformers streamer that sees the tokens as they come (one prompt only)."""
+    ids = generate_ids(model, tokenizer, prompts, gen, task, autocast, progress, streamer)
+    return [tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids]
+
+
+@torch.no_grad()
+def generate_ids(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    gen,
+    task: str,
+    autocast=nullcontext,
+    progress: bool = False,
+    streamer=None,
+) -> list[list[int]]:
+    """The generated token ids per prompt; decoder-only: up to and including the first stop token (the padding after
+    it cut)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -49,7 +65,7 @@ def generate(
     else:  # silence generation_config's sampling defaults when decoding greedily
         kwargs.update(temperature=None, top_p=None, top_k=None)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths together: less padding
-    out: list[str] = [""] * len(prompts)
+    out: list[list[int]] = [[] for _ in prompts]
     batches = [order[i : i + gen.batch_size] for i in range(0, len(order), gen.batch_size)]
     bar = _bar(len(prompts), progress)
     for rows in batches:
@@ -66,11 +82,19 @@ def generate(
             seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         new = seqs if task == "seq2seq" else seqs[:, width:]
         for i, r in enumerate(rows):
-            out[r] = tokenizer.decode(new[i], skip_special_tokens=True).strip()
+            seq = new[i].tolist()  # seq2seq: starts with the decoder start token (BART's is EOS): decode drops it
+            out[r] = seq if task == "seq2seq" else _until_stop(seq, stops)
         bar.update(len(rows))
     bar.close()
     model.train(was_training)
     return out
+
+
+def _until_stop(ids: list[int], stops: list[int]) -> list[int]:
+    for k, t in enumerate(ids):
+        if t in stops:
+            return ids[: k + 1]
+    return ids
 
 
 def generate_for(

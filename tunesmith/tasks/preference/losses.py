@@ -27,7 +27,13 @@ _SMOOTHABLE = ("dpo", "simpo")
 
 
 def sequence_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """(summed log-prob of the trained tokens per row [B] in fp32, number of trained tokens per row [B] float).
+    """(summed log-prob of the trained tokens per row [B] in fp32, number of trained tokens per row [B] float)."""
+    per_token, mask = token_logps(logits, labels)
+    return per_token.sum(-1), mask.sum(-1).float()
+
+
+def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(log-prob of each trained token [B, T-1] in fp32, 0 elsewhere; the mask of trained tokens [B, T-1] bool).
 
     Causal shift: logits[:, :-1] predict labels[:, 1:]; IGNORE labels don't count. Extra leading logit positions (the
     virtual tokens of soft prompts) are dropped. log_softmax runs in fp32 one row at a time, so a bf16 model never holds
@@ -41,8 +47,7 @@ def sequence_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     for row, idx in zip(logits, safe, strict=True):
         row = row.float()
         rows.append(row.gather(-1, idx).squeeze(-1) - torch.logsumexp(row, dim=-1))
-    per_token = torch.stack(rows).masked_fill(~mask, 0.0)
-    return per_token.sum(-1), mask.sum(-1).float()
+    return torch.stack(rows).masked_fill(~mask, 0.0), mask
 
 
 @dataclass
