@@ -42,7 +42,7 @@ DATA = ROOT / "data" / "debian-json.jsonl"
 KEYS = ["name", "summary", "section", "kind"]
 COPIED = ["name", "summary"]  # stated in the input text; section and kind are inferred, so not judged for faithfulness
 SIZES = {
-    "full": {"samples": 600, "sft_steps": 40, "pair_limit": 240, "dpo_epochs": 2, "grpo_steps": 24, "new_tokens": 96},
+    "full": {"samples": 600, "sft_steps": 40, "pair_limit": 160, "dpo_epochs": 2, "grpo_steps": 24, "new_tokens": 96},
     "quick": {"samples": 120, "sft_steps": 4, "pair_limit": 16, "dpo_epochs": 1, "grpo_steps": 2, "new_tokens": 48},
 }
 LORA = {
@@ -307,7 +307,11 @@ def main() -> None:
     step(
         "export",
         work,
-        lambda: {"wall": tunesmith(["export", sft, "--format", "hf", "--out", str(merged)], work, "export")},
+        lambda: {
+            "wall": tunesmith(
+                ["export", sft, "--format", "hf", "--parity-rows", "4", "--out", str(merged)], work, "export"
+            )
+        },
     )
     steps["dpo"] = step("dpo", work, lambda: train("dpo", dpo_config(size, work, merged, pairs_file), work))
     steps["grpo"] = step("grpo", work, lambda: train("grpo", grpo_config(size, work, merged), work))

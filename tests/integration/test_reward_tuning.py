@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli, write_yaml
 from gen_fixtures import build_tiny_lm, toy_pairs, write_jsonl
 
 import tunesmith
@@ -123,8 +122,12 @@ def test_full_fine_tuning_keeps_a_frozen_reference_and_mistakes_are_one_line(tmp
 
     no_reward = grpo_config(tmp_path, setup)
     del no_reward["reward"]
-    res = run_cli("train", str(write_yaml(tmp_path / "c.yaml", no_reward)))
-    assert res.returncode == 2 and "needs `reward:`" in res.stderr and "Traceback" not in res.stderr
+    with pytest.raises(ConfigError, match="needs `reward:`"):
+        tunesmith.finetune(no_reward)
+    plain = write_jsonl(tmp_path / "text.jsonl", [{"text": f"{r['prompt']} {r['completion']}"} for r in toy_pairs(40)])
+    text = grpo_config(tmp_path, setup, data={"path": str(plain), "sample_format": "text"})
+    with pytest.raises(ConfigError, match="no prompts"):
+        tunesmith.finetune(text)
     soft = grpo_config(tmp_path, setup)
     soft["strategy"] = {"name": "prompt-tuning", "virtual_tokens": 4}
     with pytest.raises(ConfigError, match="soft prompts"):

@@ -17,6 +17,9 @@ def plot_history(history: list[dict], metric: str, path: Path) -> None:
     val = [(h["step"], h.get("val_loss"), h.get(f"val_{metric}")) for h in history if "val_loss" in h]
     # regularisers' contributions (train_<name>) and forgetting curves (val_ref_<set>_<figure>), when the run has them
     terms = sorted({k for h in history for k in h if k.startswith("train_") and k != "train_loss"})
+    # GRPO: the sampled completions' rewards go beside the validation reward, not on the loss axis
+    rewards = [k for k in terms if k.startswith("train_reward")]
+    terms = [k for k in terms if k not in rewards and k not in ("train_completion_tokens", "train_flat_groups")]
     curves = sorted({k for h in history for k in h if k.startswith("val_ref_")})
     fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(15 if curves else 10, 3.6))
     a, b = axes[0], axes[1]
@@ -27,7 +30,12 @@ def plot_history(history: list[dict], metric: str, path: Path) -> None:
         a.plot(*zip(*points), "--", lw=1, color=f"C{3 + k}", label=name.removeprefix("train_"))
     if val:
         a.plot([v[0] for v in val], [v[1] for v in val], "o-", label="validation loss")
-        b.plot([v[0] for v in val], [v[2] for v in val], "o-", color="C2")
+        b.plot([v[0] for v in val], [v[2] for v in val], "o-", color="C2", label=f"validation {metric}")
+    for k, name in enumerate(rewards):
+        points = [(h["step"], h[name]) for h in history if name in h]
+        b.plot(*zip(*points), "--", lw=1, color=f"C{4 + k}", label=name.replace("train_", "sampled ", 1))
+    if rewards:
+        b.legend(fontsize=8)
     a.set_xlabel("optimizer step"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
     b.set_xlabel("optimizer step"), b.set_ylabel(f"validation {metric}"), b.grid(alpha=0.3)
     if curves:
