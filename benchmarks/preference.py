@@ -20,7 +20,8 @@ command in its own process (its own peak memory), cached in --work so that a rer
    share of name/summary values that literally occur in the prompt; judged answers only). 95% bootstrap CIs over
    prompts, and paired bootstrap CIs of each variant minus SFT.
 
-Prints progress to stderr, then the JSON summary and the Markdown table; writes benchmarks/results/preference.{json,md}
+A finished step is not rerun (delete --work, or the step's <work>/done/<step>.json and what follows, after changing a
+setting). Prints progress to stderr, then the JSON summary and the Markdown table; writes benchmarks/results/preference.{json,md}
 (preference-quick.* with --quick).
 """
 
@@ -42,7 +43,7 @@ DATA = ROOT / "data" / "debian-json.jsonl"
 KEYS = ["name", "summary", "section", "kind"]
 COPIED = ["name", "summary"]  # stated in the input text; section and kind are inferred, so not judged for faithfulness
 SIZES = {
-    "full": {"samples": 600, "sft_steps": 40, "pair_limit": 160, "dpo_epochs": 2, "grpo_steps": 24, "new_tokens": 96},
+    "full": {"samples": 600, "sft_steps": 40, "pair_limit": 96, "dpo_epochs": 1, "grpo_steps": 12, "new_tokens": 96},
     "quick": {"samples": 120, "sft_steps": 4, "pair_limit": 16, "dpo_epochs": 1, "grpo_steps": 2, "new_tokens": 48},
 }
 LORA = {
@@ -113,7 +114,7 @@ def grpo_config(size: dict, work: Path, merged: Path) -> dict:
         {"kind": "exact"},
         {"kind": "faithfulness", "keys": COPIED, "weight": 0.5},
     ]
-    cfg["grpo"] = {"samples": 4, "beta": 0.04, "eval_prompts": 16}
+    cfg["grpo"] = {"samples": 4, "beta": 0.04, "eval_prompts": 8}
     cfg["train"] = {
         "max_steps": size["grpo_steps"],
         "batch_size": 2,
@@ -153,20 +154,41 @@ def step(key: str, work: Path, fn) -> dict:
 
 
 def train(key: str, cfg: dict, work: Path) -> dict:
+    """A run of this config: a complete one already in <work>/runs (this benchmark stopped while it trained), else a
+    new one. wall_seconds is None for a run found complete."""
     path = work / "configs" / f"{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg, indent=1))
-    wall = tunesmith(["train", str(path)], work, key)
-    run = max((work / "runs").glob(f"{cfg['name']}-*"), key=lambda p: p.stat().st_mtime)
+    run = _complete_run(cfg, work)
+    wall = None
+    if run is None:
+        path.write_text(json.dumps(cfg, indent=1))
+        wall = round(tunesmith(["train", str(path)], work, key), 1)
+        run = max((work / "runs").glob(f"{cfg['name']}-*"), key=lambda p: p.stat().st_mtime)
     info = json.loads((run / "run.json").read_text())
     t = info["timings"]
     return {
         "run": str(run),
-        "wall_seconds": round(wall, 1),
+        "wall_seconds": wall,
         "train_seconds": round(t["train_seconds"], 1),
         "peak_rss_mb": round(t["peak_rss_mb"]),
         "steps": json.loads((run / "metrics.json").read_text())["steps"],
     }
+
+
+def _complete_run(cfg: dict, work: Path) -> Path | None:
+    import yaml
+
+    for run in sorted((work / "runs").glob(f"{cfg['name']}-*")):
+        info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+        saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+        same = all(
+            saved.get(k) == v or (isinstance(v, dict) and v.items() <= (saved.get(k) or {}).items())
+            for k, v in cfg.items()
+            if k != "output_dir"
+        )
+        if info.get("status") == "complete" and same:
+            return run
+    return None
 
 
 # ---------------------------------------------------------------- evaluation
