@@ -7,7 +7,8 @@ import dataclasses
 from ...data.loaders import load_table, pick_split
 from ...engine.batches import mean_loss
 from ..base import Predictor
-from .formats import Sample, detect_format, to_samples
+from .batches import causal_lm_loss, seq2seq_loss
+from .formats import Sample
 from .generation import generate_for, generation_scores, perplexity, sample_ids
 
 
@@ -46,11 +47,11 @@ class GenerativePredictor(Predictor):
         df = pick_split(
             load_table(data, "auto", cfg.data.encoding, cfg.data.encoding_errors, cfg.data.delimiter), "test", data
         )
-        fmt = detect_format(df.columns, cfg.data, cfg.task)
-        items = to_samples(df, cfg.data, fmt, cfg.task, data)
+        items = task.eval_samples(df, str(data))
         m = run.load()
         encoded = task.encode_samples(m.tokenizer, items)
-        loss = mean_loss(m.model, encoded, task.loss, cfg.eval.batch_size, m.autocast)
+        answer_loss = seq2seq_loss if task.encoder_decoder else causal_lm_loss  # the loss on the reference answers
+        loss = mean_loss(m.model, encoded, answer_loss, cfg.eval.batch_size, m.autocast)
         chosen = items[: samples if samples is not None else cfg.generate.samples]
         out = generate_for(m.model, m.tokenizer, chosen, cfg.generate, cfg.task, m.autocast, progress=True)
         return {

@@ -26,10 +26,12 @@ from .formats import (
     IGNORE,
     Sample,
     chat_template_for,
+    detect_format,
     load_gen_splits,
     render,
     render_seq2seq,
     sample_text,
+    to_samples,
 )
 from .generation import generate_for, generation_scores, perplexity
 from .lint import LintReport, lint
@@ -38,15 +40,7 @@ from .predictor import GenerativePredictor
 from .report import mix_lines, write_generative_report
 
 GENERATIVE_KEYS = frozenset(
-    {
-        "data.sample_format",
-        "data.prompt_column",
-        "data.completion_column",
-        "data.add_eos",
-        "data.long_samples",
-        "data.mix",
-        "generate.*",
-    }
+    "data.sample_format data.prompt_column data.completion_column data.add_eos data.long_samples data.mix generate.*".split()
 )
 
 
@@ -63,6 +57,11 @@ class GenerativeTask(Task):
         splits = load_mix_splits(self.cfg) if self.cfg.data.mix else load_gen_splits(self.cfg)
         record = {"format": splits.format} | ({"mix": splits.mix} if splits.mix else {})
         return TaskData(splits, splits.summary(), [], splits.notes, record)
+
+    def eval_samples(self, df: pd.DataFrame, source: str) -> list[Sample]:
+        """Another file's rows as samples (`tunesmith eval`): the generations are scored against their references."""
+        d = self.cfg.data
+        return to_samples(df, d, detect_format(df.columns, d, self.name), self.name, source)
 
     def lint(self, data: TaskData, tokenizer, show: int = 2, model=None) -> LintReport:
         s, d = data.splits, self.cfg.data

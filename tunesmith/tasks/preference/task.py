@@ -28,7 +28,7 @@ from ..generative.report import write_generative_report
 from ..generative.task import CausalLMTask, lint_text
 from .batches import SequenceGroups
 from .cache import load_reference_cache, save_reference_cache
-from .data import encode_pairs, encode_unpaired, load_pair_splits
+from .data import encode_pairs, encode_unpaired, load_pair_splits, to_pairs
 from .losses import NEEDS_REFERENCE, PairLogps, kto_kl, kto_loss, pair_loss, sequence_logps
 
 SCORES = ("preference_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "loss", "logp_accuracy")
@@ -52,6 +52,13 @@ class PreferenceTask(CausalLMTask):
             raise ConfigError("data.mix: preference data comes from one file (data.path) or train/validation/test")
         s = load_pair_splits(self.cfg, self.unpaired)
         return TaskData(s, s.summary(), [], s.notes, {"format": s.format, "loss": self.cfg.preference.loss})
+
+    def eval_samples(self, df, source: str):
+        """`tunesmith eval` on a pair file (or KTO rows): each prompt with its chosen (desirable) answer as the
+        reference; SFT rows work as for causal-lm."""
+        if not {"chosen", "rejected"} <= set(df.columns) and not (self.unpaired and "label" in df.columns):
+            return super().eval_samples(df, source)
+        return [p.chosen for p in to_pairs(df, self.cfg, source, self.unpaired) if p.desirable is not False]
 
     def lint(self, data: TaskData, tokenizer, show: int = 2, model=None) -> LintReport:
         """The causal-lm lint over every response (EOS, template, prompts), then the pair rules (encode)."""
