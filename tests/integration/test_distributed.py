@@ -1,4 +1,4 @@
-"""Two real processes (torchrun, gloo on CPU) give the same result as one with the same global batch."""
+"""Two real processes (torchrun, gloo on CPU; one node or two) give the same result as one with the same global batch."""
 
 import os
 import subprocess
@@ -12,7 +12,8 @@ import tunesmith
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path, tiny_model, toy_csv):
+def test_two_nodes_match_one_process(tmp_path, tiny_model, toy_csv):
+    """Two torchrun "nodes" of one process each rendezvous on 127.0.0.1 (c10d): the multi-node launch of the README."""
     cfg = tiny_config(tmp_path, tiny_model, toy_csv, train={"epochs": 2, "eval_every": 6, "batch_size": 16})
     one = write_yaml(tmp_path / "one.yaml", {**cfg, "name": "one"})
     two = write_yaml(tmp_path / "two.yaml", {**cfg, "name": "two", "train": {**cfg["train"], "batch_size": 8}})
@@ -21,29 +22,15 @@ def test_two_processes_match_one(tmp_path, tiny_model, toy_csv):
         [sys.executable, "-m", "tunesmith", "train", str(one)], capture_output=True, text=True, env=env, timeout=600
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    double = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29533",
-            "-m",
-            "tunesmith",
-            "train",
-            str(two),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert double.returncode == 0, double.stderr[-3000:]
-    assert "processes 2" in double.stdout
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"]
+    node += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:29533", "--rdzv_id", "two-nodes"]
+    node += ["--rdzv_conf", "join_timeout=120", "-m", "tunesmith", "train", str(two)]
+    nodes = [subprocess.Popen(node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in "ab"]
+    outs = [p.communicate(timeout=600) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], "\n".join(err[-3000:] for _, err in outs)
+    assert any("processes 2" in out for out, _ in outs)
     runs = {r.path.name.split("-")[0]: r for r in tunesmith.list_runs(tmp_path / "runs")}
-    assert set(runs) == {"one", "two"}  # rank 0 alone wrote one run folder
+    assert set(runs) == {"one", "two"}  # global rank 0 alone wrote one run folder
     a, b = runs["one"], runs["two"]
     assert b.info["processes"] == 2 and a.info["processes"] == 1
     assert a.metrics["steps"] == b.metrics["steps"]
