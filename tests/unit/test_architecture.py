@@ -22,6 +22,7 @@ LAYERS = {
     "tunesmith.config.tune": 1,
     "tunesmith.config.multitask": 1,
     "tunesmith.config.preference": 1,
+    "tunesmith.config.distributed": 1,
     "tunesmith.forgetting": 2,
     "tunesmith.config.dump": 1,
     "tunesmith.models": 2,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from .distributed import FsdpConfig
 from .forgetting import ReferenceSet, Regularizer, check_forgetting
 from .hygiene import AuditConfig, AugmentConfig, PrepareConfig
 from .images import ImagesConfig
@@ -168,6 +169,10 @@ class TrainConfig:
     """`balanced`: weight the loss by n_rows / (n_classes x rows_of_class) against class imbalance."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: much less memory for ~30% more time."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """With several processes (torchrun): `ddp` replicates the model; `fsdp` shards it (`train.fsdp`; full, freeze
+    and lora strategies). One process ignores it."""
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
 
 
 @dataclass

@@ -32,6 +32,16 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .checkpoint import load_weights as load_checkpoint_weights
 from .context import Context
 from .optim import build_optimizer, build_scheduler
+from .sharding import (
+    check_shardable,
+    full_trainable_state,
+    gathered,
+    load_sharded,
+    save_sharded,
+    shard_model,
+    sync_gradients,
+    wants_sharding,
+)
 from .stop import StopFlag, fault_injection
 
 
@@ -45,6 +55,8 @@ class FitResult:
     train_seconds: float = 0.0
     samples_per_second: float = 0.0
     tokens_per_second: float = 0.0
+    sharded: bool = False
+    """FSDP: the model passed in is sharded and lacks the best weights; the caller builds a plain one from best/."""
 
 
 @dataclass
@@ -103,14 +115,24 @@ def fit(
     if world > 1 and not strategy.supports_distributed:
         raise ConfigError(f"strategy {strategy.name} does not support several processes yet; run it in one process")
     names = strategy.trainable_names(model)  # everything that trains at some step: optimizer + checkpoints
+    sharded = wants_sharding(cfg, world)
+    if sharded:  # FSDP2: shard first, the optimizer is then built over the shards (docs/scale.md)
+        check_shardable(strategy, ctx.precision, bool(regularization))
+        model = shard_model(model, cfg.fsdp, ctx.precision, acc.device)
     optimizer = build_optimizer(strategy.param_groups(model, cfg.lr, cfg.weight_decay), cfg.lr)
     scheduler = build_scheduler(optimizer, cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps)
-    model, optimizer = acc.prepare(model, optimizer)  # DDP wrapping when there are several processes
+    if not sharded:
+        model, optimizer = acc.prepare(model, optimizer)  # DDP wrapping when there are several processes
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     state = LoopState()
     if ctx.resume and ckpt_dir.exists():
-        saved, rng = load_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler)
+        if sharded:
+            saved, rng = load_sharded(ckpt_dir, model, optimizer, scheduler)
+        elif (ckpt_dir / "shards").is_dir():
+            raise ConfigError(f"{ckpt_dir} holds FSDP shards: resume under torchrun with several processes")
+        else:
+            saved, rng = load_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler)
         state = LoopState(**saved)
         torch.set_rng_state(rng[rank] if rank < len(rng) else rng[0])
         strategy.on_step(acc.unwrap_model(model), state.step, steps_per_epoch)  # the schedule as it was (not an event)
@@ -157,13 +179,15 @@ def fit(
                 for k, global_batch in enumerate(micro_batches):
                     rows = shard(global_batch, rank, world)
                     inputs = {k: v.to(acc.device) for k, v in train.batch(rows).items()}
-                    # In DDP only the last micro-step needs to all-reduce gradients.
+                    # In DDP (and FSDP) only the last micro-step needs to all-reduce (reduce-scatter) gradients.
                     sync = k == len(micro_batches) - 1
-                    with nullcontext() if sync else acc.no_sync(model), acc.autocast():
+                    if sharded:
+                        sync_gradients(model, sync)
+                    with nullcontext() if sync or sharded else acc.no_sync(model), acc.autocast():
                         loss_sum, parts = reg.micro(model, inputs, lambda b: loss(model, b), world, n_step)
                         if sync:  # per-step terms (penalties, replay) join the last micro-batch's backward pass
                             parts.update(reg.step(model, state.step, rank, world, n_step))
-                    # DDP averages gradients over processes; multiply by `world` to get the global sum.
+                    # DDP (FSDP) averages gradients over processes; multiply by `world` to get the global sum.
                     acc.backward(loss_sum * world / n_step + sum(parts.values()))
                     running_loss += loss_sum.detach().double()
                     for name, value in parts.items():
@@ -202,7 +226,8 @@ def fit(
                 evaluate_now = state.step % eval_every == 0 or state.step == total_steps
                 if evaluate_now:
                     state.train_seconds = time.perf_counter() - t_start
-                    metrics = validate(model)
+                    with gathered(model) if sharded else nullcontext():
+                        metrics = validate(model)
                     value = metrics[cfg.metric]
                     scalars = {f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}
                     record = {"step": state.step, "epoch": state.step / steps_per_epoch, **scalars}
@@ -210,7 +235,7 @@ def fit(
                     ctx.log({k: v for k, v in record.items() if k.startswith("val_")}, state.step)
                     if state.best is None or (value < state.best if lower_is_better else value > state.best):
                         state.best, state.best_step, state.bad_evals = value, state.step, 0
-                        _save_best(acc, model, best_dir, state, metrics, names)
+                        _save_best(acc, model, best_dir, state, metrics, names, sharded)
                     else:
                         state.bad_evals += 1
                         if cfg.patience and state.bad_evals >= cfg.patience:
@@ -224,7 +249,7 @@ def fit(
                         )
                     model.train()
                     _carry(acc, running_loss, running_n, running_parts, state)
-                    _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state, names)
+                    _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state, names, sharded)
                     ctx.on_validation(sum("epoch" in h for h in state.history), state.step, metrics)
 
                 fault(state.step)
@@ -232,7 +257,7 @@ def fit(
                     state.train_seconds = time.perf_counter() - t_start
                     if not evaluate_now:
                         _carry(acc, running_loss, running_n, running_parts, state)
-                        _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state, names)
+                        _checkpoint(acc, ckpt_dir, model, optimizer, scheduler, state, names, sharded)
                     raise Interrupted(state.step)
                 if state.stopped_early or state.step >= total_steps:
                     break
@@ -243,7 +268,8 @@ def fit(
     state.train_seconds = time.perf_counter() - t_start
     # Continue with the best weights (every process loads them: test evaluation is distributed too).
     acc.wait_for_everyone()
-    load_checkpoint_weights(best_dir, acc.unwrap_model(model))
+    if not sharded:
+        load_checkpoint_weights(best_dir, acc.unwrap_model(model))
     best_metrics = read_json(best_dir / "metrics.json")
     seconds = max(1e-9, state.train_seconds)
     return FitResult(
@@ -255,6 +281,7 @@ def fit(
         train_seconds=state.train_seconds,
         samples_per_second=state.samples / seconds,
         tokens_per_second=state.tokens / seconds,
+        sharded=sharded,
     )
 
 
@@ -280,16 +307,20 @@ def _terms(acc, parts: dict, steps: int) -> dict[str, float]:
     return {f"train_{name}": s / max(1, steps) for name, s in zip(parts, sums)}
 
 
-def _save_best(acc, model, best_dir: Path, state: LoopState, metrics: dict, names: set[str]) -> None:
+def _save_best(acc, model, best_dir: Path, state: LoopState, metrics: dict, names: set[str], sharded: bool) -> None:
+    weights = full_trainable_state(model, names) if sharded else None  # collective: every process gathers
     if acc.is_main_process:
         with atomic_dir(best_dir) as tmp:
-            save_file(trainable_state(acc.unwrap_model(model), names), str(tmp / "trainable.safetensors"))
+            weights = weights if sharded else trainable_state(acc.unwrap_model(model), names)
+            save_file(weights, str(tmp / "trainable.safetensors"))
             atomic_write_json(tmp / "metrics.json", {"step": state.step, **metrics})
     acc.wait_for_everyone()
 
 
-def _checkpoint(acc, folder: Path, model, optimizer, scheduler, state: LoopState, names: set[str]) -> None:
+def _checkpoint(acc, folder: Path, model, optimizer, scheduler, state: LoopState, names: set[str], sharded) -> None:
     rng = gather_object([torch.get_rng_state()]) if acc.num_processes > 1 else [torch.get_rng_state()]
+    if sharded:
+        return save_sharded(folder, model, optimizer, scheduler, state.__dict__, rng, acc.is_main_process)
     if acc.is_main_process:
         save_checkpoint(folder, acc.unwrap_model(model), optimizer, scheduler, state.__dict__, rng, names)
     acc.wait_for_everyone()

@@ -28,9 +28,11 @@ from ..strategies import build_strategy, count_parameters
 from ..tasks.registry import build_task
 from ..tracking import make_tracker
 from ..version import __version__
+from .checkpoint import load_weights
 from .context import Context
 from .loop import fit
 from .precision import cast_frozen_weights, choose_precision
+from .sharding import wants_sharding
 
 # Settings that may change when a run is resumed (everything else must match the saved run).
 RESUMABLE_CHANGES = (
@@ -89,11 +91,14 @@ def finetune(
         ctx.on_validation = on_validation
 
     # ---- model + strategy
-    set_seed(cfg.seed)  # the head's initialisation depends on it
-    model = task.load_model(source, tokenizer, strategy, data.labels)
-    if strategy.quantize == "none":  # a quantized base is placed by bitsandbytes
-        model.to(acc.device)
-    model = strategy.prepare(model)
+    def build_model():
+        set_seed(cfg.seed)  # the head's initialisation depends on it
+        model = task.load_model(source, tokenizer, strategy, data.labels)
+        if strategy.quantize == "none":  # a quantized base is placed by bitsandbytes
+            model.to(acc.device)
+        return strategy.prepare(model)
+
+    model = build_model()
     if cfg.regularize and strategy.features_only:
         raise ConfigError(
             f"regularize: strategy {strategy.name} trains a head on frozen features; the model cannot forget "
@@ -126,6 +131,10 @@ def finetune(
                 f"precision: frozen weights stored in {precision} ({frozen_cast / 2**20:.0f} MiB saved), trained ones in fp32"
             )
         checkpointing = " | gradient checkpointing" if cfg.train.gradient_checkpointing else ""
+        if wants_sharding(cfg.train, acc.num_processes):
+            checkpointing += (
+                f" | fsdp ({cfg.train.fsdp.sharding} sharding{', cpu offload' if cfg.train.fsdp.cpu_offload else ''})"
+            )
         say(f"precision: {precision} ({why}) | device {acc.device} | processes {acc.num_processes}{checkpointing}")
         folder.start(
             cfg,
@@ -184,6 +193,11 @@ def finetune(
 
         # ---- with the best weights: save, test, write, track
         model, trained = acc.unwrap_model(model), acc.unwrap_model(trained)
+        if result.sharded:  # FSDP trained shards: every process builds the plain model and loads the best weights
+            model = trained = build_model()
+            if task.cast_frozen_weights and not strategy.saves_base:
+                cast_frozen_weights(model, precision)
+            load_weights(folder.path / "checkpoints" / "best", model)
         task.after_fit(model, trained)
         if acc.is_main_process:
             peak_mb = folder.save_model(strategy, model, tokenizer, result)

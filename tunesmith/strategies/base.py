@@ -38,6 +38,8 @@ class Strategy:
     features_only: ClassVar[bool] = False
     """True when only the head trains on cached backbone features (the backbone runs once): `training_view`."""
     supports_distributed: ClassVar[bool] = True
+    shards: ClassVar[bool] = False
+    """True when `train.distributed: fsdp` can shard it (a fixed set of trained weights, no cached features)."""
     virtual_tokens: ClassVar[bool] = False
     """True when the strategy prepends trained virtual tokens to every row (prompt/prefix tuning): packing is off."""
     saves_base: ClassVar[bool] = True

@@ -25,6 +25,7 @@ class FreezeStrategy(Strategy):
     name = "freeze"
     tune_space = {"train.lr": {"float": [1e-5, 3e-4], "log": True}}
     plan_family = "top-layers"
+    shards = True
     summary = "Top N layers + head train, the rest frozen. Small data or close domain; fast, less forgetting."
     Options = FreezeOptions
 

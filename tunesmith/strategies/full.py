@@ -14,6 +14,7 @@ class FullStrategy(Strategy):
     name = "full"
     tune_space = {"train.lr": {"float": [1e-5, 1e-4], "log": True}}
     plan_family = "dense"
+    shards = True
     summary = "All weights train. Best accuracy with enough data; most memory; saves the whole model."
     Options = FullOptions
 
@@ -31,5 +32,6 @@ class DiscriminativeLrStrategy(Strategy):
         "strategy.layer_lr_decay": {"float": [0.6, 1.0]},
     }
     plan_family = "dense"
+    shards = True
     summary = "All weights train, lower layers at lower lr (lr x decay^depth). Guards pretrained features; also an option of full/freeze/gradual-unfreeze."
     Options = DiscriminativeOptions

@@ -49,6 +49,7 @@ class LoraStrategy(PeftStrategy):
         "strategy.target_modules": {"categorical": [None, ["all-linear"]]},
     }
     plan_family = "low-rank"
+    shards = True  # not with a quantized base (refused by the loop)
     summary = "Low-rank adapters + head train (~1-3% of weights). Little memory, tiny saves, little forgetting; quantize: nf4 = QLoRA."
     Options = LoraOptions
 
