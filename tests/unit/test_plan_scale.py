@@ -107,6 +107,10 @@ def test_cost_is_hours_times_gpus_times_price_and_lora_is_cheaper():
     assert lora["cost_usd"] < row["cost_usd"] and qlora["time_s"]["compute"] > lora["time_s"]["compute"]  # dequantising
     assert qlora["time_s"]["communication"] < lora["time_s"]["communication"]  # FSDP gathers 4-bit weights
     assert [r["mode"] for r in plan_modes(_run(gpus=1), h100)] == ["single", "zero2+offload"]
+    from tunesmith.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="names none of them"):
+        plan_mode(_run("lora", lora_targets=["query", "value"]), "ddp", h100)  # BERT names: not a decoder
 
 
 def test_plan_command_over_gpus():

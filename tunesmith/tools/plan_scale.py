@@ -134,6 +134,11 @@ def plan_mode(run: ScaleRun, mode: str, device: Device, offload: bool = False, p
     P = s.params()
     dense = run.family == "dense"
     T = P if dense else lora_params(s, run.lora_r, run.lora_targets)
+    if T == 0:
+        raise ConfigError(
+            "plan --gpus counts LoRA on decoder (Llama-style) modules: q_proj, k_proj, v_proj, o_proj, gate_proj, "
+            f"up_proj, down_proj or all-linear; strategy.target_modules {run.lora_targets} names none of them"
+        )
     frozen = P - T
     low = 2 if run.precision in ("bf16", "fp16") else 4
     frozen_bytes = 0.5625 if run.quantized else low
