@@ -1,5 +1,5 @@
 """FSDP2 (`train.distributed: fsdp`) in two real processes (torchrun, gloo on CPU): the result matches one process
-with the same global batch, the checkpoint is DCP shards, a killed run resumes exactly (refusals: tests/unit/test_sharding.py)."""
+with the same global batch, the checkpoint is DCP shards, a killed run resumes exactly, also on another number of processes (refusals: tests/unit/test_sharding.py)."""
 
 from __future__ import annotations
 
@@ -66,12 +66,12 @@ def test_fsdp_lora_causal_lm_killed_resumes_exactly(tmp_path):
         "output_dir": str(tmp_path / "runs"),
         "data": {"path": str(data), "max_length": 96},
         "model": {"name": str(model)},
-        "strategy": {"name": "lora", "r": 4, "target_modules": ["q_proj", "v_proj", "down_proj"]},
+        "strategy": {"name": "lora", "r": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]},
         "tracking": {"backend": "none"},
         "train": {"epochs": 2, "batch_size": 4, "grad_accum": 2, "lr": 3e-3, "precision": "fp32", "patience": None},
         "generate": {"samples": 4, "max_new_tokens": 4},
     }
-    base["train"].update(distributed="fsdp", eval_every=3, log_every=1)
+    base["train"].update(distributed="fsdp", eval_every=3, log_every=1)  # no dropout: other processes, other masks
     whole = write_yaml(tmp_path / "whole.yaml", {**base, "name": "whole"})
     cut = write_yaml(tmp_path / "cut.yaml", {**base, "name": "cut"})
     done = _torchrun(whole, 29552)
@@ -89,6 +89,19 @@ def test_fsdp_lora_causal_lm_killed_resumes_exactly(tmp_path):
         b.metrics["test"]["loss"], rel=1e-5
     )
     assert_same_weights(_final_weights(a), _final_weights(b), atol=1e-6)
+    # Another number of processes: DCP reshards the checkpoint onto one process, the global batch stays 8.
+    cut1 = write_yaml(tmp_path / "cut1.yaml", {**base, "name": "cutone"})
+    assert _torchrun(cut1, 29556, env={"TUNESMITH_FAULT_AT_STEP": "4:KILL"}).returncode != 0
+    one_dir = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("cutone"))
+    alone = run_cli("train", "--resume", str(one_dir), env=ENV)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert (
+        "resuming on 1 processes (was 2): train.batch_size 8" in alone.stdout and "resumed from step 3" in alone.stdout
+    )
+    c = tunesmith.load_run(one_dir)
+    assert c.metrics["steps"] == a.metrics["steps"] and c.info["processes"] == 1
+    assert c.metrics["test"]["loss"] == pytest.approx(a.metrics["test"]["loss"], rel=1e-4)
+    assert_same_weights(_final_weights(a), _final_weights(c), atol=1e-4)
     hist = lambda r: [
         json.loads(x)["train_loss"] for x in (r.path / "history.jsonl").read_text().splitlines() if "train_loss" in x
     ]

@@ -127,10 +127,8 @@ def fit(
 
     state = LoopState()
     if ctx.resume and ckpt_dir.exists():
-        if sharded:
-            saved, rng = load_sharded(ckpt_dir, model, optimizer, scheduler)
-        elif (ckpt_dir / "shards").is_dir():
-            raise ConfigError(f"{ckpt_dir} holds FSDP shards: resume under torchrun with several processes")
+        if sharded or (ckpt_dir / "shards").is_dir():  # DCP reshards onto any number of processes, even one
+            saved, rng = load_sharded(ckpt_dir, model if sharded else acc.unwrap_model(model), optimizer, scheduler)
         else:
             saved, rng = load_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler)
         state = LoopState(**saved)

@@ -85,6 +85,8 @@ def finetune(
     AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True lets Accelerate see a torchrun launch on a machine without GPUs (gloo backend).
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if precision == "fp32" else precision)
+    if resume_dir is not None:  # another number of processes: the same global batch, shared out anew
+        cfg.train.batch_size = _rebatch(cfg.train.batch_size, read_info(resume_dir), acc)
     model_key = f"{source.location}|{cfg.model.revision}|{task.encoding_key()}"
     ctx = Context(acc, cfg, precision, resume=resume_dir is not None, minimize=task.minimize, model_key=model_key)
     if on_validation is not None:
@@ -266,3 +268,16 @@ def resolve_config(config, overrides, run_dir: Path | None, restart: bool = Fals
             f"--resume {run_dir}: the config differs from the run's ({detail}); only {', '.join(RESUMABLE_CHANGES)} may change"
         )
     return given
+
+
+def _rebatch(batch_size: int, info: dict, acc) -> int:
+    was, now = info.get("processes") or 1, acc.num_processes
+    if was == now:
+        return batch_size
+    if (batch_size * was) % now:
+        raise ConfigError(
+            f"--resume on {now} processes: the run's global micro-batch ({batch_size} x {was} processes) does not divide"
+            f" by {now}; resume on a number of processes that divides {batch_size * was}"
+        )
+    acc.print(f"resuming on {now} processes (was {was}): train.batch_size {batch_size * was // now} keeps the batch")
+    return batch_size * was // now

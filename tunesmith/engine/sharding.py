@@ -145,7 +145,9 @@ def load_sharded(folder: Path, model: nn.Module, optimizer, scheduler) -> tuple[
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     if not (folder / "shards").is_dir():
-        raise ConfigError(f"{folder} was written without train.distributed: fsdp; resume it as it was launched")
+        raise ConfigError(
+            f"{folder} was written by one process (or DDP): resume it in one process, or with train.distributed: ddp"
+        )
     state = _dcp_state(model, optimizer)
     dcp.load(state, checkpoint_id=str(folder / "shards"))
     opts = StateDictOptions(ignore_frozen_params=True, strict=False)
