@@ -106,3 +106,24 @@ def test_fsdp_lora_causal_lm_killed_resumes_exactly(tmp_path):
         json.loads(x)["train_loss"] for x in (r.path / "history.jsonl").read_text().splitlines() if "train_loss" in x
     ]
     assert hist(a) == pytest.approx(hist(b), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_hybrid_sharding_over_two_nodes_matches_one_process(tmp_path, tiny_model, toy_csv):
+    """`train.fsdp.sharding: hybrid` on two torchrun nodes of one process: a (2 replicas x 1 shard) device mesh."""
+    cfg = tiny_config(tmp_path, tiny_model, toy_csv, train={"epochs": 1, "eval_every": 6, "batch_size": 16})
+    one = write_yaml(tmp_path / "one.yaml", {**cfg, "name": "one"})
+    train = {**cfg["train"], "batch_size": 8, "distributed": "fsdp", "fsdp": {"sharding": "hybrid"}}
+    two = write_yaml(tmp_path / "two.yaml", {**cfg, "name": "two", "train": train})
+    assert run_cli("train", str(one), env=ENV).returncode == 0
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"]
+    node += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:29558", "--rdzv_id", "hsdp"]
+    node += ["-m", "tunesmith", "train", str(two)]
+    nodes = [subprocess.Popen(node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for _ in "ab"]
+    outs = [p.communicate(timeout=600) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], "\n".join(err[-3000:] for _, err in outs)
+    assert any("fsdp (hybrid sharding)" in out for out, _ in outs)
+    runs = {r.path.name.split("-")[0]: r for r in tunesmith.list_runs(tmp_path / "runs")}
+    a, b = runs["one"], runs["two"]
+    assert a.metrics["test"]["loss"] == pytest.approx(b.metrics["test"]["loss"], rel=1e-3)
+    assert_same_weights(_final_weights(a), _final_weights(b), atol=1e-4)

@@ -51,3 +51,16 @@ def test_what_shards():
     assert not wants_sharding(SimpleNamespace(distributed="fsdp"), 1) and not wants_sharding(
         SimpleNamespace(distributed="ddp"), 8
     )
+
+
+def test_cpu_offload_without_a_gpu_is_refused_before_sharding():
+    from types import SimpleNamespace
+
+    import torch
+
+    from tunesmith.engine.sharding import shard_model
+
+    with pytest.raises(ConfigError, match="nothing to offload"):
+        shard_model(
+            torch.nn.Linear(2, 2), SimpleNamespace(sharding="full", cpu_offload=True), "fp32", torch.device("cpu")
+        )

@@ -14,4 +14,4 @@ class FsdpConfig:
     between nodes, more memory per GPU)."""
     cpu_offload: bool = False
     """Keep the sharded weights, gradients and AdamW states in CPU memory (FSDP2's CPUOffloadPolicy): GPU memory
-    for the gathered layers and activations only; the optimizer step runs on the host."""
+    for the gathered layers and activations only; the optimizer step runs on the host. GPU only (refused on CPU)."""

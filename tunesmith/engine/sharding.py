@@ -57,6 +57,10 @@ def shard_model(model: nn.Module, fsdp, precision: str, device: torch.device) ->
     """`fully_shard` each transformer block, then the whole model (in place; returns it)."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
+    if fsdp.cpu_offload and device.type == "cpu":
+        raise ConfigError(
+            "train.fsdp.cpu_offload moves shards from a GPU to the host; on CPU there is nothing to offload: remove it"
+        )
     kwargs = {}
     if fsdp.sharding == "hybrid":
         from torch.distributed.device_mesh import init_device_mesh
