@@ -120,6 +120,13 @@ def test_plan_command_over_gpus():
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert "68,976,648,192" in ok.stdout and "fastest that fits: zero3+offload" in ok.stdout and "$" in ok.stdout
+    assert "> your config (train.distributed: fsdp+offload): 12.2 GB per GPU, fits" in ok.stdout
+    assert "> fsdp+offload" in ok.stdout
+    overrides = ["train.batch_size=16", "train.gradient_checkpointing=false"]
+    big = ["--gpu", "h100", "--gpus", "8", "--seq-len", "4096", "--examples", "900"]
+    lora = run_cli("plan", "configs/plan/llama-2-70b-lora.yaml", *overrides, *big)
+    assert lora.returncode == 0 and "> your config (train.distributed: fsdp):" in lora.stdout
+    assert "does NOT fit in 80 GB" in lora.stdout
     one = run_cli(
         "plan",
         "configs/plan/llama-2-70b-full.yaml",

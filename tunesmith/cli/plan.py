@@ -117,7 +117,8 @@ def _plan_scale(cfg, args) -> int:
         lora_r=opts.get("r", 16),
         lora_targets=opts.get("target_modules"),
     )
-    print(format_modes(run, plan_modes(run, device, args.price), device))
+    mode = t.distributed + ("+offload" if t.distributed == "fsdp" and t.fsdp.cpu_offload else "")
+    print(format_modes(run, plan_modes(run, device, args.price), device, mode))
     return 0
 
 

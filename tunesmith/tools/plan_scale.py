@@ -6,7 +6,8 @@ Parameter Models", sec. 5) counts them, for P parameters of which T train, on N 
     zero2   gradients and AdamW states sharded (/N), weights replicated          (DeepSpeed ZeRO-2)
     zero3   weights too (/N), plus the layers being gathered at a time           (DeepSpeed ZeRO-3)
     fsdp    the same as zero3: PyTorch FSDP2 `fully_shard` per transformer block (reshard after forward)
-    +offload  the AdamW states (and their update) move to CPU memory: less GPU memory, a slower step
+    +offload  the AdamW states (and their update) move to CPU memory (DeepSpeed); FSDP2's CPUOffloadPolicy moves
+              the weight and gradient shards too: less GPU memory, a slower step
 Bytes per parameter follow tunesmith's loop: trained weights, their gradients and AdamW's two moments in fp32
 (4 + 4 + 8 = 16 B), frozen weights in the compute precision (2 B in bf16) or 4-bit for QLoRA (nf4 + one fp32 scale
 per 64 weights = 0.5625 B). Activations per token and layer: Korthikanti et al. 2022 ("Reducing Activation
@@ -154,8 +155,12 @@ def plan_mode(run: ScaleRun, mode: str, device: Device, offload: bool = False, p
     mem = {
         "weights": (w_bytes * T + frozen_bytes * frozen) / shard_w,
         "gradients": g_bytes * T / shard_go,
-        "optimizer_states": 0.0 if offload else state_bytes * T / shard_go,
+        "optimizer_states": state_bytes * T / shard_go,
     }
+    # Offload: DeepSpeed moves the optimizer states to the host; FSDP2's CPUOffloadPolicy every sharded tensor.
+    moved = [k for k in mem if offload and (mode == "fsdp" or k == "optimizer_states")]
+    host = sum(mem[k] for k in moved) / 1e9
+    mem.update({k: 0.0 for k in moved})
     if shard_w > 1:  # the blocks being gathered: the current one and the prefetched next one, unsharded
         mem["gathered_layers"] = 2 * s.layer_linear() * (low if dense else frozen_bytes)
     tokens = run.micro_batch * run.seq_len
@@ -168,7 +173,6 @@ def plan_mode(run: ScaleRun, mode: str, device: Device, offload: bool = False, p
     mem["logits"] = tokens * s.vocab * (4 + 4)  # fp32 logits and their gradient (the loss upcasts)
     mem = {k: v / 1e9 for k, v in mem.items()}
     mem["framework"] = GPU_BASE_MB * MB / 1e9 + 1.0  # CUDA context, NCCL buffers, allocator slack: ~1 GB
-    host = state_bytes * T / shard_go / 1e9 if offload else 0.0
 
     # ---- time per optimizer step
     eff = EFFICIENCY[("cuda", run.family)]
@@ -191,8 +195,9 @@ def plan_mode(run: ScaleRun, mode: str, device: Device, offload: bool = False, p
         sent = run.grad_accum * 2 * ring * weights + ring * low * T
     comm = sent / bus if n > 1 else 0.0
     opt = 0.0
-    if offload:
-        opt = 2 * (low * T / shard_go) / OFFLOAD_BANDWIDTH + (T / shard_go) / CPU_ADAM_PARAMS_PER_S
+    if offload:  # gradients down, updated weights up (FSDP: the weight shards every micro-batch), AdamW on the host
+        ups = run.grad_accum if mode == "fsdp" else 1
+        opt = (1 + ups) * (low * T / shard_go) / OFFLOAD_BANDWIDTH + (T / shard_go) / CPU_ADAM_PARAMS_PER_S
     step = compute + comm + opt
     hours = step * run.steps / 3600
     total = sum(mem.values())
@@ -228,12 +233,13 @@ def plan_modes(run: ScaleRun, device: Device, price: float | None = None) -> lis
     rows = []
     for mode in MODES:
         rows.append(plan_mode(run, mode, device, price=price))
-        if mode in ("zero2", "zero3"):
+        if mode in ("zero2", "zero3", "fsdp"):
             rows.append(plan_mode(run, mode, device, True, price))
     return rows
 
 
-def format_modes(run: ScaleRun, rows: list[dict], device: Device) -> str:
+def format_modes(run: ScaleRun, rows: list[dict], device: Device, chosen: str | None = None) -> str:
+    """The table; `chosen`: the config's `train.distributed` (ddp | fsdp), whose row is marked and judged."""
     head = (
         f"plan on {run.gpus} x {device.name} ({device.memory_gb} GB): {_label(run)} | {rows[0]['params']['trainable']:,}"
         f" of {rows[0]['params']['total']:,} parameters train | {run.micro_batch} x {run.seq_len:.0f} tokens per GPU"
@@ -242,12 +248,14 @@ def format_modes(run: ScaleRun, rows: list[dict], device: Device) -> str:
     cost = "cost_usd" in rows[0]
     lines = [
         head,
-        f"  {'mode':<14}{'GB/GPU':>8}  {'fits':<5}{'s/step':>8}{'comm s':>8}{'hours':>8}"
+        f"  {'mode':<14}{'GB/GPU':>8}  {'fits':<5}{'host GB':>8}{'s/step':>8}{'comm s':>8}{'hours':>8}"
         + (f"{'$':>10}" if cost else ""),
     ]
+    mine = "single" if run.gpus == 1 and chosen else chosen
     for r in rows:
         line = (
-            f"  {r['mode']:<14}{r['per_gpu_gb']:>8.1f}  {'yes' if r['fits'] else 'NO':<5}{r['step_s']:>8.2f}"
+            f"{'>' if r['mode'] == mine else ' '} {r['mode']:<14}{r['per_gpu_gb']:>8.1f}  {'yes' if r['fits'] else 'NO':<5}"
+            f"{r['host_gb']:>8.0f}{r['step_s']:>8.2f}"
             f"{r['time_s']['communication']:>8.2f}{r['hours']:>8.1f}"
         )
         lines.append(line + (f"{r['cost_usd']:>10,.0f}" if cost else ""))
@@ -259,6 +267,10 @@ def format_modes(run: ScaleRun, rows: list[dict], device: Device) -> str:
         )
     else:
         lines.append("  nothing fits: use more GPUs, lora/qlora, gradient checkpointing or a smaller micro-batch")
+    row = next((r for r in rows if r["mode"] == mine), None)
+    if row is not None:
+        verdict = "fits" if row["fits"] else f"does NOT fit in {device.memory_gb} GB"
+        lines.append(f"> your config (train.distributed: {chosen}): {row['per_gpu_gb']:.1f} GB per GPU, {verdict}")
     lines.append(
         "  from: ZeRO paper memory model; Korthikanti et al. 2022 activations; ring all-reduce over "
         f"{INTERCONNECTS['nvlink'][1] if run.gpus <= GPUS_PER_NODE else INTERCONNECTS['ib'][1]}; "
