@@ -53,14 +53,13 @@ def test_what_shards():
     )
 
 
-def test_cpu_offload_without_a_gpu_is_refused_before_sharding():
+def test_cpu_offload_without_a_gpu_is_refused():
     from types import SimpleNamespace
 
-    import torch
+    from tunesmith.engine.sharding import check_shardable
+    from tunesmith.strategies.registry import build_strategy
 
-    from tunesmith.engine.sharding import shard_model
-
+    offload = SimpleNamespace(sharding="full", cpu_offload=True)
     with pytest.raises(ConfigError, match="nothing to offload"):
-        shard_model(
-            torch.nn.Linear(2, 2), SimpleNamespace(sharding="full", cpu_offload=True), "fp32", torch.device("cpu")
-        )
+        check_shardable(build_strategy("full"), "fp32", False, offload, "cpu")
+    check_shardable(build_strategy("full"), "bf16", False, offload, "cuda")  # a GPU: allowed

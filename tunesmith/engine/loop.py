@@ -33,13 +33,11 @@ from .checkpoint import load_weights as load_checkpoint_weights
 from .context import Context
 from .optim import build_optimizer, build_scheduler
 from .sharding import (
-    check_shardable,
     full_trainable_state,
     gathered,
     load_sharded,
     save_sharded,
     shard_model,
-    sync_gradients,
     wants_sharding,
 )
 from .stop import StopFlag, fault_injection
@@ -116,8 +114,7 @@ def fit(
         raise ConfigError(f"strategy {strategy.name} does not support several processes yet; run it in one process")
     names = strategy.trainable_names(model)  # everything that trains at some step: optimizer + checkpoints
     sharded = wants_sharding(cfg, world)
-    if sharded:  # FSDP2: shard first, the optimizer is then built over the shards (docs/scale.md)
-        check_shardable(strategy, ctx.precision, bool(regularization))
+    if sharded:  # FSDP2 (refusals: pipeline): shard first, the optimizer is then built over the shards (docs/scale.md)
         model = shard_model(model, cfg.fsdp, ctx.precision, acc.device)
     optimizer = build_optimizer(strategy.param_groups(model, cfg.lr, cfg.weight_decay), cfg.lr)
     scheduler = build_scheduler(optimizer, cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps)
@@ -180,7 +177,7 @@ def fit(
                     # In DDP (and FSDP) only the last micro-step needs to all-reduce (reduce-scatter) gradients.
                     sync = k == len(micro_batches) - 1
                     if sharded:
-                        sync_gradients(model, sync)
+                        model.set_requires_gradient_sync(sync)
                     with nullcontext() if sync or sharded else acc.no_sync(model), acc.autocast():
                         loss_sum, parts = reg.micro(model, inputs, lambda b: loss(model, b), world, n_step)
                         if sync:  # per-step terms (penalties, replay) join the last micro-batch's backward pass
@@ -306,10 +303,10 @@ def _terms(acc, parts: dict, steps: int) -> dict[str, float]:
 
 
 def _save_best(acc, model, best_dir: Path, state: LoopState, metrics: dict, names: set[str], sharded: bool) -> None:
-    weights = full_trainable_state(model, names) if sharded else None  # collective: every process gathers
+    gathered_weights = full_trainable_state(model, names) if sharded else None  # collective: every process
     if acc.is_main_process:
         with atomic_dir(best_dir) as tmp:
-            weights = weights if sharded else trainable_state(acc.unwrap_model(model), names)
+            weights = gathered_weights if sharded else trainable_state(acc.unwrap_model(model), names)
             save_file(weights, str(tmp / "trainable.safetensors"))
             atomic_write_json(tmp / "metrics.json", {"step": state.step, **metrics})
     acc.wait_for_everyone()

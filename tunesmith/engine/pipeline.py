@@ -32,7 +32,7 @@ from .checkpoint import load_weights
 from .context import Context
 from .loop import fit
 from .precision import cast_frozen_weights, choose_precision
-from .sharding import wants_sharding
+from .sharding import check_shardable, wants_sharding
 
 # Settings that may change when a run is resumed (everything else must match the saved run).
 RESUMABLE_CHANGES = (
@@ -87,6 +87,8 @@ def finetune(
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if precision == "fp32" else precision)
     if resume_dir is not None:  # another number of processes: the same global batch, shared out anew
         cfg.train.batch_size = _rebatch(cfg.train.batch_size, read_info(resume_dir), acc)
+    if wants_sharding(cfg.train, acc.num_processes):  # before the run folder exists: one line, nothing written
+        check_shardable(strategy, precision, bool(cfg.regularize), cfg.train.fsdp, acc.device.type)
     model_key = f"{source.location}|{cfg.model.revision}|{task.encoding_key()}"
     ctx = Context(acc, cfg, precision, resume=resume_dir is not None, minimize=task.minimize, model_key=model_key)
     if on_validation is not None:

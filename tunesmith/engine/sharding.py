@@ -25,16 +25,15 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from .precision import compute_dtype
 
 
 def wants_sharding(cfg, world: int) -> bool:
     return cfg.distributed == "fsdp" and world > 1
 
 
-def check_shardable(strategy, precision: str, regularizing: bool) -> None:
-    """One line for what FSDP cannot do here, before anything is sharded."""
+def check_shardable(strategy, precision: str, regularizing: bool, fsdp=None, device_type: str = "cuda") -> None:
+    """One line for what FSDP cannot do here; the pipeline asks before the run folder exists."""
     if not strategy.shards:
         raise ConfigError(
             f"train.distributed: fsdp cannot shard strategy {strategy.name} (it changes what trains, or trains on cached"
@@ -51,16 +50,16 @@ def check_shardable(strategy, precision: str, regularizing: bool) -> None:
         raise ConfigError(
             "regularize: the remedies keep copies of the weights that FSDP shards; use train.distributed: ddp"
         )
+    if fsdp is not None and fsdp.cpu_offload and device_type == "cpu":
+        raise ConfigError(
+            "train.fsdp.cpu_offload moves shards from a GPU to the host; on CPU there is nothing to offload: remove it"
+        )
 
 
 def shard_model(model: nn.Module, fsdp, precision: str, device: torch.device) -> nn.Module:
     """`fully_shard` each transformer block, then the whole model (in place; returns it)."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-    if fsdp.cpu_offload and device.type == "cpu":
-        raise ConfigError(
-            "train.fsdp.cpu_offload moves shards from a GPU to the host; on CPU there is nothing to offload: remove it"
-        )
     kwargs = {}
     if fsdp.sharding == "hybrid":
         from torch.distributed.device_mesh import init_device_mesh
@@ -69,8 +68,8 @@ def shard_model(model: nn.Module, fsdp, precision: str, device: torch.device) ->
         if world % local:
             raise ConfigError(f"train.fsdp.sharding: hybrid needs the same processes per node ({world} / {local})")
         kwargs["mesh"] = init_device_mesh(device.type, (world // local, local), mesh_dim_names=("replicate", "shard"))
-    if precision in _DTYPES:  # gather and compute in 16-bit, keep fp32 shards, reduce gradients in fp32
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=_DTYPES[precision], reduce_dtype=torch.float32)
+    if compute_dtype(precision) is not None:  # gather and compute in 16-bit, keep fp32 shards, reduce in fp32
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype(precision), reduce_dtype=torch.float32)
     if fsdp.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
     blocks = set(getattr(model, "_no_split_modules", None) or [])
@@ -79,10 +78,6 @@ def shard_model(model: nn.Module, fsdp, precision: str, device: torch.device) ->
             fully_shard(module, **kwargs)
     fully_shard(model, **kwargs)
     return model
-
-
-def sync_gradients(model: nn.Module, sync: bool) -> None:
-    model.set_requires_gradient_sync(sync)
 
 
 def _fsdp_modules(model: nn.Module) -> list:
